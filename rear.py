@@ -1,0 +1,2538 @@
+"""rear -- Remote Archiver: safely collect many small output files into zip archives.
+
+rear replaces ``open()`` for jobs whose many processes write many small files
+(logs, per-task results) to a shared filesystem (NFS, Lustre, GPFS).  Each
+worker appends its outputs to a *temporary* zip of its own in ``BASE/inbox/``;
+a *scavenger* (any process, on any node, any number at once) later moves the
+entries into the *final* archives ``BASE/<dest>.zip``.  One module, standard
+library only, Python 3.8+: vendor this file into a job script if you like.
+
+Guarantees
+==========
+1. When the ``with`` block of a file exits, its bytes have been handed to the
+   operating system (one ``write()`` of header and data).  A worker killed with
+   SIGKILL afterwards loses nothing acknowledged.  With ``sync="file"`` each
+   file is also fsynced, so a node crash loses nothing either; with the
+   default ``sync="rotation"`` a node crash can lose what was written since
+   the last seal (at most ``rotation_span`` seconds of output).
+2. A final archive is always a valid zip: it has either its old content or the
+   old plus the new entries, whatever instant a scavenger dies at.
+3. A temporary zip is deleted only after every archive it feeds has committed
+   and been fsynced.  Re-running a scavenger after any crash never duplicates
+   an entry and never drops one.
+4. A temporary zip whose writer died (its fcntl lock is free, it was never
+   sealed) is *salvaged*: every complete entry is recovered from its local
+   headers and CRC-checked; a torn last entry is never ingested.
+
+On-disk layout
+==============
+::
+
+    BASE/inbox/<host>-<pid>-<ns>-<random>.zip    temporary zip, one writer
+    BASE/inbox/<same stem>.json                  its manifest sidecar
+    BASE/inbox/archives/<key>.lock               per-archive lock file (kept)
+    BASE/inbox/archives/<key>.journal            rollback journal of a commit
+    BASE/inbox/archives/<key>.commit             the same journal, committed
+    BASE/<subdir>/<name>.zip                     final archives
+    BASE/<subdir>/<name>-0.zip, -1.zip, ...      archives rolled over at max_size
+
+The sidecar is JSON, always replaced whole (write temp, fsync, ``os.replace``,
+fsync the directory): ``{"format": "rear-manifest", "version": 1, "host",
+"pid", "created", "state": "open" | "sealed", "entries", "bytes", "done"}``.
+``entries``/``bytes`` are exact once sealed; ``done`` lists the archives a
+scavenger already committed this temp zip's entries to.
+
+Entry names inside a temporary zip are the full ``sub/name.zip/member`` paths,
+so a temporary zip describes itself even without its sidecar.
+
+Writer steps
+============
+1. Create the temp zip with ``O_EXCL`` and take an exclusive ``lockf`` lock on
+   it.  The lock is held for the zip's whole life: it is the liveness signal.
+2. Write the sidecar ``open`` (atomically, directory fsynced).
+3. Per file: compress and CRC it off the lock, then append local header and
+   data in one ``write()``.  A failed write is truncated away before the error
+   reaches the caller, so no torn entry ever precedes an acknowledged one.
+4. Seal (every ``rotation_span`` seconds, even when idle, on ``rear_fs`` exit
+   and at interpreter exit): write the central directory, fsync, replace the
+   sidecar with ``sealed``, then close (which releases the lock).
+
+Scavenger commit (per final archive; compare SQLite's rollback journal)
+=========================================================================
+1. Lock ``<key>.lock`` (exclusive, blocking).  If a ``.journal`` is there, a
+   scavenger died mid-commit: roll it back.  If a ``.commit`` is there, finish
+   it (step 7 and 8).
+2. Read the archive's end records and central directory through the locked
+   descriptor.  Roll over to ``name-N.zip`` if it reached ``max_size``.
+3. Decide what to add: same name, CRC and size already present is skipped
+   (idempotence); same name with other content is added as ``name.~N~``.
+4. Write the journal: the archive's old size and its old tail (central
+   directory and end records), with a CRC; fsync it and the directory.
+5. Overwrite the old tail with the new entries, copied raw (no recompression,
+   ``copy_file_range`` where possible), then the old central directory copied
+   verbatim, the new records and the end records (zip64 where needed); fsync.
+6. Rename ``.journal`` to ``.commit`` and fsync the directory.  This rename is
+   the commit point.
+7. For every temp zip in the batch: delete it and its sidecar if this was the
+   last archive it fed, else record the archive in its sidecar's ``done``.
+8. Delete ``.commit``, fsync the directory, release the lock.
+
+Recovery: a ``.journal`` whose CRC fails was never complete, so the archive was
+never touched: delete it.  A valid ``.journal``: write the old tail back at the
+old central-directory offset, truncate to the old size, fsync, delete it (an
+archive the commit created is deleted instead).  A ``.commit``: redo steps 7
+and 8.  ``scavenge`` does this on its own before touching an archive;
+``python -m rear recover BASE`` does it for everything at once.
+
+Usage
+=====
+::
+
+    import rear
+    with rear.rear_fs("/scratch/run42"):                 # in each worker
+        with rear.rear_open("logs.zip/task-17/out.txt", "w") as f:
+            f.write("done\\n")
+
+    with rear.scavengerd("/scratch/run42"):              # in the main process
+        run_the_jobs()
+
+    $ python -m rear scavenge /scratch/run42 --flush     # or from the shell
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import io
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import stat
+import struct
+import sys
+import tempfile
+import threading
+import time
+import weakref
+import zipfile
+import zlib
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "rear_fs",
+    "rear_open",
+    "rear_pickup",
+    "scavenge",
+    "scavengerd",
+    "recover",
+    "verify",
+    "status",
+    "split_path",
+    "ScavengeStats",
+    "RearError",
+    "ArchiveError",
+    "TempZipError",
+    "LockingUnsupportedError",
+    "main",
+]
+
+_log = logging.getLogger("rear")
+_log.addHandler(logging.NullHandler())   # a library never prints by itself
+
+# ---------------------------------------------------------------- constants
+
+#: Seconds between rotations of a worker's temp zip (rear 0.1 used 5 minutes).
+DEFAULT_ROTATION_SPAN = 300.0
+#: A final archive this large is rolled over to name-N.zip before appending.
+DEFAULT_MAX_SIZE = 50 * 1024 ** 3
+#: An unsealed temp zip with a free lock is salvaged after this many spans.
+_GRACE_SPANS = 2.0
+#: rear_open keeps a file in memory up to this size, then spills to TMPDIR.
+_SPOOL_MEMORY_LIMIT = 16 * 1024 ** 2
+#: A temp zip is also rotated when it grows past this size.
+_TEMP_ZIP_MAX_BYTES = 2 * 1024 ** 3
+#: Chunk size of every streaming copy, compression and CRC loop.
+_CHUNK = 1024 ** 2
+#: Entries smaller than this are gathered in one buffer when appended.
+_SMALL_ENTRY = 64 * 1024
+#: How many temp zips one scavenger batch claims at most.
+_BATCH_TEMP_ZIPS = 256
+#: How long a rotation timer sleeps at most between checks, seconds.
+_TIMER_MAX_SLEEP = 1.0
+
+_MANIFEST_FORMAT = "rear-manifest"
+_MANIFEST_VERSION = 1
+_STATE_OPEN = "open"
+_STATE_SEALED = "sealed"
+
+_INBOX = "inbox"
+_ARCHIVES_DIR = "archives"   # inside inbox/: lock files and journals
+_TEMP_SUFFIX = ".zip"
+_SIDECAR_SUFFIX = ".json"
+_JOURNAL_SUFFIX = ".journal"
+_COMMIT_SUFFIX = ".commit"
+_LOCK_SUFFIX = ".lock"
+_JOURNAL_MAGIC = b"REARJNL1"
+_JOURNAL_HEAD = struct.Struct("<8sL")    # magic, length of the JSON header
+_JOURNAL_TAIL = struct.Struct("<L8s")    # CRC-32 of all bytes before, magic
+
+# Zip format, PKWARE APPNOTE.TXT 6.3.x; field layouts as in CPython's zipfile.
+_LOCAL_SIG = b"PK\x03\x04"                      # 4.3.7 local file header
+_LOCAL_STRUCT = struct.Struct("<4s2B4HL2L2H")
+_CENTRAL_SIG = b"PK\x01\x02"                    # 4.3.12 central directory
+_CENTRAL_STRUCT = struct.Struct("<4s4B4HL2L5H2L")
+_EOCD_SIG = b"PK\x05\x06"                       # 4.3.16 end of central dir
+_EOCD_STRUCT = struct.Struct("<4s4H2LH")
+_ZIP64_EOCD_SIG = b"PK\x06\x06"                 # 4.3.14 zip64 end record
+_ZIP64_EOCD_STRUCT = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_LOCATOR_SIG = b"PK\x06\x07"              # 4.3.15 zip64 locator
+_ZIP64_LOCATOR_STRUCT = struct.Struct("<4sLQL")
+_EXTRA_HEADER = struct.Struct("<HH")            # 4.5.1 id, size
+_ZIP64_EXTRA_ID = 0x0001                        # 4.5.3
+_MAX_COMMENT = 0xFFFF
+_MAX_NAME = 0xFFFF
+_U16_LIMIT = 0xFFFF          # a 16-bit count this large means "see zip64"
+_U32_LIMIT = 0xFFFFFFFF      # a 32-bit size/offset this large means "see zip64"
+_FLAG_ENCRYPTED = 0x0001     # 4.4.4 general purpose bit 0
+_FLAG_LZMA_EOS = 0x0002      # bit 1: LZMA stream has an end marker
+_FLAG_DATA_DESCRIPTOR = 0x0008  # bit 3: sizes follow the data
+_FLAG_UTF8 = 0x0800          # bit 11: name is UTF-8
+_VERSION_DEFAULT = 20        # 4.4.3.2: deflate, directories
+_VERSION_ZIP64 = 45
+_VERSION_BZIP2 = 46
+_VERSION_LZMA = 63
+_SYSTEM_UNIX = 3             # 4.4.2.2: external attributes hold st_mode
+_DEFAULT_FILE_MODE = 0o100644
+_DOS_EPOCH_YEAR = 1980
+
+_COMPRESSION = {
+    "stored": zipfile.ZIP_STORED,
+    "deflated": zipfile.ZIP_DEFLATED,
+    "bzip2": zipfile.ZIP_BZIP2,
+    "lzma": zipfile.ZIP_LZMA,
+}
+if hasattr(zipfile, "ZIP_ZSTANDARD"):        # Python 3.14+
+    _COMPRESSION["zstd"] = zipfile.ZIP_ZSTANDARD
+_EXTRACT_VERSION = {
+    zipfile.ZIP_BZIP2: _VERSION_BZIP2,
+    zipfile.ZIP_LZMA: _VERSION_LZMA,
+}
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+# ---------------------------------------------------------------- errors
+
+
+class RearError(Exception):
+    """Base class of rear's errors; ``path`` names the file concerned."""
+
+    def __init__(self, message, path=None):
+        super().__init__(message)
+        self.path = path
+
+
+class ArchiveError(RearError):
+    """A final archive cannot be read or appended to."""
+
+
+class TempZipError(RearError):
+    """A temporary zip or its sidecar is damaged; it is left in place."""
+
+
+class LockingUnsupportedError(RearError):
+    """The platform or filesystem refuses fcntl locks."""
+
+
+class PathError(RearError, ValueError):
+    """An archive path given to rear_open/rear_pickup is not acceptable."""
+
+
+# ---------------------------------------------------------------- platform
+
+try:
+    import fcntl as _fcntl
+except ImportError:  # Windows: importing rear works, locking says why it can't
+    _fcntl = None
+
+# errnos that mean "this filesystem does not do fcntl locks", not "busy".
+_LOCK_UNSUPPORTED_ERRNOS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+_LOCK_BUSY_ERRNOS = {errno.EACCES, errno.EAGAIN}
+_warned_no_locks = set()
+
+
+def _lockf(fd, operation):
+    """fcntl.lockf, isolated so tests can simulate filesystems without locks."""
+    if _fcntl is None:
+        raise OSError(errno.ENOSYS, "fcntl is not available on this platform")
+    _fcntl.lockf(fd, operation)
+
+
+def _lock(fd, path, exclusive=True, blocking=True):
+    """Take a POSIX record lock on the whole of ``fd``.
+
+    Returns True when held, False when another process holds it (only if not
+    blocking).  Raises LockingUnsupportedError when the filesystem refuses
+    locks (ENOLCK on NFS without lockd, Lustre mounted without ``-o flock``).
+    The descriptor must be open for writing for an exclusive lock: NFSv4
+    refuses write locks on read-only opens.
+    """
+    if _fcntl is None:
+        raise LockingUnsupportedError(
+            "rear needs POSIX fcntl locks, which this platform lacks; "
+            "run rear on Linux or another POSIX system", path)
+    operation = _fcntl.LOCK_EX if exclusive else _fcntl.LOCK_SH
+    if not blocking:
+        operation |= _fcntl.LOCK_NB
+    try:
+        _lockf(fd, operation)
+    except OSError as err:
+        if err.errno in _LOCK_BUSY_ERRNOS and not blocking:
+            return False
+        if err.errno in _LOCK_UNSUPPORTED_ERRNOS:
+            raise LockingUnsupportedError(
+                "the filesystem refuses fcntl locks on %s (%s); on NFS run "
+                "the lock daemon or use NFSv4, on Lustre mount with -o flock"
+                % (path, os.strerror(err.errno)), path) from err
+        raise
+    return True
+
+
+def _warn_no_locks(path, err):
+    """Warn once per directory that rear falls back to age-based safety."""
+    directory = os.path.dirname(path)
+    if directory not in _warned_no_locks:
+        _warned_no_locks.add(directory)
+        _log.warning("%s; falling back to age-based safety: run only one "
+                     "scavenger at a time on this base", err)
+
+
+def _sync_directory(path):
+    """fsync a directory so the names created or removed in it are durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EISDIR):  # some FUSE mounts
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        # EINVAL: the filesystem cannot fsync directories (some FUSE and
+        # network filesystems); their namespace operations are synchronous.
+        if err.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+def _replace_atomic(src, dst):
+    """Rename ``src`` over ``dst`` atomically and make the rename durable."""
+    os.replace(src, dst)
+    _sync_directory(os.path.dirname(dst) or ".")
+
+
+def _hostname():
+    """This host's name, reduced to characters that are safe in file names."""
+    name = socket.gethostname().split(".")[0] or "host"
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:64]
+
+
+# ---------------------------------------------------------------- durable I/O
+
+
+def _write_all(fd, data):
+    """os.write until every byte is written (short writes happen on NFS)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _pwrite_all(fd, data, offset):
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _pread_exact(fd, size, offset, path):
+    """Read exactly ``size`` bytes at ``offset`` or raise TempZipError."""
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = os.pread(fd, min(remaining, _CHUNK * 16), offset)
+        if not chunk:
+            raise TempZipError("%s ends %d bytes early (truncated)" % (path, remaining), path)
+        chunks.append(chunk)
+        remaining -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _copy_range(src_fd, src_offset, dst_fd, dst_offset, length, src_path):
+    """Copy bytes between files without passing them through Python if possible."""
+    copy_file_range = getattr(os, "copy_file_range", None)
+    while length and copy_file_range is not None:
+        try:
+            copied = copy_file_range(src_fd, dst_fd, length, src_offset, dst_offset)
+        except OSError as err:
+            # EXDEV before Linux 5.3, ENOSYS/EOPNOTSUPP/EINVAL on filesystems
+            # and kernels without it: fall back to plain reads and writes.
+            if err.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                break
+            raise
+        if copied == 0:
+            raise TempZipError("%s ends %d bytes early (truncated)" % (src_path, length), src_path)
+        src_offset += copied
+        dst_offset += copied
+        length -= copied
+    while length:
+        chunk = os.pread(src_fd, min(length, _CHUNK), src_offset)
+        if not chunk:
+            raise TempZipError("%s ends %d bytes early (truncated)" % (src_path, length), src_path)
+        _pwrite_all(dst_fd, chunk, dst_offset)
+        src_offset += len(chunk)
+        dst_offset += len(chunk)
+        length -= len(chunk)
+
+
+def _write_file_durably(path, data):
+    """Replace ``path`` with ``data``: temp file, fsync, os.replace, fsync dir."""
+    directory = os.path.dirname(path)
+    fd, tmp_path = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _replace_atomic(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # never hide the original error
+            os.unlink(tmp_path)
+        raise
+
+
+def _unlink_if_exists(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+# ---------------------------------------------------------------- zip format
+
+
+class _Entry:
+    """One member of a zip: what is needed to copy it raw and list it."""
+
+    __slots__ = ("name", "flags", "method", "dos_time", "dos_date", "crc",
+                 "compressed_size", "file_size", "external_attr",
+                 "header_offset", "data_offset")
+
+    def __init__(self, name, flags, method, dos_time, dos_date, crc,
+                 compressed_size, file_size, external_attr=_DEFAULT_FILE_MODE << 16,
+                 header_offset=0, data_offset=0):
+        self.name = name
+        self.flags = flags
+        self.method = method
+        self.dos_time = dos_time
+        self.dos_date = dos_date
+        self.crc = crc
+        self.compressed_size = compressed_size
+        self.file_size = file_size
+        self.external_attr = external_attr
+        self.header_offset = header_offset
+        self.data_offset = data_offset
+
+
+def _dos_datetime(timestamp):
+    """(time, date) in MS-DOS format, APPNOTE 4.4.6, local time like zipfile."""
+    tm = time.localtime(timestamp)
+    if tm.tm_year < _DOS_EPOCH_YEAR:
+        return 0, (1 << 5) | 1   # 1980-01-01 00:00
+    dos_time = (tm.tm_hour << 11) | (tm.tm_min << 5) | (tm.tm_sec // 2)
+    dos_date = ((tm.tm_year - _DOS_EPOCH_YEAR) << 9) | (tm.tm_mon << 5) | tm.tm_mday
+    return dos_time, dos_date
+
+
+def _extract_version(method, zip64):
+    version = _EXTRACT_VERSION.get(method, _VERSION_DEFAULT)
+    return max(version, _VERSION_ZIP64) if zip64 else version
+
+
+def _encode_name(name):
+    encoded = name.encode("utf-8")
+    return encoded, (0 if encoded.isascii() else _FLAG_UTF8)
+
+
+def _local_header(entry):
+    """Local file header + name + extra for ``entry`` (sizes known up front)."""
+    name, utf8_flag = _encode_name(entry.name)
+    zip64 = entry.file_size >= _U32_LIMIT or entry.compressed_size >= _U32_LIMIT
+    extra = b""
+    file_size, compressed_size = entry.file_size, entry.compressed_size
+    if zip64:
+        # 4.5.3: in a local header the zip64 extra holds both sizes.
+        extra = _EXTRA_HEADER.pack(_ZIP64_EXTRA_ID, 16) + struct.pack(
+            "<QQ", entry.file_size, entry.compressed_size)
+        file_size = compressed_size = _U32_LIMIT
+    flags = (entry.flags & ~(_FLAG_DATA_DESCRIPTOR | _FLAG_UTF8)) | utf8_flag
+    header = _LOCAL_STRUCT.pack(
+        _LOCAL_SIG, _extract_version(entry.method, zip64), 0, flags, entry.method,
+        entry.dos_time, entry.dos_date, entry.crc, compressed_size, file_size,
+        len(name), len(extra))
+    return header + name + extra
+
+
+def _central_record(entry, header_offset):
+    """Central directory record for ``entry`` whose local header is at the offset."""
+    name, utf8_flag = _encode_name(entry.name)
+    fields = []
+    file_size, compressed_size, offset = entry.file_size, entry.compressed_size, header_offset
+    # 4.5.3: only the fields that overflow appear, in this order.
+    if file_size >= _U32_LIMIT:
+        fields.append(file_size)
+        file_size = _U32_LIMIT
+    if compressed_size >= _U32_LIMIT:
+        fields.append(compressed_size)
+        compressed_size = _U32_LIMIT
+    if offset >= _U32_LIMIT:
+        fields.append(offset)
+        offset = _U32_LIMIT
+    extra = b""
+    if fields:
+        extra = _EXTRA_HEADER.pack(_ZIP64_EXTRA_ID, 8 * len(fields)) + struct.pack(
+            "<%dQ" % len(fields), *fields)
+    version = _extract_version(entry.method, bool(fields))
+    flags = (entry.flags & ~(_FLAG_DATA_DESCRIPTOR | _FLAG_UTF8)) | utf8_flag
+    record = _CENTRAL_STRUCT.pack(
+        _CENTRAL_SIG, version, _SYSTEM_UNIX, version, 0, flags, entry.method,
+        entry.dos_time, entry.dos_date, entry.crc, compressed_size, file_size,
+        len(name), len(extra), 0, 0, 0, entry.external_attr, offset)
+    return record + name + extra
+
+
+def _end_records(count, cd_size, cd_offset, comment=b""):
+    """Zip64 end record and locator when needed, then the end record."""
+    out = b""
+    if count >= _U16_LIMIT or cd_size >= _U32_LIMIT or cd_offset >= _U32_LIMIT:
+        zip64_offset = cd_offset + cd_size
+        out += _ZIP64_EOCD_STRUCT.pack(
+            _ZIP64_EOCD_SIG, _ZIP64_EOCD_STRUCT.size - 12, _VERSION_ZIP64,
+            _VERSION_ZIP64, 0, 0, count, count, cd_size, cd_offset)
+        out += _ZIP64_LOCATOR_STRUCT.pack(_ZIP64_LOCATOR_SIG, 0, zip64_offset, 1)
+        count = min(count, _U16_LIMIT)
+        cd_size = min(cd_size, _U32_LIMIT)
+        cd_offset = min(cd_offset, _U32_LIMIT)
+    out += _EOCD_STRUCT.pack(_EOCD_SIG, 0, 0, count, count, cd_size, cd_offset, len(comment))
+    return out + comment
+
+
+class _Tail:
+    """Where a zip's central directory is, read from its end records."""
+
+    __slots__ = ("count", "cd_offset", "cd_size", "comment")
+
+    def __init__(self, count, cd_offset, cd_size, comment):
+        self.count = count
+        self.cd_offset = cd_offset
+        self.cd_size = cd_size
+        self.comment = comment
+
+
+def _read_tail(fd, size, path, error=ArchiveError):
+    """Parse the end records of the zip open on ``fd`` (``size`` bytes long)."""
+    if size < _EOCD_STRUCT.size:
+        raise error("%s is not a zip archive (%d bytes, too short)" % (path, size), path)
+    window = min(size, _EOCD_STRUCT.size + _MAX_COMMENT)
+    data = os.pread(fd, window, size - window)
+    pos = data.rfind(_EOCD_SIG)
+    while pos >= 0:
+        fields = _EOCD_STRUCT.unpack_from(data, pos)
+        if pos + _EOCD_STRUCT.size + fields[7] == len(data):
+            break
+        pos = data.rfind(_EOCD_SIG, 0, pos)
+    if pos < 0:
+        raise error("%s is not a zip archive (no end of central directory record)" % path, path)
+    _sig, _disk, _cd_disk, _count_disk, count, cd_size, cd_offset, comment_len = fields
+    comment = data[pos + _EOCD_STRUCT.size:]
+    eocd_offset = size - window + pos
+    end_of_cd = eocd_offset
+    locator_offset = eocd_offset - _ZIP64_LOCATOR_STRUCT.size
+    if locator_offset >= 0:
+        locator = os.pread(fd, _ZIP64_LOCATOR_STRUCT.size, locator_offset)
+        if locator[:4] == _ZIP64_LOCATOR_SIG:
+            _sig, _disk, zip64_offset, _disks = _ZIP64_LOCATOR_STRUCT.unpack(locator)
+            record = os.pread(fd, _ZIP64_EOCD_STRUCT.size, zip64_offset)
+            if len(record) != _ZIP64_EOCD_STRUCT.size or record[:4] != _ZIP64_EOCD_SIG:
+                raise error("%s has a broken zip64 end record" % path, path)
+            fields64 = _ZIP64_EOCD_STRUCT.unpack(record)
+            count, cd_size, cd_offset = fields64[7], fields64[8], fields64[9]
+            end_of_cd = zip64_offset
+    if cd_offset + cd_size != end_of_cd:
+        raise error("%s: central directory at %d+%d does not end at the end records "
+                    "(%d); the archive is damaged or has data prepended"
+                    % (path, cd_offset, cd_size, end_of_cd), path)
+    return _Tail(count, cd_offset, cd_size, comment)
+
+
+def _zip64_values(extra, wanted):
+    """The 64-bit values of the zip64 extra field, in APPNOTE order."""
+    pos = 0
+    while pos + _EXTRA_HEADER.size <= len(extra):
+        field_id, field_size = _EXTRA_HEADER.unpack_from(extra, pos)
+        if field_id == _ZIP64_EXTRA_ID:
+            body = extra[pos + 4: pos + 4 + field_size]
+            count = min(wanted, len(body) // 8)
+            return list(struct.unpack_from("<%dQ" % count, body))
+        pos += _EXTRA_HEADER.size + field_size
+    return []
+
+
+def _decode_name(raw, flags):
+    # 4.4.4: names without bit 11 are IBM code page 437, as zipfile reads them.
+    return raw.decode("utf-8" if flags & _FLAG_UTF8 else "cp437")
+
+
+def _parse_central(data, count, path, error=ArchiveError):
+    """Entries of a central directory given as bytes."""
+    entries = []
+    pos = 0
+    record_size = _CENTRAL_STRUCT.size
+    for _index in range(count):
+        if pos + record_size > len(data):
+            raise error("%s: central directory is shorter than its %d records" % (path, count), path)
+        fields = _CENTRAL_STRUCT.unpack_from(data, pos)
+        if fields[0] != _CENTRAL_SIG:
+            raise error("%s: bad central directory record at byte %d" % (path, pos), path)
+        flags, method, dos_time, dos_date, crc = fields[5:10]
+        compressed_size, file_size = fields[10], fields[11]
+        name_len, extra_len, comment_len = fields[12], fields[13], fields[14]
+        external_attr, header_offset = fields[17], fields[18]
+        start = pos + record_size
+        raw_name = data[start:start + name_len]
+        if file_size == _U32_LIMIT or compressed_size == _U32_LIMIT or header_offset == _U32_LIMIT:
+            extra = data[start + name_len:start + name_len + extra_len]
+            values = _zip64_values(extra, 3)
+            if file_size == _U32_LIMIT and values:
+                file_size = values.pop(0)
+            if compressed_size == _U32_LIMIT and values:
+                compressed_size = values.pop(0)
+            if header_offset == _U32_LIMIT and values:
+                header_offset = values.pop(0)
+        try:
+            name = _decode_name(raw_name, flags)
+        except UnicodeDecodeError as err:
+            raise error("%s: entry name at byte %d is not valid UTF-8" % (path, pos), path) from err
+        entries.append(_Entry(name, flags, method, dos_time, dos_date, crc,
+                              compressed_size, file_size, external_attr, header_offset))
+        pos = start + name_len + extra_len + comment_len
+    return entries
+
+
+def _read_local_header(fd, offset, size, path):
+    """Parse the local header at ``offset``; None if there is none or it is torn."""
+    if offset + _LOCAL_STRUCT.size > size:
+        return None
+    raw = os.pread(fd, _LOCAL_STRUCT.size, offset)
+    if len(raw) < _LOCAL_STRUCT.size or raw[:4] != _LOCAL_SIG:
+        return None
+    fields = _LOCAL_STRUCT.unpack(raw)
+    flags, method, dos_time, dos_date, crc = fields[3:8]
+    compressed_size, file_size, name_len, extra_len = fields[8:12]
+    variable_end = offset + _LOCAL_STRUCT.size + name_len + extra_len
+    if variable_end > size:
+        return None
+    variable = os.pread(fd, name_len + extra_len, offset + _LOCAL_STRUCT.size)
+    raw_name, extra = variable[:name_len], variable[name_len:]
+    if file_size == _U32_LIMIT or compressed_size == _U32_LIMIT:
+        values = _zip64_values(extra, 2)
+        if len(values) == 2:
+            file_size, compressed_size = values
+    try:
+        name = _decode_name(raw_name, flags)
+    except UnicodeDecodeError:
+        return None
+    return _Entry(name, flags, method, dos_time, dos_date, crc, compressed_size,
+                  file_size, header_offset=offset, data_offset=variable_end)
+
+
+def _get_decompressor(method):
+    # zipfile's own factory knows the LZMA property header (APPNOTE 5.8.8) and
+    # zstd on 3.14; it has had this name and signature since Python 3.6.
+    return zipfile._get_decompressor(method)
+
+
+def _entry_data_is_intact(fd, entry):
+    """Decompress ``entry`` from ``fd`` and check its size and CRC-32."""
+    try:
+        decompressor = _get_decompressor(entry.method)
+    except (NotImplementedError, RuntimeError):
+        return False
+    crc = 0
+    produced = 0
+    offset = entry.data_offset
+    remaining = entry.compressed_size
+    try:
+        while remaining:
+            chunk = os.pread(fd, min(remaining, _CHUNK), offset)
+            if not chunk:
+                return False
+            offset += len(chunk)
+            remaining -= len(chunk)
+            if decompressor is None:
+                data = chunk
+            else:
+                data = decompressor.decompress(chunk)
+            crc = zlib.crc32(data, crc)
+            produced += len(data)
+            if produced > entry.file_size:
+                return False
+        if decompressor is not None and hasattr(decompressor, "flush"):
+            data = decompressor.flush()
+            crc = zlib.crc32(data, crc)
+            produced += len(data)
+    except (zlib.error, EOFError, OSError, ValueError, LookupError):
+        return False
+    return produced == entry.file_size and crc == entry.crc
+
+
+def _salvage_entries(fd, size, path):
+    """Recover every complete, CRC-correct entry of a zip from its local headers.
+
+    Returns (entries, torn_bytes).  Scanning stops at the first header that is
+    missing, torn, encrypted, uses a data descriptor (its sizes cannot be
+    trusted before the data) or fails its CRC: a writer appends strictly in
+    order, so nothing acknowledged can follow a torn entry.
+    """
+    entries = []
+    offset = 0
+    while True:
+        entry = _read_local_header(fd, offset, size, path)
+        if entry is None or entry.flags & (_FLAG_ENCRYPTED | _FLAG_DATA_DESCRIPTOR):
+            break
+        end = entry.data_offset + entry.compressed_size
+        if end > size or not _entry_data_is_intact(fd, entry):
+            break
+        entries.append(entry)
+        offset = end
+    return entries, size - offset
+
+
+def _read_central_entries(fd, size, path, error):
+    """Entries of a complete zip, with data offsets taken from local headers."""
+    tail = _read_tail(fd, size, path, error)
+    data = _pread_exact(fd, tail.cd_size, tail.cd_offset, path) if tail.cd_size else b""
+    entries = _parse_central(data, tail.count, path, error)
+    for entry in entries:
+        local = _read_local_header(fd, entry.header_offset, size, path)
+        if local is None or local.name != entry.name:
+            raise error("%s: entry %r has no matching local header" % (path, entry.name), path)
+        entry.data_offset = local.data_offset
+        if entry.data_offset + entry.compressed_size > tail.cd_offset:
+            raise error("%s: entry %r runs into the central directory" % (path, entry.name), path)
+    return entries
+
+
+# ---------------------------------------------------------------- paths
+
+
+def split_path(path):
+    """Split ``"sub/name.zip/member/path"`` into ``("sub/name.zip", "member/path")``.
+
+    The archive is the path up to and including the first component ending in
+    ``.zip``.  Raises PathError (a ValueError) naming the bad part.
+    """
+    if isinstance(path, bytes):
+        try:
+            path = path.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise PathError("archive path %r is not valid UTF-8; pass a str" % (path,)) from err
+    if not isinstance(path, str):
+        raise PathError("archive path must be a str like 'ar.zip/dir/file.txt', not %s"
+                        % type(path).__name__)
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise PathError("archive path %r cannot be encoded as UTF-8 (lone surrogate?)"
+                        % (path,)) from err
+    if len(encoded) > _MAX_NAME:
+        raise PathError("archive path is %d UTF-8 bytes long; zip names are limited to %d"
+                        % (len(encoded), _MAX_NAME))
+    if "\x00" in path:
+        raise PathError("archive path %r contains a NUL character" % (path,))
+    if "\\" in path:
+        raise PathError("archive path %r contains a backslash; use '/' between components"
+                        % (path,))
+    if path.startswith("/"):
+        raise PathError("archive path %r is absolute; give it relative to the base, "
+                        "like 'ar.zip/file.txt'" % (path,))
+    components = path.split("/")
+    for component in components:
+        if component in ("", ".", ".."):
+            raise PathError("archive path %r has a %r component; components must be "
+                            "non-empty and not '.' or '..'" % (path, component))
+    if components[0] == _INBOX:
+        raise PathError("archive path %r starts with %r, which rear reserves for its "
+                        "temporary files" % (path, _INBOX))
+    for index, component in enumerate(components):
+        if component.lower().endswith(".zip") and len(component) > len(".zip"):
+            dest = "/".join(components[:index + 1])
+            member = "/".join(components[index + 1:])
+            if not member:
+                raise PathError("archive path %r names an archive but no member inside "
+                                "it; add '/file-name'" % (path,))
+            return dest, member
+    raise PathError("archive path %r has no component ending in '.zip'; it must look "
+                    "like 'name.zip/member/path'" % (path,))
+
+
+def _inside(base, path):
+    """True if ``path`` resolves (following links) to somewhere under ``base``."""
+    real_base = os.path.realpath(base)
+    real = os.path.realpath(path)
+    return real == real_base or real.startswith(real_base + os.sep)
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def _sidecar_path(zip_path):
+    return zip_path[:-len(_TEMP_SUFFIX)] + _SIDECAR_SUFFIX
+
+
+def _new_manifest(created):
+    return {
+        "format": _MANIFEST_FORMAT,
+        "version": _MANIFEST_VERSION,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "created": created,
+        "state": _STATE_OPEN,
+        "entries": 0,
+        "bytes": 0,
+        "done": [],
+    }
+
+
+def _write_manifest(path, manifest):
+    _write_file_durably(path, json.dumps(manifest, sort_keys=True).encode("utf-8"))
+
+
+def _read_manifest(path):
+    """The sidecar's content; None if missing; TempZipError if unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise TempZipError("cannot read sidecar %s: %s" % (path, err), path) from err
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise TempZipError("sidecar %s is not valid JSON (%s); inspect it, then delete "
+                           "it to let the zip be salvaged" % (path, err), path) from err
+    if (not isinstance(manifest, dict) or manifest.get("format") != _MANIFEST_FORMAT
+            or manifest.get("state") not in (_STATE_OPEN, _STATE_SEALED)
+            or not isinstance(manifest.get("created"), (int, float))
+            or not isinstance(manifest.get("done", []), list)):
+        raise TempZipError("sidecar %s is not a rear manifest; inspect it, then delete "
+                           "it to let the zip be salvaged" % path, path)
+    if manifest.get("version", 0) > _MANIFEST_VERSION:
+        raise TempZipError("sidecar %s has manifest version %s, newer than this rear "
+                           "understands; upgrade rear" % (path, manifest.get("version")), path)
+    return manifest
+
+
+# ---------------------------------------------------------------- writer
+
+# Temp zips this process has open for writing.  POSIX locks belong to the
+# process, so an in-process scavenger would "get" their locks and, by closing
+# its descriptor, silently drop the writer's lock: it must skip them instead.
+_OWN_TEMP_ZIPS = set()
+_OWN_TEMP_ZIPS_LOCK = threading.Lock()
+
+
+def _new_temp_stem():
+    # Host and pid separate processes, nanoseconds and 64 random bits separate
+    # everything else (rear 0.1.2 used host-YYMMDD_HHMMSS and lost a worker's
+    # files when two started in the same second).  The name is never parsed.
+    return "%s-%d-%x-%s" % (_hostname(), os.getpid(), time.time_ns(), secrets.token_hex(8))
+
+
+class _Prepared:
+    """A file compressed and checksummed, ready to be appended."""
+
+    __slots__ = ("crc", "file_size", "compressed_size", "method", "payload", "flags")
+
+    def __init__(self, crc, file_size, compressed_size, method, payload, flags):
+        self.crc = crc
+        self.file_size = file_size
+        self.compressed_size = compressed_size
+        self.method = method
+        self.payload = payload       # bytes, or a seekable binary file at offset 0
+        self.flags = flags
+
+    def close(self):
+        if not isinstance(self.payload, (bytes, bytearray, memoryview)):
+            self.payload.close()
+
+
+def _compressor(method, level):
+    if method == zipfile.ZIP_DEFLATED:
+        return zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION if level is None else level,
+                                zlib.DEFLATED, -15)
+    # zipfile's factory writes the LZMA property header (APPNOTE 5.8.8);
+    # private but present with this signature since Python 3.7.
+    return zipfile._get_compressor(method, level)
+
+
+def _prepare_bytes(data, method, level):
+    """Compress a file held in memory.  Falls back to stored when that is smaller."""
+    crc = zlib.crc32(data)
+    flags = 0
+    if method != zipfile.ZIP_STORED:
+        compressor = _compressor(method, level)
+        compressed = compressor.compress(data) + compressor.flush()
+        if len(compressed) < len(data):
+            flags = _FLAG_LZMA_EOS if method == zipfile.ZIP_LZMA else 0
+            return _Prepared(crc, len(data), len(compressed), method, compressed, flags)
+    return _Prepared(crc, len(data), len(data), zipfile.ZIP_STORED, bytes(data), 0)
+
+
+def _prepare_stream(source, method, level):
+    """Compress a file read from ``source`` in chunks into a spool.
+
+    Memory stays bounded: the compressed copy spills to TMPDIR beyond
+    _SPOOL_MEMORY_LIMIT.  Stored files are only checksummed here and copied
+    from ``source`` itself later (it must stay open and seekable).
+    """
+    crc = 0
+    size = 0
+    if method == zipfile.ZIP_STORED:
+        while True:
+            chunk = source.read(_CHUNK)
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+        source.seek(0)
+        return _Prepared(crc, size, size, method, source, 0)
+    compressor = _compressor(method, level)
+    spool = _Spool(readable=True)
+    try:
+        while True:
+            chunk = source.read(_CHUNK)
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+            spool.write(compressor.compress(chunk))
+        spool.write(compressor.flush())
+    except BaseException:
+        spool.close()
+        raise
+    if spool.size() >= size:   # incompressible: store it, as _prepare_bytes does
+        spool.close()
+        source.seek(0)
+        return _Prepared(crc, size, size, zipfile.ZIP_STORED, source, 0)
+    spool.seek(0)
+    flags = _FLAG_LZMA_EOS if method == zipfile.ZIP_LZMA else 0
+    return _Prepared(crc, size, spool.size(), method, spool, flags)
+
+
+class _TempZip:
+    """One temporary zip: created locked, appended to, sealed or abandoned."""
+
+    def __init__(self, inbox, sync_each_file):
+        os.makedirs(inbox, exist_ok=True)
+        self.sync_each_file = sync_each_file
+        self.created = time.time()
+        self.created_monotonic = time.monotonic()
+        self.entries = []
+        self.size = 0
+        self.broken = False
+        self.pid = os.getpid()
+        while True:
+            self.path = os.path.join(inbox, _new_temp_stem() + _TEMP_SUFFIX)
+            try:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL
+                                  | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+                break
+            except FileExistsError:
+                continue
+        self.sidecar_path = _sidecar_path(self.path)
+        try:
+            try:
+                _lock(self.fd, self.path, exclusive=True, blocking=True)
+            except LockingUnsupportedError as err:
+                _warn_no_locks(self.path, err)
+            self.manifest = _new_manifest(self.created)
+            _write_manifest(self.sidecar_path, self.manifest)
+        except BaseException:
+            os.close(self.fd)
+            _unlink_if_exists(self.path)
+            raise
+        with _OWN_TEMP_ZIPS_LOCK:
+            _OWN_TEMP_ZIPS.add(self.path)
+
+    def append(self, name, prepared, mtime, mode):
+        """Write one entry; on failure cut it off again before raising."""
+        dos_time, dos_date = _dos_datetime(mtime)
+        entry = _Entry(name, _FLAG_UTF8 | prepared.flags, prepared.method, dos_time,
+                       dos_date, prepared.crc, prepared.compressed_size,
+                       prepared.file_size, (mode & 0xFFFF) << 16, self.size)
+        header = _local_header(entry)
+        start = self.size
+        try:
+            if isinstance(prepared.payload, (bytes, bytearray, memoryview)):
+                _pwrite_all(self.fd, header + prepared.payload, start)
+            else:
+                _pwrite_all(self.fd, header, start)
+                offset = start + len(header)
+                while True:
+                    chunk = prepared.payload.read(_CHUNK)
+                    if not chunk:
+                        break
+                    _pwrite_all(self.fd, chunk, offset)
+                    offset += len(chunk)
+                if offset - start - len(header) != prepared.compressed_size:
+                    raise RearError("%r changed size while it was archived" % name)
+            if self.sync_each_file:
+                os.fsync(self.fd)
+        except BaseException:
+            self._cut_back(start)
+            raise
+        self.size = start + len(header) + prepared.compressed_size
+        self.entries.append(entry)
+
+    def _cut_back(self, offset):
+        """Remove a partly written entry so nothing torn precedes later ones."""
+        try:
+            os.ftruncate(self.fd, offset)
+        except OSError:
+            # The torn bytes stay: stop appending here, salvage will recover
+            # every entry before them.  The caller still sees the first error.
+            self.broken = True
+            _log.exception("could not truncate %s after a failed write; it will be "
+                           "abandoned and salvaged", self.path)
+
+    def seal(self):
+        """Central directory, fsync, sidecar ``sealed``; then release the lock."""
+        central = b"".join(_central_record(entry, entry.header_offset) for entry in self.entries)
+        tail = central + _end_records(len(self.entries), len(central), self.size)
+        try:
+            _pwrite_all(self.fd, tail, self.size)
+            os.fsync(self.fd)
+        except BaseException:
+            self._cut_back(self.size)
+            self.abandon()
+            raise
+        self.manifest.update(state=_STATE_SEALED, entries=len(self.entries), bytes=self.size,
+                             sealed=time.time())
+        try:
+            _write_manifest(self.sidecar_path, self.manifest)
+        finally:
+            self._close()
+
+    def abandon(self):
+        """Give up on this temp zip unsealed; a scavenger will salvage it."""
+        with contextlib.suppress(OSError):
+            os.fsync(self.fd)
+        self._close()
+
+    def _close(self):
+        with _OWN_TEMP_ZIPS_LOCK:
+            _OWN_TEMP_ZIPS.discard(self.path)
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)     # releases the fcntl lock
+
+    def forget_after_fork(self):
+        """In a forked child: drop the parent's descriptor, touch nothing."""
+        if self.fd >= 0:
+            # The child never held the parent's POSIX lock, so closing its
+            # inherited descriptor releases nothing of the parent's.
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+def _rotation_due(created_monotonic, now_monotonic, rotation_span, size, max_bytes):
+    """Pure 'is it time' check, like TimedRotatingFileHandler.shouldRollover."""
+    return now_monotonic - created_monotonic >= rotation_span or size >= max_bytes
+
+
+class _Spool(io.RawIOBase):
+    """A growable byte buffer in memory that moves to a TMPDIR file when large."""
+
+    def __init__(self, readable=True, limit=_SPOOL_MEMORY_LIMIT):
+        super().__init__()
+        self._readable = readable
+        self._limit = limit
+        self._memory = io.BytesIO()
+        self._file = None
+
+    def _target(self):
+        return self._memory if self._file is None else self._file
+
+    def readable(self):
+        return self._readable
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, buffer):
+        return self._target().readinto(buffer)
+
+    def read_all_for_archive(self):
+        """(bytes or None): the content when it is in memory, for the fast path."""
+        return self._memory.getvalue() if self._file is None else None
+
+    def write(self, data):
+        target = self._target()
+        if self._file is None and target.tell() + len(data) > self._limit:
+            self._file = tempfile.TemporaryFile()
+            self._file.write(self._memory.getbuffer())
+            self._file.seek(self._memory.tell())
+            self._memory = io.BytesIO()
+            target = self._file
+        return target.write(data)
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self._target().seek(offset, whence)
+
+    def tell(self):
+        return self._target().tell()
+
+    def truncate(self, size=None):
+        return self._target().truncate(size)
+
+    def size(self):
+        target = self._target()
+        position = target.tell()
+        end = target.seek(0, io.SEEK_END)
+        target.seek(position)
+        return end
+
+    def rewind_for_archive(self):
+        self._target().seek(0)
+        return self._target()
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+        self._memory = io.BytesIO()
+        super().close()
+
+
+class _CommitOnClose:
+    """Mixin for the handles rear_open returns: commit on close, discard on error."""
+
+    def _rear_setup(self, fs, name, spool):
+        self._rear_fs = fs
+        self._rear_name = name
+        self._rear_spool = spool
+        self._rear_discard = False
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None and self._rear_fs.success_only:
+            self._rear_discard = True
+        self.close()
+
+    def discard(self):
+        """Close without archiving."""
+        self._rear_discard = True
+        self.close()
+
+    def close(self):
+        if self.closed:
+            return
+        try:
+            self.flush()
+            if not self._rear_discard:
+                self._rear_fs._commit_spool(self._rear_name, self._rear_spool)
+        finally:
+            super().close()
+            self._rear_spool.close()
+
+
+class _BinaryOutput(_CommitOnClose, io.BufferedRandom):
+    """The handle of rear_open in modes "w+b"."""
+
+
+class _BinaryWriteOnlyOutput(_CommitOnClose, io.BufferedWriter):
+    """The handle of rear_open in mode "wb": reading raises like open()'s."""
+
+
+class _TextOutput(_CommitOnClose, io.TextIOWrapper):
+    """The handle of rear_open in text modes."""
+
+
+_MODES = {"w": (False, False), "w+": (False, True), "wb": (True, False),
+          "w+b": (True, True), "wb+": (True, True), "wt": (False, False),
+          "w+t": (False, True), "wt+": (False, True)}
+
+# The stack of rear_fs instances entered in this process, innermost last.
+_ACTIVE = []
+_ACTIVE_LOCK = threading.Lock()
+# Every rear_fs alive in this process, to seal at exit and reset after fork.
+_LIVE = weakref.WeakSet()
+
+
+class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
+    """A worker's handle on a base directory: files written through it go to
+    this process's temporary zip in ``base/inbox/``.
+
+    ``sync`` is ``"rotation"`` (fsync when a temp zip is sealed; a process
+    crash loses nothing acknowledged) or ``"file"`` (also fsync every file; a
+    node crash loses nothing acknowledged either, at the cost of one fsync
+    per file).
+    """
+
+    def __init__(self, base=None, rotation_span=None, success_only=True,
+                 compression="deflated", compresslevel=None, sync="rotation"):
+        self.base = os.path.abspath(_base_or_env(base))
+        self.inbox = os.path.join(self.base, _INBOX)
+        self.rotation_span = _rotation_or_env(rotation_span)
+        if compression not in _COMPRESSION:
+            raise ValueError("compression %r is not supported; choose one of %s"
+                             % (compression, ", ".join(sorted(_COMPRESSION))))
+        self.compression = compression
+        self.compresslevel = compresslevel
+        self.success_only = success_only
+        if sync not in ("rotation", "file"):
+            raise ValueError("sync must be 'rotation' or 'file', not %r" % (sync,))
+        self.sync = sync
+        self._method = _COMPRESSION[compression]
+        if self._method != zipfile.ZIP_STORED:
+            _compressor(self._method, compresslevel)   # fail now on a bad level
+        self._reset_state()
+        self._closed = False
+        _LIVE.add(self)
+
+    def _reset_state(self):
+        self._lock = threading.RLock()
+        self._temp = None
+        self._timer = None
+        self._timer_stop = threading.Event()
+        self._pid = os.getpid()
+
+    # -- context management ------------------------------------------------
+
+    def __enter__(self):
+        if self._closed:
+            raise RearError("this rear_fs is closed; create a new one")
+        with _ACTIVE_LOCK:
+            _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        with _ACTIVE_LOCK:
+            if self in _ACTIVE:
+                # remove the innermost occurrence, contexts nest
+                del _ACTIVE[len(_ACTIVE) - 1 - _ACTIVE[::-1].index(self)]
+        self.close()
+
+    async def __aenter__(self):
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type, exc, traceback):
+        self.__exit__(exc_type, exc, traceback)
+
+    # -- writing -----------------------------------------------------------
+
+    def open(self, path, mode="w", encoding=None, newline=None, errors=None):
+        """Open ``"name.zip/member"`` for writing; archived when closed."""
+        if mode not in _MODES:
+            raise ValueError("mode %r is not supported; rear_open writes new files: use "
+                             "'w', 'w+', 'wb' or 'w+b'" % (mode,))
+        binary, readable = _MODES[mode]
+        if binary and (encoding is not None or newline is not None or errors is not None):
+            raise ValueError("binary mode %r takes no encoding, errors or newline" % mode)
+        self._check_open()
+        dest, member = split_path(path)
+        spool = _Spool(readable=readable)
+        if binary:
+            handle = (_BinaryOutput if readable else _BinaryWriteOnlyOutput)(spool)
+        else:
+            buffer = (io.BufferedRandom if readable else io.BufferedWriter)(spool)
+            handle = _TextOutput(buffer, encoding=encoding or "utf-8", errors=errors,
+                                 newline=newline)
+        handle._rear_setup(self, dest + "/" + member, spool)
+        return handle
+
+    @contextlib.contextmanager
+    def pickup(self, source, path):
+        """Archive the file or directory tree ``source`` as ``path`` when the
+        block exits, then remove ``source``.  If the block raises (and
+        ``success_only``) the source is left where it is."""
+        self._check_open()
+        dest, member = split_path(path)
+        source = os.fspath(source)
+        ok = False
+        try:
+            yield source
+            ok = True
+        finally:
+            if ok or not self.success_only:
+                self._archive_and_remove(source, dest + "/" + member, must_exist=ok)
+
+    def write_bytes(self, path, data):
+        """Archive ``data`` as ``path`` in one call."""
+        dest, member = split_path(path)
+        self._check_open()
+        self._commit_prepared(dest + "/" + member,
+                              _prepare_bytes(bytes(data), self._method, self.compresslevel),
+                              time.time(), _DEFAULT_FILE_MODE)
+
+
+    def write_text(self, path, text, encoding="utf-8", errors=None):
+        """Archive ``text`` as ``path`` in one call."""
+        self.write_bytes(path, text.encode(encoding, errors or "strict"))
+
+    def rotate(self):
+        """Seal the current temp zip now; the next write starts a new one."""
+        with self._lock:
+            self._seal_current()
+
+    def close(self):
+        """Seal the current temp zip and stop the rotation timer."""
+        if os.getpid() != self._pid:
+            self._reset_state()
+        self._timer_stop.set()
+        timer = self._timer
+        if timer is not None and timer is not threading.current_thread():
+            timer.join()
+        with self._lock:
+            self._closed = True
+            self._seal_current()
+
+    # -- internals ---------------------------------------------------------
+
+    def _check_open(self):
+        if self._closed:
+            raise RearError("this rear_fs is closed; open files inside its 'with' block")
+
+    def _archive_and_remove(self, source, name, must_exist):
+        try:
+            st = os.lstat(source)
+        except FileNotFoundError as err:
+            if not must_exist:
+                return
+            raise RearError("rear_pickup: %s was not created; nothing to archive as %r"
+                            % (source, name), source) from err
+        if stat.S_ISDIR(st.st_mode):
+            for directory, subdirs, files in os.walk(source):
+                subdirs.sort()
+                for file_name in sorted(files):
+                    full = os.path.join(directory, file_name)
+                    relative = os.path.relpath(full, source).replace(os.sep, "/")
+                    member = name + "/" + relative
+                    split_path(member)   # a file name may be unacceptable (e.g. '\\')
+                    self._archive_file(full, member)
+            shutil.rmtree(source)
+        else:
+            self._archive_file(source, name)
+            os.unlink(source)
+
+    def _archive_file(self, source, name):
+        st = os.stat(source)
+        if not stat.S_ISREG(st.st_mode):
+            raise RearError("rear_pickup: %s is not a regular file or directory" % source, source)
+        with open(source, "rb") as handle:
+            prepared = _prepare_stream(handle, self._method, self.compresslevel)
+            self._commit_prepared(name, prepared, st.st_mtime, st.st_mode)
+
+    def _commit_spool(self, name, spool):
+        data = spool.read_all_for_archive()
+        if data is not None:
+            prepared = _prepare_bytes(data, self._method, self.compresslevel)
+        else:
+            prepared = _prepare_stream(spool.rewind_for_archive(), self._method,
+                                       self.compresslevel)
+        self._commit_prepared(name, prepared, time.time(), _DEFAULT_FILE_MODE)
+
+    def _commit_prepared(self, name, prepared, mtime, mode):
+        try:
+            self._append_locked(name, prepared, mtime, mode)
+        finally:
+            prepared.close()
+
+    def _append_locked(self, name, prepared, mtime, mode):
+        with self._lock:
+            if os.getpid() != self._pid:   # forked without register_at_fork
+                self._reset_state()
+            self._check_open()
+            temp = self._temp
+            if temp is not None and (temp.broken or _rotation_due(
+                    temp.created_monotonic, time.monotonic(), self.rotation_span,
+                    temp.size, _TEMP_ZIP_MAX_BYTES)):
+                self._seal_current()
+                temp = None
+            if temp is None:
+                temp = self._temp = _TempZip(self.inbox, self.sync == "file")
+                self._start_timer()
+            temp.append(name, prepared, mtime, mode)
+
+    def _seal_current(self):
+        temp, self._temp = self._temp, None
+        if temp is None:
+            return
+        if temp.broken:
+            temp.abandon()
+        else:
+            temp.seal()
+
+    def _rotate_if_due(self):
+        with self._lock:
+            temp = self._temp
+            if temp is not None and _rotation_due(temp.created_monotonic, time.monotonic(),
+                                                  self.rotation_span, temp.size,
+                                                  _TEMP_ZIP_MAX_BYTES):
+                self._seal_current()
+
+    def _start_timer(self):
+        if self._timer is not None and self._timer.is_alive():
+            return
+        self._timer = threading.Thread(
+            target=_rotation_timer, args=(weakref.ref(self), self._timer_stop,
+                                          _timer_interval(self.rotation_span)),
+            name="rear-rotation", daemon=True)
+        self._timer.start()
+
+    def _forget_after_fork(self):
+        temp = self._temp
+        self._reset_state()
+        if temp is not None:
+            temp.forget_after_fork()
+
+
+def _timer_interval(rotation_span):
+    return max(0.01, min(rotation_span / 10.0, _TIMER_MAX_SLEEP))
+
+
+def _rotation_timer(fs_ref, stop, interval):
+    """Daemon thread: seal the temp zip every rotation_span, even when idle."""
+    while not stop.wait(interval):
+        fs = fs_ref()
+        if fs is None:
+            return
+        try:
+            fs._rotate_if_due()
+        except Exception:  # the next write retries and raises to its caller
+            _log.exception("rotation of %s failed", fs.inbox)
+        del fs
+
+
+def _seal_all_at_exit():
+    """atexit: seal every temp zip this process has open."""
+    for fs in list(_LIVE):
+        if fs._pid == os.getpid():
+            try:
+                fs.close()
+            except Exception:
+                _log.exception("could not seal the temp zip of %s at exit", fs.inbox)
+
+
+def _after_fork_in_child():
+    """A forked child writes to temp zips of its own, never to its parent's."""
+    global _OWN_TEMP_ZIPS_LOCK, _ACTIVE_LOCK, _SCAVENGE_LOCK
+    _OWN_TEMP_ZIPS.clear()
+    _OWN_TEMP_ZIPS_LOCK = threading.Lock()
+    _ACTIVE_LOCK = threading.Lock()
+    _SCAVENGE_LOCK = threading.Lock()
+    for fs in list(_LIVE):
+        fs._forget_after_fork()
+    # multiprocessing children end with os._exit(), which skips atexit; its
+    # own exit hook runs Finalize callbacks, so seal there too.
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, _seal_all_at_exit, exitpriority=100)
+
+
+atexit.register(_seal_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _current_fs():
+    with _ACTIVE_LOCK:
+        if _ACTIVE:
+            return _ACTIVE[-1]
+    raise RuntimeError("rear_open/rear_pickup need an active rear_fs: wrap your code in "
+                       "'with rear.rear_fs(BASE):' or call fs.open() on a rear_fs")
+
+
+def rear_open(path, mode="w", encoding=None, newline=None, errors=None):
+    """Open ``"name.zip/member"`` for writing through the innermost rear_fs."""
+    return _current_fs().open(path, mode, encoding=encoding, newline=newline, errors=errors)
+
+
+def rear_pickup(source, path):
+    """Archive ``source`` (file or directory) as ``path`` when the block exits."""
+    return _current_fs().pickup(source, path)
+
+
+def _base_or_env(base):
+    if base is None:
+        base = os.environ.get("REAR_BASE")
+        if not base:
+            raise ValueError("no base directory given and REAR_BASE is not set")
+    return os.fspath(base)
+
+
+def _rotation_or_env(rotation_span):
+    if rotation_span is None:
+        raw = os.environ.get("REAR_ROTATION")
+        if raw:
+            try:
+                rotation_span = float(raw)
+            except ValueError as err:
+                raise ValueError("REAR_ROTATION=%r is not a number of seconds" % raw) from err
+        else:
+            rotation_span = DEFAULT_ROTATION_SPAN
+    if not rotation_span > 0:
+        raise ValueError("rotation_span must be a positive number of seconds, not %r"
+                         % (rotation_span,))
+    return float(rotation_span)
+
+
+# ---------------------------------------------------------------- scavenger
+
+# POSIX locks cannot keep two threads of one process apart: serialize passes.
+_SCAVENGE_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass
+class ScavengeStats:
+    """What one scavenger pass did."""
+
+    files_moved: int = 0        # entries appended to final archives
+    temp_zips_done: int = 0     # temp zips fully ingested and deleted
+    archives_touched: int = 0   # commits made
+    conflicts: int = 0          # entries kept under a name.~N~ name
+    salvaged: int = 0           # unsealed temp zips of dead writers recovered
+    duplicates: int = 0         # entries skipped because already archived
+    busy: int = 0               # temp zips skipped: locked by a writer or scavenger
+    waiting: int = 0            # unsealed temp zips not yet past the grace period
+    recovered_journals: int = 0  # interrupted commits rolled back or forward
+    errors: list = dataclasses.field(default_factory=list)  # (path, reason)
+
+    def add(self, other):
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+class _Claim:
+    """A temp zip this scavenger holds the lock of, with its entries."""
+
+    def __init__(self, path, fd, manifest, entries, salvaged):
+        self.path = path
+        self.sidecar_path = _sidecar_path(path)
+        self.fd = fd
+        self.manifest = manifest
+        self.entries = entries
+        self.salvaged = salvaged
+        done = set(manifest.get("done", []))
+        self.pending = {split_path(entry.name)[0] for entry in entries} - done
+        self.failed = False
+
+    def release(self):
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+def _archive_key(dest):
+    # Lock and journal names must be short and flat whatever the dest path.
+    return hashlib.sha256(dest.encode("utf-8")).hexdigest()[:40]
+
+
+class _ArchivePaths:
+    """Where an archive, its lock file and its journals are.
+
+    Made from the dest path, or from the key alone (a journal's file name)
+    when recovering: the dest is then read from the journal under the lock.
+    """
+
+    def __init__(self, base, dest=None, key=None):
+        self.base = base
+        self.directory = os.path.join(base, _INBOX, _ARCHIVES_DIR)
+        key = key or _archive_key(dest)
+        self.lock = os.path.join(self.directory, key + _LOCK_SUFFIX)
+        self.journal = os.path.join(self.directory, key + _JOURNAL_SUFFIX)
+        self.commit = os.path.join(self.directory, key + _COMMIT_SUFFIX)
+        self.set_dest(dest)
+
+    def set_dest(self, dest):
+        self.dest = dest
+        self.archive = os.path.join(self.base, *dest.split("/")) if dest else None
+
+
+@contextlib.contextmanager
+def _archive_lock(paths, blocking=True, exclusive=True):
+    """Hold the archive's lock file.  Yields False if busy (non-blocking)."""
+    os.makedirs(paths.directory, exist_ok=True)
+    # O_RDWR even for a shared lock: NFSv4 refuses locks that do not match
+    # the open mode.  The lock file is never unlinked: a process blocked on
+    # it would otherwise hold a lock on a file nobody else sees.
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+    try:
+        try:
+            held = _lock(fd, paths.lock, exclusive=exclusive, blocking=blocking)
+        except LockingUnsupportedError as err:
+            _warn_no_locks(paths.lock, err)
+            held = True
+        yield held
+    finally:
+        os.close(fd)
+
+
+def _write_journal(paths, header, old_tail):
+    head = json.dumps(header, sort_keys=True).encode("utf-8")
+    body = _JOURNAL_HEAD.pack(_JOURNAL_MAGIC, len(head)) + head + old_tail
+    body += _JOURNAL_TAIL.pack(zlib.crc32(body), _JOURNAL_MAGIC)
+    fd = os.open(paths.journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, body)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _sync_directory(paths.directory)
+
+
+def _read_journal(path):
+    """(header, old_tail) of a complete journal, or None if it is torn."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < _JOURNAL_HEAD.size + _JOURNAL_TAIL.size:
+        return None
+    magic, head_len = _JOURNAL_HEAD.unpack_from(data, 0)
+    crc, end_magic = _JOURNAL_TAIL.unpack_from(data, len(data) - _JOURNAL_TAIL.size)
+    body = data[:len(data) - _JOURNAL_TAIL.size]
+    if magic != _JOURNAL_MAGIC or end_magic != _JOURNAL_MAGIC or zlib.crc32(body) != crc:
+        return None
+    head_end = _JOURNAL_HEAD.size + head_len
+    header = json.loads(body[_JOURNAL_HEAD.size:head_end].decode("utf-8"))
+    return header, body[head_end:]
+
+
+def _finish_temps(paths, temps):
+    """Commit step 7: delete finished temp zips, record the rest as done."""
+    inbox = os.path.join(paths.base, _INBOX)
+    for temp in temps:
+        zip_path = os.path.join(inbox, temp["zip"])
+        if temp["finish"]:
+            _unlink_if_exists(zip_path)
+            _unlink_if_exists(_sidecar_path(zip_path))
+        else:
+            try:
+                manifest = _read_manifest(_sidecar_path(zip_path))
+            except TempZipError:
+                manifest = None
+            if manifest is None:
+                continue   # gone: a crashed earlier run finished it already
+            if paths.dest not in manifest["done"]:
+                manifest["done"].append(paths.dest)
+                _write_manifest(_sidecar_path(zip_path), manifest)
+    _sync_directory(inbox)
+
+
+def _recover_locked(paths, stats):
+    """With the archive lock held: roll back or forward an interrupted commit."""
+    if os.path.exists(paths.commit):
+        # A .commit is renamed from a complete, fsynced journal: never torn.
+        header, _old_tail = _read_journal(paths.commit)
+        paths.set_dest(header["dest"])
+        _finish_temps(paths, header["temps"])
+        os.unlink(paths.commit)
+        _sync_directory(paths.directory)
+        stats.recovered_journals += 1
+        _log.warning("finished the interrupted commit to %s", paths.archive)
+    if not os.path.exists(paths.journal):
+        return
+    parsed = _read_journal(paths.journal)
+    if parsed is not None:
+        header, old_tail = parsed
+        paths.set_dest(header["dest"])
+        if header["created"]:
+            _unlink_if_exists(paths.archive)
+            _sync_directory(os.path.dirname(paths.archive))
+        else:
+            fd = os.open(paths.archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+            try:
+                _pwrite_all(fd, old_tail, header["old_cd_offset"])
+                os.ftruncate(fd, header["old_size"])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _log.warning("rolled back the interrupted commit to %s", paths.archive)
+    # A torn journal was never completed, so the archive was never touched.
+    os.unlink(paths.journal)
+    _sync_directory(paths.directory)
+    stats.recovered_journals += 1
+
+
+def _recover_all_journals(base, stats):
+    """Recover every interrupted commit whose archive is not locked now.
+
+    A journal's name is its archive's key, so its lock can be taken before
+    the journal is read: one being written by a live scavenger is never
+    mistaken for a torn one.
+    """
+    directory = os.path.join(base, _INBOX, _ARCHIVES_DIR)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    keys = sorted({name.rsplit(".", 1)[0] for name in names
+                   if name.endswith((_JOURNAL_SUFFIX, _COMMIT_SUFFIX))})
+    for key in keys:
+        paths = _ArchivePaths(base, key=key)
+        try:
+            with _archive_lock(paths, blocking=False) as held:
+                if held:
+                    _recover_locked(paths, stats)
+        except (OSError, RearError, ValueError, KeyError) as err:
+            stats.errors.append((paths.journal, "recovery failed: %s" % err))
+            _log.error("could not recover the commit journal %s: %s", paths.journal, err)
+
+
+class _ArchiveState:
+    """An archive opened for appending: its descriptor, tail and name index."""
+
+    def __init__(self, paths, max_size):
+        self.paths = paths
+        archive = paths.archive
+        if not _inside(paths.base, archive):
+            raise ArchiveError("%s resolves outside the base directory (a symlinked "
+                               "directory?); refusing to write there" % archive, archive)
+        directory = os.path.dirname(archive)
+        os.makedirs(directory, exist_ok=True)
+        self.created = False
+        try:
+            self.fd = os.open(archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+        except FileNotFoundError:
+            self.fd = os.open(archive, os.O_RDWR | os.O_CREAT | os.O_EXCL
+                              | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+            self.created = True
+        except IsADirectoryError as err:
+            raise ArchiveError("%s is a directory, not an archive; move it away"
+                               % archive, archive) from err
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ArchiveError("%s is a symlink; rear does not follow links to "
+                                   "archives, replace it with the file" % archive,
+                                   archive) from err
+            raise
+        try:
+            self._load(max_size)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _load(self, max_size):
+        st = os.fstat(self.fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArchiveError("%s is not a regular file; move it away" % self.paths.archive,
+                               self.paths.archive)
+        # Sizes come from the locked descriptor, never from before the lock.
+        self.size = st.st_size
+        if self.size and self.size >= max_size:
+            self._roll_over()
+        if self.size == 0:
+            self.tail = _Tail(0, 0, 0, b"")
+            self.old_tail = b""
+            self.index = {}
+            return
+        self.tail = _read_tail(self.fd, self.size, self.paths.archive)
+        self.old_tail = _pread_exact(self.fd, self.size - self.tail.cd_offset,
+                                     self.tail.cd_offset, self.paths.archive)
+        central = self.old_tail[:self.tail.cd_size]
+        self.index = {entry.name: (entry.crc, entry.file_size)
+                      for entry in _parse_central(central, self.tail.count, self.paths.archive)}
+
+    def _roll_over(self):
+        archive = self.paths.archive
+        stem = archive[:-len(".zip")]
+        number = 0
+        while os.path.lexists("%s-%d.zip" % (stem, number)):
+            number += 1
+        rolled = "%s-%d.zip" % (stem, number)
+        os.rename(archive, rolled)
+        _sync_directory(os.path.dirname(archive))
+        _log.info("%s reached its size cap; rolled over to %s", archive, rolled)
+        os.close(self.fd)
+        self.fd = os.open(archive, os.O_RDWR | os.O_CREAT | os.O_EXCL
+                          | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+        self.created = True
+        self.size = 0
+
+    def name_for(self, name, crc, file_size, stats):
+        """The name to add ``name`` under, or None if it is already archived."""
+        existing = self.index.get(name)
+        if existing is None:
+            return name
+        if existing == (crc, file_size):
+            return None
+        number = 1
+        while True:
+            candidate = "%s.~%d~" % (name, number)
+            existing = self.index.get(candidate)
+            if existing is None:
+                stats.conflicts += 1
+                _log.warning("%s already holds %r with other content; keeping the new "
+                             "one as %r", self.paths.archive, name, candidate)
+                return candidate
+            if existing == (crc, file_size):
+                return None
+            number += 1
+
+    def close(self):
+        os.close(self.fd)
+
+
+def _commit_to_archive(base, dest, items, max_size, stats):
+    """Append (claim, entry) items to one archive atomically (steps 1-8)."""
+    paths = _ArchivePaths(base, dest)
+    with _archive_lock(paths):
+        _recover_locked(paths, stats)
+        paths.set_dest(dest)
+        archive = _ArchiveState(paths, max_size)
+        try:
+            additions = []
+            for claim, entry in items:
+                member = split_path(entry.name)[1]
+                name = archive.name_for(member, entry.crc, entry.file_size, stats)
+                if name is None:
+                    stats.duplicates += 1
+                    continue
+                archive.index[name] = (entry.crc, entry.file_size)
+                additions.append((claim, entry, name))
+            claims = {id(claim): claim for claim, _entry in items}.values()
+            temps = [{"zip": os.path.basename(claim.path), "finish": claim.pending == {dest}}
+                     for claim in claims]
+            if additions:
+                header = {"dest": dest, "archive": paths.archive, "created": archive.created,
+                          "old_size": archive.size, "old_cd_offset": archive.tail.cd_offset,
+                          "temps": temps}
+                _write_journal(paths, header, archive.old_tail)
+                try:
+                    _append_entries(archive, additions)
+                except BaseException:
+                    # ENOSPC, EIO...: put the old tail back now rather than
+                    # leave a broken archive until the next run.
+                    _roll_back_quietly(paths, stats)
+                    raise
+                os.replace(paths.journal, paths.commit)   # step 6: the commit point
+                _sync_directory(paths.directory)
+                stats.files_moved += len(additions)
+                stats.archives_touched += 1
+            _finish_temps(paths, temps)
+            for claim in claims:
+                claim.pending.discard(dest)
+            _unlink_if_exists(paths.commit)
+            _sync_directory(paths.directory)
+        finally:
+            archive.close()
+
+
+def _roll_back_quietly(paths, stats):
+    """Roll back a failed commit; a failing rollback never hides the cause."""
+    try:
+        _recover_locked(paths, stats)
+    except Exception:
+        _log.exception("rolling back the failed commit to %s failed too; the journal "
+                       "%s stays for 'rear recover'", paths.archive, paths.journal)
+
+
+def _append_entries(archive, additions):
+    """Commit step 5: new entries over the old tail, then the new tail; fsync."""
+    fd = archive.fd
+    offset = archive.tail.cd_offset
+    records = []
+    buffer = bytearray()
+    buffer_offset = offset
+    for claim, entry, name in additions:
+        new_entry = _Entry(name, entry.flags, entry.method, entry.dos_time, entry.dos_date,
+                           entry.crc, entry.compressed_size, entry.file_size,
+                           entry.external_attr)
+        header = _local_header(new_entry)
+        records.append(_central_record(new_entry, offset))
+        if entry.compressed_size <= _SMALL_ENTRY:
+            buffer += header
+            buffer += _pread_exact(claim.fd, entry.compressed_size, entry.data_offset, claim.path)
+        else:
+            buffer += header
+            _pwrite_all(fd, buffer, buffer_offset)
+            _copy_range(claim.fd, entry.data_offset, fd, offset + len(header),
+                        entry.compressed_size, claim.path)
+            buffer = bytearray()
+            buffer_offset = offset + len(header) + entry.compressed_size
+        offset += len(header) + entry.compressed_size
+        if len(buffer) >= _CHUNK:
+            _pwrite_all(fd, buffer, buffer_offset)
+            buffer_offset += len(buffer)
+            buffer = bytearray()
+    old_central = archive.old_tail[:archive.tail.cd_size]
+    new_central = b"".join(records)
+    cd_size = len(old_central) + len(new_central)
+    count = archive.tail.count + len(records)
+    buffer += old_central + new_central + _end_records(count, cd_size, offset,
+                                                       archive.tail.comment)
+    _pwrite_all(fd, buffer, buffer_offset)
+    end = buffer_offset + len(buffer)
+    os.ftruncate(fd, end)
+    os.fsync(fd)
+    if archive.created:
+        _sync_directory(os.path.dirname(archive.paths.archive))
+
+
+def _list_temp_zips(inbox):
+    try:
+        names = os.listdir(inbox)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(inbox, name) for name in names
+                  if name.endswith(_TEMP_SUFFIX) and not name.startswith("."))
+
+
+def _claim(path, flush, grace, stats, salvage_only=False):
+    """Lock one temp zip and read its entries; None if it is not ready."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise TempZipError("%s is %s; rear never follows links in inbox/, remove it"
+                           % (path, kind), path)
+    with _OWN_TEMP_ZIPS_LOCK:
+        if path in _OWN_TEMP_ZIPS:
+            stats.busy += 1
+            return None
+    try:
+        fd = os.open(path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    claim = None
+    try:
+        locks_work = True
+        try:
+            if not _lock(fd, path, exclusive=True, blocking=False):
+                stats.busy += 1
+                return None
+        except LockingUnsupportedError as err:
+            _warn_no_locks(path, err)
+            locks_work = False
+        # The file may have been ingested and unlinked between our open and
+        # our lock: only the name's current inode counts.
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            return None
+        st = os.fstat(fd)
+        if (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
+            return None
+        manifest = _read_manifest(_sidecar_path(path))
+        created = manifest["created"] if manifest else st.st_mtime
+        old = time.time() - max(created, st.st_mtime) >= grace
+        sealed = manifest is not None and manifest["state"] == _STATE_SEALED
+        if sealed and not salvage_only:
+            entries = _read_central_entries(fd, st.st_size, path, TempZipError)
+            salvaged = False
+        elif sealed:
+            return None
+        else:
+            if manifest is None and st.st_size == 0 and not old:
+                # Between O_EXCL create and lock/sidecar of a live writer.
+                stats.waiting += 1
+                return None
+            if not old and (not flush or not locks_work):
+                stats.waiting += 1
+                return None
+            entries, torn = _salvage_entries(fd, st.st_size, path)
+            salvaged = True
+            _log.warning("salvaged %d entries from %s, an unsealed temp zip of a dead "
+                         "writer%s", len(entries), path,
+                         "; dropped %d torn bytes" % torn if torn else "")
+            if manifest is None:
+                manifest = _new_manifest(created)
+                manifest["host"] = manifest["pid"] = None
+        for entry in entries:
+            try:
+                split_path(entry.name)
+            except PathError as err:
+                raise TempZipError("%s: entry %r is not a valid rear path (%s); the temp "
+                                   "zip is left in place" % (path, entry.name, err), path) from err
+            if entry.method not in _COMPRESSION.values():
+                raise TempZipError("%s: entry %r uses compression method %d, which this "
+                                   "Python cannot handle" % (path, entry.name, entry.method),
+                                   path)
+        claim = _Claim(path, fd, manifest, entries, salvaged)
+        return claim
+    finally:
+        if claim is None:
+            os.close(fd)
+
+
+def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SIZE,
+             salvage_only=False):
+    """One scavenger pass over ``base/inbox``; returns a ScavengeStats.
+
+    Sealed temp zips are ingested.  Unsealed ones whose lock is free (their
+    writer died) are salvaged once older than 2 x rotation_span, or at once
+    with ``flush=True``.  Damaged files are reported in ``stats.errors`` and
+    left in place.  Safe to run in any number of processes at once.
+    """
+    base = os.path.abspath(_base_or_env(base))
+    grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
+    inbox = os.path.join(base, _INBOX)
+    stats = ScavengeStats()
+    if not os.path.isdir(base):
+        raise RearError("base directory %s does not exist" % base, base)
+    with _SCAVENGE_LOCK:
+        _recover_all_journals(base, stats)
+        tried = set()
+        while True:
+            claims = []
+            try:
+                for path in _list_temp_zips(inbox):
+                    if path in tried:
+                        continue
+                    tried.add(path)
+                    try:
+                        claim = _claim(path, flush, grace, stats, salvage_only)
+                    except (TempZipError, OSError) as err:
+                        stats.errors.append((path, str(err)))
+                        _log.error("skipping %s: %s", path, err)
+                        continue
+                    if claim is not None:
+                        claims.append(claim)
+                        if len(claims) >= _BATCH_TEMP_ZIPS:
+                            break
+                if not claims:
+                    break
+                _ingest(base, claims, max_size, stats)
+            finally:
+                for claim in claims:
+                    claim.release()
+    return stats
+
+
+def _ingest(base, claims, max_size, stats):
+    by_dest = {}
+    for claim in claims:
+        for entry in claim.entries:
+            dest = split_path(entry.name)[0]
+            if dest in claim.pending:
+                by_dest.setdefault(dest, []).append((claim, entry))
+    for dest in sorted(by_dest):
+        items = [item for item in by_dest[dest] if not item[0].failed]
+        if not items:
+            continue
+        try:
+            _commit_to_archive(base, dest, items, max_size, stats)
+        except (RearError, OSError) as err:
+            path = getattr(err, "path", None) or os.path.join(base, dest)
+            stats.errors.append((path, str(err)))
+            _log.error("could not append to %s: %s; its temp zips stay in inbox/",
+                       os.path.join(base, dest), err)
+            for claim, _entry in items:
+                claim.failed = True
+    for claim in claims:
+        if claim.failed:
+            continue
+        if claim.salvaged:
+            stats.salvaged += 1
+        if not claim.pending:
+            # Entries all committed (or none at all, e.g. an empty salvage).
+            if os.path.exists(claim.path):
+                _unlink_if_exists(claim.path)
+                _unlink_if_exists(claim.sidecar_path)
+                _sync_directory(os.path.dirname(claim.path))
+            stats.temp_zips_done += 1
+
+
+class scavengerd:  # noqa: N801 -- the public name rear 0.1 users know
+    """Run scavenger passes in a background thread every ``rotation_span``
+    seconds, and a final flushing pass when the block exits."""
+
+    def __init__(self, base=None, rotation_span=None, max_size=DEFAULT_MAX_SIZE):
+        self.base = os.path.abspath(_base_or_env(base))
+        self.rotation_span = _rotation_or_env(rotation_span)
+        self.max_size = max_size
+        self.stats = ScavengeStats()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        os.makedirs(os.path.join(self.base, _INBOX), exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="rear-scavengerd", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        self._stop.set()
+        self._thread.join()
+        self._pass(flush=True)
+
+    async def __aenter__(self):
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type, exc, traceback):
+        self.__exit__(exc_type, exc, traceback)
+
+    def _run(self):
+        while not self._stop.wait(self.rotation_span):
+            self._pass(flush=False)
+
+    def _pass(self, flush):
+        try:
+            self.stats.add(scavenge(self.base, flush=flush, rotation_span=self.rotation_span,
+                                    max_size=self.max_size))
+        except Exception:
+            _log.exception("scavenger pass over %s failed", self.base)
+
+
+def recover(base=None, rotation_span=None):
+    """Roll back or finish interrupted commits and salvage dead writers' temp
+    zips at once (sealed temp zips are left to the normal scavenger)."""
+    return scavenge(base, flush=True, rotation_span=rotation_span, salvage_only=True)
+
+
+# ---------------------------------------------------------------- inspection
+
+
+def _archives_under(base):
+    inbox = os.path.join(base, _INBOX)
+    for directory, subdirs, files in os.walk(base):
+        if directory == base and _INBOX in subdirs:
+            subdirs.remove(_INBOX)
+        subdirs.sort()
+        for name in sorted(files):
+            if name.lower().endswith(".zip"):
+                path = os.path.join(directory, name)
+                if not path.startswith(inbox + os.sep):
+                    yield path
+
+
+def verify(path):
+    """CRC-check every member of an archive, or of every archive under a base.
+
+    Returns a list of (archive, problem); empty means everything is intact.
+    """
+    path = os.fspath(path)
+    archives = list(_archives_under(path)) if os.path.isdir(path) else [path]
+    problems = []
+    for archive in archives:
+        try:
+            with zipfile.ZipFile(archive) as handle:
+                for info in handle.infolist():
+                    with handle.open(info) as member:
+                        while member.read(_CHUNK):
+                            pass
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError,
+                zlib.error, NotImplementedError, RuntimeError, ValueError) as err:
+            problems.append((archive, "%s: %s" % (type(err).__name__, err)))
+    return problems
+
+
+def status(base=None, rotation_span=None):
+    """A dict describing the temp zips (open/sealed/stale/damaged), pending
+    journals and final archives under ``base``."""
+    base = os.path.abspath(_base_or_env(base))
+    grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
+    inbox = os.path.join(base, _INBOX)
+    # Probing a lock opens and closes a descriptor, which would drop the lock
+    # of an in-process scavenger on that file: keep out of its way.
+    with _SCAVENGE_LOCK:
+        temps = [_temp_status(path, grace) for path in _list_temp_zips(inbox)]
+    journals = []
+    directory = os.path.join(inbox, _ARCHIVES_DIR)
+    if os.path.isdir(directory):
+        journals = sorted(name for name in os.listdir(directory)
+                          if name.endswith((_JOURNAL_SUFFIX, _COMMIT_SUFFIX)))
+    archives = []
+    for archive in _archives_under(base):
+        info = {"path": os.path.relpath(archive, base), "size": os.path.getsize(archive)}
+        try:
+            fd = os.open(archive, os.O_RDONLY | _O_CLOEXEC)
+            try:
+                info["entries"] = _read_tail(fd, info["size"], archive).count
+            finally:
+                os.close(fd)
+        except (ArchiveError, OSError) as err:
+            info["entries"] = None
+            info["error"] = str(err)
+        archives.append(info)
+    return {"base": base, "temp_zips": temps, "journals": journals, "archives": archives}
+
+
+def _temp_status(path, grace):
+    info = {"path": os.path.basename(path)}
+    try:
+        st = os.lstat(path)
+        info["size"] = st.st_size
+        if not stat.S_ISREG(st.st_mode):
+            info["state"] = "damaged"
+            info["error"] = "not a regular file"
+            return info
+        manifest = _read_manifest(_sidecar_path(path))
+    except (OSError, TempZipError) as err:
+        info["state"] = "damaged"
+        info["error"] = str(err)
+        return info
+    if manifest is not None:
+        info.update(entries=manifest["entries"], host=manifest["host"], pid=manifest["pid"],
+                    created=manifest["created"])
+        if manifest["state"] == _STATE_SEALED:
+            info["state"] = "sealed"
+            return info
+    with _OWN_TEMP_ZIPS_LOCK:
+        own = path in _OWN_TEMP_ZIPS
+    locked = own
+    if not own:
+        try:
+            fd = os.open(path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+            try:
+                locked = not _lock(fd, path, blocking=False)
+            finally:
+                os.close(fd)
+        except (OSError, RearError):
+            locked = False
+    created = manifest["created"] if manifest else st.st_mtime
+    if locked:
+        info["state"] = "open"
+    elif time.time() - created >= grace:
+        info["state"] = "stale"
+    else:
+        info["state"] = "open"
+    return info
+
+
+# ---------------------------------------------------------------- CLI
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def _parse_size(text):
+    raw = text.strip().upper()
+    for suffix in ("IB", "B"):
+        if raw.endswith(suffix) and raw[:-len(suffix)][-1:] in _SIZE_UNITS:
+            raw = raw[:-len(suffix)]
+            break
+    unit = raw[-1:] if raw[-1:] in "KMGT" else ""
+    number = raw[:-1] if unit else raw
+    try:
+        value = int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a size like 50G, 512M or 1000000" % text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("size must be positive, not %r" % text)
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("seconds must be positive, not %r" % text)
+    return value
+
+
+def _print_stats(stats, out):
+    out.write("moved %d files from %d temp zips into %d archives (%d duplicates skipped, "
+              "%d conflicts renamed, %d salvaged, %d busy, %d waiting, %d errors)\n"
+              % (stats.files_moved, stats.temp_zips_done, stats.archives_touched,
+                 stats.duplicates, stats.conflicts, stats.salvaged, stats.busy,
+                 stats.waiting, len(stats.errors)))
+
+
+def _report_errors(stats):
+    for path, reason in stats.errors:
+        sys.stderr.write("rear: error: %s: %s\n" % (path, reason))
+    return 1 if stats.errors else 0
+
+
+def _cmd_scavenge(args):
+    while True:
+        stats = scavenge(args.base, flush=args.flush, rotation_span=args.rotation,
+                         max_size=args.max_size)
+        if not args.quiet:
+            _print_stats(stats, sys.stdout)
+        code = _report_errors(stats)
+        if not args.watch:
+            return code
+        time.sleep(args.watch)
+
+
+def _cmd_recover(args):
+    stats = recover(args.base, rotation_span=args.rotation)
+    if not args.quiet:
+        sys.stdout.write("recovered %d interrupted commits, salvaged %d temp zips "
+                         "(%d files moved)\n" % (stats.recovered_journals, stats.salvaged,
+                                                 stats.files_moved))
+    return _report_errors(stats)
+
+
+def _cmd_status(args):
+    report = status(args.base, rotation_span=args.rotation)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    counts = {}
+    for temp in report["temp_zips"]:
+        counts[temp["state"]] = counts.get(temp["state"], 0) + 1
+    sys.stdout.write("base %s\n" % report["base"])
+    sys.stdout.write("temp zips: %s\n" % (", ".join(
+        "%d %s" % (counts.get(state, 0), state)
+        for state in ("open", "sealed", "stale", "damaged"))))
+    for temp in report["temp_zips"]:
+        if temp["state"] == "damaged":
+            sys.stdout.write("  damaged %s: %s\n" % (temp["path"], temp["error"]))
+    if report["journals"]:
+        sys.stdout.write("interrupted commits: %d (run 'rear recover')\n"
+                         % len(report["journals"]))
+    sys.stdout.write("archives: %d\n" % len(report["archives"]))
+    for archive in report["archives"]:
+        entries = archive["entries"]
+        sys.stdout.write("  %10s entries %14d bytes  %s\n" % (
+            "?" if entries is None else entries, archive["size"], archive["path"]))
+    return 0
+
+
+def _open_archive(path):
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise RearError("cannot read %s: %s" % (path, err), path) from err
+
+
+def _cmd_ls(args):
+    with _open_archive(args.archive) as handle:
+        infos = handle.infolist()
+        if args.json:
+            json.dump([{"name": info.filename, "size": info.file_size,
+                        "compressed_size": info.compress_size, "crc": info.CRC,
+                        "date_time": "%04d-%02d-%02d %02d:%02d:%02d" % info.date_time}
+                       for info in infos], sys.stdout, indent=2)
+            sys.stdout.write("\n")
+            return 0
+        sys.stdout.write("%12s %12s  %-16s  %s\n" % ("Length", "Compressed", "Date Time", "Name"))
+        total = compressed = 0
+        for info in infos:
+            sys.stdout.write("%12d %12d  %04d-%02d-%02d %02d:%02d  %s\n" % (
+                (info.file_size, info.compress_size) + info.date_time[:5] + (info.filename,)))
+            total += info.file_size
+            compressed += info.compress_size
+        sys.stdout.write("%12d %12d  %-16s  %d files\n" % (total, compressed, "", len(infos)))
+    return 0
+
+
+def _cmd_cat(args):
+    with _open_archive(args.archive) as handle:
+        try:
+            member = handle.open(args.member)
+        except KeyError as err:
+            raise RearError("%s has no member %r; list them with 'rear ls %s'"
+                            % (args.archive, args.member, args.archive), args.archive) from err
+        with member:
+            shutil.copyfileobj(member, sys.stdout.buffer, _CHUNK)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _cmd_verify(args):
+    problems = verify(args.path)
+    for archive, problem in problems:
+        sys.stderr.write("rear: error: %s: %s\n" % (archive, problem))
+    if not problems and not args.quiet:
+        sys.stdout.write("all archives under %s are intact\n" % args.path)
+    return 1 if problems else 0
+
+
+def _demo_worker(base, worker, count, rotation_span):
+    with rear_fs(base, rotation_span=rotation_span):
+        for index in range(count):
+            with rear_open("demo.zip/worker-%d/file-%05d.txt" % (worker, index)) as handle:
+                handle.write("worker %d file %d\n" % (worker, index))
+            if index % 100 == 0:
+                with rear_open("logs/worker-%d.zip/progress.log.%d" % (worker, index)) as handle:
+                    handle.write("reached %d\n" % index)
+
+
+def _cmd_demo(args):
+    import multiprocessing
+
+    directory = args.dir or tempfile.mkdtemp(prefix="rear-demo-")
+    os.makedirs(directory, exist_ok=True)
+    started = time.monotonic()
+    processes = [multiprocessing.Process(target=_demo_worker,
+                                         args=(directory, worker, args.files, 0.5))
+                 for worker in range(args.workers)]
+    with scavengerd(directory, rotation_span=0.5) as daemon:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+    failed = [process.exitcode for process in processes if process.exitcode != 0]
+    stats = daemon.stats
+    problems = verify(directory)
+    with zipfile.ZipFile(os.path.join(directory, "demo.zip")) as handle:
+        archived = len(handle.namelist())
+    expected = args.workers * args.files
+    sys.stdout.write("demo: %d workers wrote %d files in %.1f s; the scavenger moved %d "
+                     "entries from %d temp zips; demo.zip holds %d of %d; %s\n"
+                     "demo: archives are in %s\n"
+                     % (args.workers, expected, time.monotonic() - started, stats.files_moved,
+                        stats.temp_zips_done, archived, expected,
+                        "all CRCs verified" if not problems else "%d PROBLEMS" % len(problems),
+                        directory))
+    return 0 if archived == expected and not problems and not failed else 1
+
+
+def _build_parser():
+    parser = argparse.ArgumentParser(
+        prog="rear", description="Remote Archiver: safely collect many small output files "
+        "into zip archives on a shared filesystem.")
+    parser.add_argument("--version", action="version", version="rear " + __version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    def add(name, help_text, example):
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  epilog="example: " + example,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        verbosity = sub.add_mutually_exclusive_group()
+        verbosity.add_argument("-v", "--verbose", action="store_true", help="log more")
+        verbosity.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+        return sub
+
+    def add_base(sub):
+        sub.add_argument("base", nargs="?", default=None,
+                         help="base directory (default: $REAR_BASE)")
+        sub.add_argument("--rotation", type=_positive_float, default=None, metavar="S",
+                         help="workers' rotation span in seconds (default: $REAR_ROTATION "
+                         "or 300); unsealed temp zips of dead writers are salvaged "
+                         "after twice this")
+
+    sub = add("scavenge", "move entries from temp zips into the final archives",
+              "rear scavenge /scratch/run42 --flush")
+    add_base(sub)
+    sub.add_argument("--flush", action="store_true",
+                     help="also salvage unsealed temp zips of dead writers now")
+    sub.add_argument("--watch", type=_positive_float, default=None, metavar="S",
+                     help="repeat every S seconds until interrupted")
+    sub.add_argument("--max-size", type=_parse_size, default=DEFAULT_MAX_SIZE, metavar="SIZE",
+                     help="roll an archive over to name-N.zip at this size (default 50G)")
+    sub.set_defaults(func=_cmd_scavenge)
+
+    sub = add("status", "show temp zips, interrupted commits and archives",
+              "rear status /scratch/run42 --json")
+    add_base(sub)
+    sub.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.set_defaults(func=_cmd_status)
+
+    sub = add("ls", "list an archive's members like 'unzip -l'",
+              "rear ls /scratch/run42/logs.zip")
+    sub.add_argument("archive")
+    sub.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.set_defaults(func=_cmd_ls)
+
+    sub = add("cat", "write one member of an archive to stdout",
+              "rear cat /scratch/run42/logs.zip task-17/out.txt")
+    sub.add_argument("archive")
+    sub.add_argument("member")
+    sub.set_defaults(func=_cmd_cat)
+
+    sub = add("verify", "CRC-check every member of an archive or of every archive "
+              "under a base", "rear verify /scratch/run42")
+    sub.add_argument("path")
+    sub.set_defaults(func=_cmd_verify)
+
+    sub = add("recover", "roll back interrupted commits and salvage temp zips of dead "
+              "writers", "rear recover /scratch/run42")
+    add_base(sub)
+    sub.set_defaults(func=_cmd_recover)
+
+    sub = add("demo", "several workers write thousands of files, a scavenger collects "
+              "them, everything is verified", "rear demo /tmp/rear-demo")
+    sub.add_argument("dir", nargs="?", default=None,
+                     help="where to put the demo base (default: a new temp directory)")
+    sub.add_argument("--workers", type=int, default=4)
+    sub.add_argument("--files", type=int, default=2000, help="files per worker")
+    sub.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _configure_logging(args):
+    level = logging.WARNING
+    if getattr(args, "verbose", False):
+        level = logging.INFO
+    elif getattr(args, "quiet", False):
+        level = logging.ERROR
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("rear: %(levelname)s: %(message)s"))
+    _log.addHandler(handler)
+    _log.setLevel(level)
+    return handler
+
+
+def _run(parser, args):
+    handler = _configure_logging(args)
+    try:
+        return args.func(args)
+    except (RearError, ValueError, OSError) as err:
+        sys.stderr.write("rear: error: %s\n" % err)
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("rear: interrupted\n")
+        return 1
+    finally:
+        _log.removeHandler(handler)
+
+
+def main(argv=None):
+    """The ``rear`` command; returns the exit code (0 ok, 1 failures, 2 usage)."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    return _run(parser, args)
+
+
+def legacy_main(argv=None):
+    """``rear-scavenger -d BASE [--flush] [--rotation S]``, as in rear 0.1."""
+    parser = argparse.ArgumentParser(prog="rear-scavenger",
+                                     description="Run one scavenger pass (rear 0.1 style).")
+    parser.add_argument("-d", "--directory", dest="base", default=None,
+                        help="base directory (default: $REAR_BASE)")
+    parser.add_argument("--flush", action="store_true")
+    parser.add_argument("--rotation", type=_positive_float, default=None)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    args.watch = None
+    args.max_size = DEFAULT_MAX_SIZE
+    args.func = _cmd_scavenge
+    return _run(parser, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
