@@ -1077,10 +1077,10 @@ def _rotation_due(created_monotonic, now_monotonic, rotation_span, size, max_byt
 class _Spool(io.RawIOBase):
     """A growable byte buffer in memory that moves to a TMPDIR file when large."""
 
-    def __init__(self, readable=True, limit=_SPOOL_MEMORY_LIMIT):
+    def __init__(self, readable=True):
         super().__init__()
         self._readable = readable
-        self._limit = limit
+        self._limit = _SPOOL_MEMORY_LIMIT
         self._memory = io.BytesIO()
         self._file = None
 
@@ -1190,8 +1190,11 @@ _MODES = {"w": (False, False), "w+": (False, True), "wb": (True, False),
 # The stack of rear_fs instances entered in this process, innermost last.
 _ACTIVE = []
 _ACTIVE_LOCK = threading.Lock()
-# Every rear_fs alive in this process, to seal at exit and reset after fork.
+# Every rear_fs alive in this process, to reset after fork.
 _LIVE = weakref.WeakSet()
+# Those with an open temp zip, held strongly so that one the caller dropped
+# without closing is still sealed by its timer or at exit.
+_UNSEALED = set()
 
 
 class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
@@ -1386,11 +1389,13 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
                 temp = None
             if temp is None:
                 temp = self._temp = _TempZip(self.inbox, self.sync == "file")
+                _UNSEALED.add(self)
                 self._start_timer()
             temp.append(name, prepared, mtime, mode)
 
     def _seal_current(self):
         temp, self._temp = self._temp, None
+        _UNSEALED.discard(self)
         if temp is None:
             return
         if temp.broken:
@@ -1441,7 +1446,7 @@ def _rotation_timer(fs_ref, stop, interval):
 
 def _seal_all_at_exit():
     """atexit: seal every temp zip this process has open."""
-    for fs in list(_LIVE):
+    for fs in list(_UNSEALED):
         if fs._pid == os.getpid():
             try:
                 fs.close()
@@ -1456,13 +1461,28 @@ def _after_fork_in_child():
     _OWN_TEMP_ZIPS_LOCK = threading.Lock()
     _ACTIVE_LOCK = threading.Lock()
     _SCAVENGE_LOCK = threading.Lock()
+    _UNSEALED.clear()
     for fs in list(_LIVE):
         fs._forget_after_fork()
-    # multiprocessing children end with os._exit(), which skips atexit; its
-    # own exit hook runs Finalize callbacks, so seal there too.
+    # multiprocessing children end with os._exit(), which skips atexit; they
+    # run Finalize callbacks instead.  Process._bootstrap clears the finalizer
+    # registry after the fork and then runs its after-fork hooks, so register
+    # the finalizer from such a hook.
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
-        util.Finalize(None, _seal_all_at_exit, exitpriority=100)
+        util.register_after_fork(_AFTER_FORK_OWNER, _register_exit_finalizer)
+
+
+class _AfterForkOwner:
+    """multiprocessing.util.register_after_fork wants a weak-referenceable owner."""
+
+
+_AFTER_FORK_OWNER = _AfterForkOwner()
+
+
+def _register_exit_finalizer(_owner):
+    util = sys.modules["multiprocessing.util"]
+    util.Finalize(None, _seal_all_at_exit, exitpriority=100)
 
 
 atexit.register(_seal_all_at_exit)
@@ -1724,12 +1744,14 @@ class _ArchiveState:
                                "directory?); refusing to write there" % archive, archive)
         directory = os.path.dirname(archive)
         os.makedirs(directory, exist_ok=True)
+        # A new archive is created only once the journal saying so is durable
+        # (see create()): created first, a kill would leave an empty file that
+        # no zip reader accepts.
         self.created = False
+        self.fd = -1
         try:
             self.fd = os.open(archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
         except FileNotFoundError:
-            self.fd = os.open(archive, os.O_RDWR | os.O_CREAT | os.O_EXCL
-                              | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
             self.created = True
         except IsADirectoryError as err:
             raise ArchiveError("%s is a directory, not an archive; move it away"
@@ -1743,10 +1765,13 @@ class _ArchiveState:
         try:
             self._load(max_size)
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
 
     def _load(self, max_size):
+        if self.created:
+            self._start_empty()
+            return
         st = os.fstat(self.fd)
         if not stat.S_ISREG(st.st_mode):
             raise ArchiveError("%s is not a regular file; move it away" % self.paths.archive,
@@ -1755,10 +1780,9 @@ class _ArchiveState:
         self.size = st.st_size
         if self.size and self.size >= max_size:
             self._roll_over()
+            return
         if self.size == 0:
-            self.tail = _Tail(0, 0, 0, b"")
-            self.old_tail = b""
-            self.index = {}
+            self._start_empty()
             return
         self.tail = _read_tail(self.fd, self.size, self.paths.archive)
         self.old_tail = _pread_exact(self.fd, self.size - self.tail.cd_offset,
@@ -1777,11 +1801,20 @@ class _ArchiveState:
         os.rename(archive, rolled)
         _sync_directory(os.path.dirname(archive))
         _log.info("%s reached its size cap; rolled over to %s", archive, rolled)
-        os.close(self.fd)
-        self.fd = os.open(archive, os.O_RDWR | os.O_CREAT | os.O_EXCL
-                          | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+        self.close()
         self.created = True
+        self._start_empty()
+
+    def _start_empty(self):
         self.size = 0
+        self.tail = _Tail(0, 0, 0, b"")
+        self.old_tail = b""
+        self.index = {}
+
+    def create(self):
+        """Create the new archive file (commit step 5, after the journal)."""
+        self.fd = os.open(self.paths.archive, os.O_RDWR | os.O_CREAT | os.O_EXCL
+                          | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
 
     def name_for(self, name, crc, file_size, stats):
         """The name to add ``name`` under, or None if it is already archived."""
@@ -1804,7 +1837,9 @@ class _ArchiveState:
             number += 1
 
     def close(self):
-        os.close(self.fd)
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
 def _commit_to_archive(base, dest, items, max_size, stats):
@@ -1863,6 +1898,8 @@ def _roll_back_quietly(paths, stats):
 
 def _append_entries(archive, additions):
     """Commit step 5: new entries over the old tail, then the new tail; fsync."""
+    if archive.created:
+        archive.create()
     fd = archive.fd
     offset = archive.tail.cd_offset
     records = []
