@@ -966,12 +966,19 @@ class _TempZip:
         self.pid = os.getpid()
         while True:
             self.path = os.path.join(inbox, _new_temp_stem() + _TEMP_SUFFIX)
+            # Registered before it exists: an in-process scavenger must never
+            # open it, even in the instant between creation and locking.
+            with _OWN_TEMP_ZIPS_LOCK:
+                _OWN_TEMP_ZIPS.add(self.path)
             try:
                 self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL
                                   | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
                 break
-            except FileExistsError:
-                continue
+            except BaseException as err:
+                with _OWN_TEMP_ZIPS_LOCK:
+                    _OWN_TEMP_ZIPS.discard(self.path)
+                if not isinstance(err, FileExistsError):
+                    raise
         self.sidecar_path = _sidecar_path(self.path)
         try:
             try:
@@ -981,11 +988,9 @@ class _TempZip:
             self.manifest = _new_manifest(self.created)
             _write_manifest(self.sidecar_path, self.manifest)
         except BaseException:
-            os.close(self.fd)
             _unlink_if_exists(self.path)
+            self._close()
             raise
-        with _OWN_TEMP_ZIPS_LOCK:
-            _OWN_TEMP_ZIPS.add(self.path)
 
     def append(self, name, prepared, mtime, mode):
         """Write one entry; on failure cut it off again before raising."""
@@ -1940,6 +1945,29 @@ def _append_entries(archive, additions):
         _sync_directory(os.path.dirname(archive.paths.archive))
 
 
+def _remove_orphans(inbox, grace):
+    """Remove what crashes leave that holds no data: sidecars whose zip is
+    gone (a scavenger deletes the zip first) and sidecar temp files of
+    writers that died while replacing one (older than the grace period)."""
+    try:
+        names = os.listdir(inbox)
+    except FileNotFoundError:
+        return
+    present = set(names)
+    now = time.time()
+    for name in names:
+        path = os.path.join(inbox, name)
+        try:
+            if name.endswith(_SIDECAR_SUFFIX) and not name.startswith("."):
+                if name[:-len(_SIDECAR_SUFFIX)] + _TEMP_SUFFIX not in present:
+                    os.unlink(path)
+            elif name.startswith(".") and name.endswith(".tmp"):
+                if now - os.lstat(path).st_mtime >= grace:
+                    os.unlink(path)
+        except FileNotFoundError:
+            continue
+
+
 def _list_temp_zips(inbox):
     try:
         names = os.listdir(inbox)
@@ -2045,6 +2073,7 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
         raise RearError("base directory %s does not exist" % base, base)
     with _SCAVENGE_LOCK:
         _recover_all_journals(base, stats)
+        _remove_orphans(inbox, grace)
         tried = set()
         while True:
             claims = []
@@ -2310,15 +2339,21 @@ def _report_errors(stats):
 
 
 def _cmd_scavenge(args):
-    while True:
-        stats = scavenge(args.base, flush=args.flush, rotation_span=args.rotation,
-                         max_size=args.max_size)
-        if not args.quiet:
-            _print_stats(stats, sys.stdout)
-        code = _report_errors(stats)
+    code = 0
+    try:
+        while True:
+            stats = scavenge(args.base, flush=args.flush, rotation_span=args.rotation,
+                             max_size=args.max_size)
+            if not args.quiet:
+                _print_stats(stats, sys.stdout)
+            code = _report_errors(stats)
+            if not args.watch:
+                return code
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
         if not args.watch:
-            return code
-        time.sleep(args.watch)
+            raise
+        return code     # Ctrl-C is how a --watch loop is meant to end
 
 
 def _cmd_recover(args):

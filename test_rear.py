@@ -714,9 +714,9 @@ def test_writer_killed_at_a_random_instant_loses_nothing_acknowledged(base, tria
     found = all_entries(base)
     for name, data in acknowledged.items():
         assert found.get(name) == data, "acknowledged %s was lost or altered" % name
-    # whatever else was archived was written whole, never torn
-    assert set(found) - set(acknowledged) <= {name for name in found
-                                              if name.startswith("w")}
+    # At most one file per thread can have left its with block without
+    # being reported before the kill; anything else would be invented.
+    assert len(set(found) - set(acknowledged)) <= 1 + trial % 3
 
 
 def test_dead_writers_temp_zip_waits_for_the_grace_period_without_flush(base):
@@ -1176,6 +1176,37 @@ def test_status_classifies_temp_zips(base):
     assert states == ["damaged", "open", "sealed", "stale"]
 
 
+def test_orphaned_sidecars_and_sidecar_temp_files_are_cleaned_up(base):
+    inbox = os.path.join(base, "inbox")
+    os.makedirs(inbox)
+    orphan = os.path.join(inbox, "gone.json")
+    leftover = os.path.join(inbox, ".abc.tmp")
+    fresh = os.path.join(inbox, ".def.tmp")
+    for path in (orphan, leftover, fresh):
+        open(path, "w").close()
+    os.utime(leftover, (time.time() - 3600, time.time() - 3600))
+    rear.scavenge(base, rotation_span=60)
+    assert sorted(os.listdir(inbox)) == [".def.tmp"]   # a live writer's may be fresh
+
+
+def test_in_process_scavenger_never_touches_a_temp_zip_being_created(base, monkeypatch):
+    real_lock = rear._lock
+    seen = []
+
+    def slow_lock(fd, path, **kwargs):
+        if path.endswith(".zip") and "inbox" in path and not seen:
+            seen.append(rear.scavenge(base, flush=True))   # in the window
+        return real_lock(fd, path, **kwargs)
+
+    monkeypatch.setattr(rear, "_lock", slow_lock)
+    with rear.rear_fs(base) as fs:
+        fs.write_bytes("a.zip/x", b"x")
+    assert seen and seen[0].busy == 1 and seen[0].files_moved == 0
+    monkeypatch.undo()
+    rear.scavenge(base)
+    assert archives_of(base)["a.zip"] == {"x": b"x"}
+
+
 def test_recover_salvages_dead_writers_but_leaves_sealed_temp_zips(base):
     fill(base, {"a.zip/sealed": b"s"})
     write_raw_temp_zip(base, [("a.zip/dead", b"d")])
@@ -1312,3 +1343,13 @@ def test_rear_runs_on_python_3_8(base):
               "rear.scavenge(sys.argv[1])")
     subprocess.run([python, "-c", script, base], env=CHILD_ENV, check=True)
     assert archives_of(base)["a.zip"] == {"x.txt": b"3.8"}
+
+
+def test_ci_runs_the_commands_at_the_top_of_the_readme():
+    readme = open(os.path.join(HERE, "README.md")).read()
+    commands = [line.split("  #")[0].strip()
+                for line in readme.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()]
+    ci = open(os.path.join(HERE, ".ci", "run")).read().splitlines()
+    assert len(commands) == 2
+    for command in commands:
+        assert command in ci, "%r is in README.md but not run by .ci/run" % command
