@@ -47,8 +47,10 @@ so a temporary zip describes itself even without its sidecar.
 
 Writer steps
 ============
-1. Create the temp zip with ``O_EXCL`` and take an exclusive ``lockf`` lock on
-   it.  The lock is held for the zip's whole life: it is the liveness signal.
+1. Create the temp zip under a hidden name with ``O_EXCL``, take an exclusive
+   ``lockf`` lock on it (held for the zip's whole life: it is the liveness
+   signal), and rename it into view.  Scavengers never list hidden names, so
+   a visible temp zip with a free lock always belongs to a dead writer.
 2. Write the sidecar ``open`` (atomically, directory fsynced).
 3. Per file: compress and CRC it off the lock, then append local header and
    data in one ``write()``.  A failed write is truncated away before the error
@@ -964,30 +966,35 @@ class _TempZip:
         self.size = 0
         self.broken = False
         self.pid = os.getpid()
+        # Created under a hidden name that scavengers never list, locked, and
+        # only then renamed into view: a visible temp zip whose lock is free
+        # therefore always belongs to a dead writer, with no window in which
+        # a live writer's new file looks abandoned.
         while True:
-            self.path = os.path.join(inbox, _new_temp_stem() + _TEMP_SUFFIX)
-            # Registered before it exists: an in-process scavenger must never
-            # open it, even in the instant between creation and locking.
-            with _OWN_TEMP_ZIPS_LOCK:
-                _OWN_TEMP_ZIPS.add(self.path)
+            stem = _new_temp_stem()
+            hidden = os.path.join(inbox, "." + stem + _TEMP_SUFFIX)
             try:
-                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL
+                self.fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL
                                   | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
                 break
-            except BaseException as err:
-                with _OWN_TEMP_ZIPS_LOCK:
-                    _OWN_TEMP_ZIPS.discard(self.path)
-                if not isinstance(err, FileExistsError):
-                    raise
+            except FileExistsError:
+                continue
+        self.path = os.path.join(inbox, stem + _TEMP_SUFFIX)
         self.sidecar_path = _sidecar_path(self.path)
+        # Registered before it is visible: an in-process scavenger must never
+        # open it (closing its descriptor would drop this process's lock).
+        with _OWN_TEMP_ZIPS_LOCK:
+            _OWN_TEMP_ZIPS.add(self.path)
         try:
             try:
-                _lock(self.fd, self.path, exclusive=True, blocking=True)
+                _lock(self.fd, hidden, exclusive=True, blocking=True)
             except LockingUnsupportedError as err:
-                _warn_no_locks(self.path, err)
+                _warn_no_locks(hidden, err)
+            os.rename(hidden, self.path)   # the sidecar's directory fsync covers it
             self.manifest = _new_manifest(self.created)
             _write_manifest(self.sidecar_path, self.manifest)
         except BaseException:
+            _unlink_if_exists(hidden)
             _unlink_if_exists(self.path)
             self._close()
             raise
@@ -1947,8 +1954,9 @@ def _append_entries(archive, additions):
 
 def _remove_orphans(inbox, grace):
     """Remove what crashes leave that holds no data: sidecars whose zip is
-    gone (a scavenger deletes the zip first) and sidecar temp files of
-    writers that died while replacing one (older than the grace period)."""
+    gone (a scavenger deletes the zip first), and, once older than the grace
+    period, sidecar temp files and hidden new temp zips of writers that died
+    while making them (nothing is written to a temp zip while it is hidden)."""
     try:
         names = os.listdir(inbox)
     except FileNotFoundError:
@@ -1961,8 +1969,9 @@ def _remove_orphans(inbox, grace):
             if name.endswith(_SIDECAR_SUFFIX) and not name.startswith("."):
                 if name[:-len(_SIDECAR_SUFFIX)] + _TEMP_SUFFIX not in present:
                     os.unlink(path)
-            elif name.startswith(".") and name.endswith(".tmp"):
-                if now - os.lstat(path).st_mtime >= grace:
+            elif name.startswith(".") and name.endswith((".tmp", _TEMP_SUFFIX)):
+                st = os.lstat(path)
+                if now - st.st_mtime >= grace and (name.endswith(".tmp") or st.st_size == 0):
                     os.unlink(path)
         except FileNotFoundError:
             continue
@@ -2024,10 +2033,6 @@ def _claim(path, flush, grace, stats, salvage_only=False):
         elif sealed:
             return None
         else:
-            if manifest is None and st.st_size == 0 and not old:
-                # Between O_EXCL create and lock/sidecar of a live writer.
-                stats.waiting += 1
-                return None
             if not old and (not flush or not locks_work):
                 stats.waiting += 1
                 return None

@@ -92,7 +92,8 @@ def inbox_temp_zips(base):
     inbox = os.path.join(base, "inbox")
     if not os.path.isdir(inbox):
         return []
-    return sorted(name for name in os.listdir(inbox) if name.endswith(".zip"))
+    return sorted(name for name in os.listdir(inbox)
+                  if name.endswith(".zip") and not name.startswith("."))
 
 
 def sidecars(base):
@@ -1176,29 +1177,59 @@ def test_status_classifies_temp_zips(base):
     assert states == ["damaged", "open", "sealed", "stale"]
 
 
-def test_orphaned_sidecars_and_sidecar_temp_files_are_cleaned_up(base):
+def test_orphaned_sidecars_and_hidden_leftovers_are_cleaned_up(base):
     inbox = os.path.join(base, "inbox")
     os.makedirs(inbox)
     orphan = os.path.join(inbox, "gone.json")
-    leftover = os.path.join(inbox, ".abc.tmp")
-    fresh = os.path.join(inbox, ".def.tmp")
-    for path in (orphan, leftover, fresh):
+    old_tmp, old_zip = os.path.join(inbox, ".abc.tmp"), os.path.join(inbox, ".new.zip")
+    fresh_tmp, fresh_zip = os.path.join(inbox, ".def.tmp"), os.path.join(inbox, ".fresh.zip")
+    for path in (orphan, old_tmp, old_zip, fresh_tmp, fresh_zip):
         open(path, "w").close()
-    os.utime(leftover, (time.time() - 3600, time.time() - 3600))
+    for path in (old_tmp, old_zip):
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
     rear.scavenge(base, rotation_span=60)
-    assert sorted(os.listdir(inbox)) == [".def.tmp"]   # a live writer's may be fresh
+    # a live writer's may be fresh
+    assert sorted(os.listdir(inbox)) == [".def.tmp", ".fresh.zip"]
+
+
+WRITER_DIES_AT_CREATION = """
+    import os, signal, sys, rear
+    real = getattr(rear, sys.argv[2])
+    def die_in_between(*args, **kwargs):
+        if sys.argv[2] == "_write_manifest" or args[0].endswith(".zip"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    setattr(rear, sys.argv[2], die_in_between)
+    if sys.argv[2] == "_lock":
+        rear.os.rename = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+        setattr(rear, "_lock", real)
+    rear.rear_fs(sys.argv[1]).write_bytes("a.zip/x", b"x")
+"""
+
+
+@pytest.mark.parametrize("step", ["_lock", "_write_manifest"])
+def test_writer_killed_while_creating_its_temp_zip_leaves_nothing_a_flush_keeps(base, step):
+    child = run_child(WRITER_DIES_AT_CREATION, base, step)
+    assert child.wait(60) == -signal.SIGKILL
+    stats = rear.scavenge(base, flush=True)
+    assert stats.errors == [] and inbox_temp_zips(base) == []
+    inbox = os.path.join(base, "inbox")
+    leftovers = os.listdir(inbox)
+    # at most the hidden, empty file of the creation step (removed after grace)
+    assert [name for name in leftovers if not name.startswith(".")] == []
+    assert all(os.path.getsize(os.path.join(inbox, name)) == 0 for name in leftovers)
 
 
 def test_in_process_scavenger_never_touches_a_temp_zip_being_created(base, monkeypatch):
-    real_lock = rear._lock
+    real_write_manifest = rear._write_manifest
     seen = []
 
-    def slow_lock(fd, path, **kwargs):
-        if path.endswith(".zip") and "inbox" in path and not seen:
-            seen.append(rear.scavenge(base, flush=True))   # in the window
-        return real_lock(fd, path, **kwargs)
+    def scavenge_first(path, manifest):
+        if not seen:   # the temp zip is visible and locked, its sidecar not yet written
+            seen.append(rear.scavenge(base, flush=True))
+        return real_write_manifest(path, manifest)
 
-    monkeypatch.setattr(rear, "_lock", slow_lock)
+    monkeypatch.setattr(rear, "_write_manifest", scavenge_first)
     with rear.rear_fs(base) as fs:
         fs.write_bytes("a.zip/x", b"x")
     assert seen and seen[0].busy == 1 and seen[0].files_moved == 0
