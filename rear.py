@@ -1668,7 +1668,7 @@ def _finish_temps(paths, temps):
     """Commit step 7: delete finished temp zips, record the rest as done."""
     inbox = os.path.join(paths.base, _INBOX)
     for temp in temps:
-        zip_path = os.path.join(inbox, temp["zip"])
+        zip_path = os.path.join(inbox, os.path.basename(temp["zip"]))
         if temp["finish"]:
             _unlink_if_exists(zip_path)
             _unlink_if_exists(_sidecar_path(zip_path))

@@ -1384,3 +1384,25 @@ def test_ci_runs_the_commands_at_the_top_of_the_readme():
     assert len(commands) == 2
     for command in commands:
         assert command in ci, "%r is in README.md but not run by .ci/run" % command
+
+
+def test_sync_file_fsyncs_every_file_before_its_block_returns(base, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(rear.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    with rear.rear_fs(base, sync="file") as fs:
+        fs.write_bytes("a.zip/1", b"1")
+        after_first = len(synced)
+        fs.write_bytes("a.zip/2", b"2")
+        assert len(synced) == after_first + 1
+    with rear.rear_fs(base) as fs:   # the default: no fsync per file
+        fs.write_bytes("a.zip/3", b"3")
+        before = len(synced)
+        fs.write_bytes("a.zip/4", b"4")
+        assert len(synced) == before
+
+
+def test_without_fcntl_importing_works_and_locking_says_it_needs_posix(base, monkeypatch):
+    monkeypatch.setattr(rear, "_fcntl", None)
+    with pytest.raises(rear.LockingUnsupportedError, match="POSIX"):
+        rear._lock(0, "x")
