@@ -900,16 +900,21 @@ def _compressor(method, level):
     return zipfile._get_compressor(method, level)
 
 
+def _method_flags(method):
+    # zipfile's LZMA compressor writes an end-of-stream marker: APPNOTE 4.4.4
+    # bit 1 says so, as zipfile itself sets it.
+    return _FLAG_LZMA_EOS if method == zipfile.ZIP_LZMA else 0
+
+
 def _prepare_bytes(data, method, level):
     """Compress a file held in memory.  Falls back to stored when that is smaller."""
     crc = zlib.crc32(data)
-    flags = 0
     if method != zipfile.ZIP_STORED:
         compressor = _compressor(method, level)
         compressed = compressor.compress(data) + compressor.flush()
         if len(compressed) < len(data):
-            flags = _FLAG_LZMA_EOS if method == zipfile.ZIP_LZMA else 0
-            return _Prepared(crc, len(data), len(compressed), method, compressed, flags)
+            return _Prepared(crc, len(data), len(compressed), method, compressed,
+                             _method_flags(method))
     return _Prepared(crc, len(data), len(data), zipfile.ZIP_STORED, bytes(data), 0)
 
 
@@ -922,17 +927,10 @@ def _prepare_stream(source, method, level):
     """
     crc = 0
     size = 0
-    if method == zipfile.ZIP_STORED:
-        while True:
-            chunk = source.read(_CHUNK)
-            if not chunk:
-                break
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-        source.seek(0)
-        return _Prepared(crc, size, size, method, source, 0)
-    compressor = _compressor(method, level)
-    spool = _Spool(readable=True)
+    compressor = spool = None
+    if method != zipfile.ZIP_STORED:
+        compressor = _compressor(method, level)
+        spool = _Spool(readable=True)
     try:
         while True:
             chunk = source.read(_CHUNK)
@@ -940,18 +938,22 @@ def _prepare_stream(source, method, level):
                 break
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
-            spool.write(compressor.compress(chunk))
-        spool.write(compressor.flush())
+            if compressor is not None:
+                spool.write(compressor.compress(chunk))
+        if compressor is not None:
+            spool.write(compressor.flush())
+        if compressor is not None and spool.size() < size:
+            spool.seek(0)
+            return _Prepared(crc, size, spool.size(), method, spool, _method_flags(method))
     except BaseException:
-        spool.close()
+        if spool is not None:
+            spool.close()
         raise
-    if spool.size() >= size:   # incompressible: store it, as _prepare_bytes does
+    # Stored, or incompressible and stored as _prepare_bytes does.
+    if spool is not None:
         spool.close()
-        source.seek(0)
-        return _Prepared(crc, size, size, zipfile.ZIP_STORED, source, 0)
-    spool.seek(0)
-    flags = _FLAG_LZMA_EOS if method == zipfile.ZIP_LZMA else 0
-    return _Prepared(crc, size, spool.size(), method, spool, flags)
+    source.seek(0)
+    return _Prepared(crc, size, size, zipfile.ZIP_STORED, source, 0)
 
 
 class _TempZip:
