@@ -412,7 +412,11 @@ def _copy_range(src_fd, src_offset, dst_fd, dst_offset, length, src_path):
 def _write_file_durably(path, data):
     """Replace ``path`` with ``data``: temp file, fsync, os.replace, fsync dir."""
     directory = os.path.dirname(path)
-    fd, tmp_path = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
+    # Hidden (scavengers skip dot-names) and unique; plain os.open rather than
+    # tempfile.mkstemp so that every file operation goes through this module.
+    tmp_path = os.path.join(directory, ".%s.%s.tmp" % (os.path.basename(path),
+                                                        secrets.token_hex(6)))
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
     try:
         try:
             _write_all(fd, data)
@@ -424,6 +428,24 @@ def _write_file_durably(path, data):
         with contextlib.suppress(OSError):  # never hide the original error
             os.unlink(tmp_path)
         raise
+
+
+def _makedirs_durably(path):
+    """os.makedirs that also fsyncs the parent of every directory it creates.
+
+    Without that, a power loss can forget a new directory (inbox/, a
+    subdirectory of archives) although the files in it were fsynced, and
+    them with it.  Found by the power-loss crash-state tests.
+    """
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    _makedirs_durably(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass   # made by another process, which may not have synced it yet
+    _sync_directory(parent)
 
 
 def _unlink_if_exists(path):
@@ -960,7 +982,6 @@ class _TempZip:
     """One temporary zip: created locked, appended to, sealed or abandoned."""
 
     def __init__(self, inbox, sync_each_file):
-        os.makedirs(inbox, exist_ok=True)
         self.sync_each_file = sync_each_file
         self.created = time.time()
         self.created_monotonic = time.monotonic()
@@ -981,6 +1002,9 @@ class _TempZip:
                 break
             except FileExistsError:
                 continue
+            except FileNotFoundError:
+                # No stat per rotation: make inbox/ only when it is missing.
+                _makedirs_durably(inbox)
         self.path = os.path.join(inbox, stem + _TEMP_SUFFIX)
         self.sidecar_path = _sidecar_path(self.path)
         # Registered before it is visible: an in-process scavenger must never
@@ -1621,7 +1645,7 @@ class _ArchivePaths:
 @contextlib.contextmanager
 def _archive_lock(paths, blocking=True, exclusive=True):
     """Hold the archive's lock file.  Yields False if busy (non-blocking)."""
-    os.makedirs(paths.directory, exist_ok=True)
+    _makedirs_durably(paths.directory)
     # O_RDWR even for a shared lock: NFSv4 refuses locks that do not match
     # the open mode.  The lock file is never unlinked: a process blocked on
     # it would otherwise hold a lock on a file nobody else sees.
@@ -1706,7 +1730,8 @@ def _recover_locked(paths, stats):
         paths.set_dest(header["dest"])
         if header["created"]:
             _unlink_if_exists(paths.archive)
-            _sync_directory(os.path.dirname(paths.archive))
+            if os.path.isdir(os.path.dirname(paths.archive)):
+                _sync_directory(os.path.dirname(paths.archive))
         else:
             fd = os.open(paths.archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
             try:
@@ -1756,8 +1781,7 @@ class _ArchiveState:
         if not _inside(paths.base, archive):
             raise ArchiveError("%s resolves outside the base directory (a symlinked "
                                "directory?); refusing to write there" % archive, archive)
-        directory = os.path.dirname(archive)
-        os.makedirs(directory, exist_ok=True)
+        _makedirs_durably(os.path.dirname(archive))
         # A new archive is created only once the journal saying so is durable
         # (see create()): created first, a kill would leave an empty file that
         # no zip reader accepts.
@@ -1979,6 +2003,20 @@ def _remove_orphans(inbox, grace):
             continue
 
 
+def _check_small_entries(fd, entries, path):
+    """CRC-check the entries whose bytes pass through Python when appended.
+
+    Done while claiming, not while appending: a damaged temp zip must be left
+    out before its batch is committed, or it would fail that commit on every
+    pass and hold up the healthy temp zips batched with it.  Larger entries
+    are copied raw by copy_file_range; ``rear verify`` checks them.
+    """
+    for entry in entries:
+        if entry.compressed_size <= _SMALL_ENTRY and not _entry_data_is_intact(fd, entry):
+            raise TempZipError("%s: entry %r fails its CRC check (damaged on disk?); the "
+                               "temp zip is left in place" % (path, entry.name), path)
+
+
 def _list_temp_zips(inbox):
     try:
         names = os.listdir(inbox)
@@ -2031,6 +2069,7 @@ def _claim(path, flush, grace, stats, salvage_only=False):
         sealed = manifest is not None and manifest["state"] == _STATE_SEALED
         if sealed and not salvage_only:
             entries = _read_central_entries(fd, st.st_size, path, TempZipError)
+            _check_small_entries(fd, entries, path)
             salvaged = False
         elif sealed:
             return None
@@ -2155,7 +2194,7 @@ class scavengerd:  # noqa: N801 -- the public name rear 0.1 users know
         self._thread = None
 
     def __enter__(self):
-        os.makedirs(os.path.join(self.base, _INBOX), exist_ok=True)
+        _makedirs_durably(os.path.join(self.base, _INBOX))
         self._thread = threading.Thread(target=self._run, name="rear-scavengerd", daemon=True)
         self._thread.start()
         return self
