@@ -1978,7 +1978,7 @@ def _append_entries(archive, additions):
         _sync_directory(os.path.dirname(archive.paths.archive))
 
 
-def _remove_orphans(inbox, grace):
+def _remove_orphans(inbox, grace, stats):
     """Remove what crashes leave that holds no data: sidecars whose zip is
     gone (a scavenger deletes the zip first), and, once older than the grace
     period, sidecar temp files and hidden new temp zips of writers that died
@@ -2001,6 +2001,8 @@ def _remove_orphans(inbox, grace):
                     os.unlink(path)
         except FileNotFoundError:
             continue
+        except OSError as err:   # not worth failing the pass over
+            stats.errors.append((path, "could not remove this leftover: %s" % err))
 
 
 def _check_small_entries(fd, entries, path):
@@ -2119,7 +2121,7 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
         raise RearError("base directory %s does not exist" % base, base)
     with _SCAVENGE_LOCK:
         _recover_all_journals(base, stats)
-        _remove_orphans(inbox, grace)
+        _remove_orphans(inbox, grace, stats)
         tried = set()
         while True:
             claims = []
@@ -2174,10 +2176,16 @@ def _ingest(base, claims, max_size, stats):
             stats.salvaged += 1
         if not claim.pending:
             # Entries all committed (or none at all, e.g. an empty salvage).
-            if os.path.exists(claim.path):
-                _unlink_if_exists(claim.path)
-                _unlink_if_exists(claim.sidecar_path)
-                _sync_directory(os.path.dirname(claim.path))
+            try:
+                if os.path.exists(claim.path):
+                    _unlink_if_exists(claim.path)
+                    _unlink_if_exists(claim.sidecar_path)
+                    _sync_directory(os.path.dirname(claim.path))
+            except OSError as err:
+                # Its entries are committed: a later pass deletes it and
+                # skips them as duplicates.
+                stats.errors.append((claim.path, "could not delete it: %s" % err))
+                continue
             stats.temp_zips_done += 1
 
 

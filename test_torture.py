@@ -514,3 +514,360 @@ def test_every_power_loss_crash_state_recovers_without_loss(tmp_path, monkeypatc
                 model.apply(op)
     COUNTS["crash states"] += explored
     assert explored > 100
+
+
+# ---------------------------------------------------------------- deterministic writer content
+
+# Shared, as source, by the writer processes and the checks: the content of
+# any file a torture writer may write follows from its name, so a file whose
+# with block exited just before the kill (not yet reported) is still known.
+CONTENT_SOURCE = '''
+import random as _random
+def torture_content(name):
+    rng = _random.Random(name)
+    return rng.randbytes(rng.randint(0, 1500)) + b"y" * rng.randint(0, 5000)
+'''
+exec(CONTENT_SOURCE)
+
+
+class WriterContents:
+    """``allowed`` for check_archives: any name's content follows from it."""
+
+    def get(self, key, default=()):
+        return {torture_content(key)}
+
+
+TORTURE_WRITER = CONTENT_SOURCE + '''
+import os, sys, threading, rear
+base, seed, threads, rotation = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+rng = _random.Random(seed)
+compression = rng.choice(["stored", "deflated", "bzip2", "lzma"])
+sync = rng.choice(["rotation", "file"])
+report = threading.Lock()
+def work(fs, thread):
+    local = _random.Random(seed * 1000 + thread)
+    n = 0
+    while True:
+        name = "%s/s%d/t%d/%06d" % (local.choice(["a.zip", "b.zip", "sub/c.zip"]), seed, thread, n)
+        data = torture_content(name)
+        if local.random() < 0.5:
+            with rear.rear_open(name, "wb") as handle:
+                handle.write(data[:100])
+                handle.write(data[100:])
+        else:
+            fs.write_bytes(name, data)
+        with report:   # acknowledged: the with block exited
+            sys.stdout.write(name + "\\n")
+            sys.stdout.flush()
+        n += 1
+with rear.rear_fs(base, rotation_span=rotation, compression=compression, sync=sync) as fs:
+    for thread in range(1, threads):
+        threading.Thread(target=work, args=(fs, thread), daemon=True).start()
+    work(fs, 0)
+'''
+
+
+class Reported(Acknowledged):
+    """The names a torture writer reported as acknowledged."""
+
+    def _read(self):
+        for line in self.process.stdout:
+            if line.endswith("\n"):
+                self.files[line.strip()] = torture_content(line.strip())
+
+
+def start_torture_writer(base, seed, threads, rotation):
+    return Reported(run_child(TORTURE_WRITER, base, str(seed), str(threads), str(rotation),
+                              stdout=subprocess.PIPE, text=True))
+
+
+# ---------------------------------------------------------------- 1. writer SIGKILL
+
+
+def test_writers_killed_at_random_instants_lose_nothing_acknowledged(tmp_path, long_mode):
+    trials = 1000 if long_mode else 50
+    for trial in range(trials):
+        rng = random.Random(trial)
+        base = str(tmp_path / ("trial-%d" % trial))
+        os.makedirs(base)
+        writer = start_torture_writer(base, seed=trial, threads=rng.randint(1, 4),
+                                      rotation=rng.choice([0.05, 0.2, 1.0]))
+        time.sleep(rng.uniform(0.15, 0.8))   # the interpreter starts in about 0.1 s
+        acknowledged = writer.kill()
+        recover_and_check(base, as_sets(acknowledged), WriterContents())
+        COUNTS["writer kills"] += 1
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- 2. scavenger SIGKILL at every operation
+
+
+def scavenger_scenario(base):
+    """Archives to append to, temp zips for several archives each, a conflict,
+    a dead writer's unsealed temp zip, and an archive due to roll over."""
+    files = {}
+
+    def write(batch, **options):
+        with rear.rear_fs(base, rotation_span=3600, **options) as fs:
+            for name, data in batch.items():
+                fs.write_bytes(name, data)
+        files.update(batch)
+
+    write({"a.zip/old/%d" % n: torture_content("old%d" % n) for n in range(6)})
+    rear.scavenge(base)
+    write({"%s/one/%d" % (dest, n): torture_content("%s1%d" % (dest, n))
+           for dest in ("a.zip", "b.zip", "sub/c.zip") for n in range(4)}, compression="stored")
+    write({"a.zip/two/%d" % n: torture_content("a2%d" % n) for n in range(5)})
+    write({"a.zip/old/0": b"conflicting content"})
+    files["a.zip/old/0"] = torture_content("old0")
+    dead = {"b.zip/dead/%d" % n: torture_content("dead%d" % n) for n in range(3)}
+    write_raw_temp_zip(base, dead.items())
+    files.update(dead)
+    allowed = as_sets(files)
+    allowed["a.zip/old/0"].add(b"conflicting content")
+    return allowed
+
+
+def _scavenge_killed_at(base, kill_at, max_size):
+    """Fork; the child scavenges and SIGKILLs itself at operation kill_at."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            rear.os = FaultyOS(base, kill_at=kill_at)
+            rear.scavenge(base, flush=True, max_size=max_size, rotation_span=3600)
+        finally:
+            os._exit(3)
+    _pid, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_scavenger_killed_at_every_operation_then_rerun_loses_and_duplicates_nothing(
+        tmp_path, monkeypatch, long_mode):
+    prepared = str(tmp_path / "prepared")
+    os.makedirs(prepared)
+    allowed = scavenger_scenario(prepared)
+    must_have = {key: set(contents) for key, contents in allowed.items()}
+    must_have["a.zip/old/0"] = allowed["a.zip/old/0"]   # both: the old one and the conflict
+    max_size = 5000   # a.zip (7 KB) is past it: the pass rolls it over to a-0.zip
+    dry = str(tmp_path / "dry")
+    shutil.copytree(prepared, dry)
+    recorder = FaultyOS(dry)
+    monkeypatch.setattr(rear, "os", recorder)
+    rear.scavenge(dry, flush=True, max_size=max_size, rotation_span=3600)
+    monkeypatch.undo()
+    operations = recorder.ops
+    total = recorder.count
+    assert any(op[0] == "rename" and op[1].endswith("a.zip") for op in operations), \
+        "the scenario does not roll a.zip over"
+    if long_mode:
+        chosen = list(range(1, total + 1))
+    else:
+        # every rename and directory fsync (commit points, rollover), the rest sampled
+        mutating = [op for op in operations if op[0] != "ack"]
+        special = [index + 1 for index, op in enumerate(mutating)
+                   if op[0] in ("rename", "fsyncdir", "unlink", "truncate")]
+        rng = random.Random(total)
+        others = sorted(set(range(1, total + 1)) - set(special))
+        chosen = sorted(set(special[:40]) | set(rng.sample(others, min(len(others), 20))))
+    assert len(chosen) >= 50 or long_mode and len(chosen) == total
+    for kill_at in chosen:
+        trial = str(tmp_path / ("kill-%d" % kill_at))
+        shutil.copytree(prepared, trial)
+        assert _scavenge_killed_at(trial, kill_at, max_size), "not killed at %d" % kill_at
+        try:
+            recover_and_check(trial, must_have, allowed, max_size=max_size)
+        except BaseException:
+            print("scavenger killed at operation %d of %d" % (kill_at, total))
+            raise
+        COUNTS["scavenger kills"] += 1
+        shutil.rmtree(trial)
+
+
+# ---------------------------------------------------------------- 4. concurrency
+
+SCAVENGER_LOOP = """
+    import sys, time, rear
+    base, until = sys.argv[1], float(sys.argv[2])
+    while time.time() < until:
+        stats = rear.scavenge(base, rotation_span=0.5)
+        if stats.errors:
+            print(stats.errors, file=sys.stderr)
+            sys.exit(1)
+"""
+
+
+def test_eight_writers_and_three_scavengers_lose_and_duplicate_nothing(tmp_path, long_mode):
+    base = str(tmp_path / "base")
+    os.makedirs(base)
+    duration = 120.0 if long_mode else 8.0
+    until = time.time() + duration
+    scavengers = [run_child(SCAVENGER_LOOP, base, str(until)) for _ in range(3)]
+    writers = [start_torture_writer(base, seed=seed, threads=2 + seed % 3,
+                                     rotation=0.5 + 0.5 * (seed % 2)) for seed in range(8)]
+    time.sleep(max(0.0, until - time.time() - 1.0))
+    acknowledged = {}
+    for writer in writers:
+        acknowledged.update(writer.kill())
+    assert [scavenger.wait(300) for scavenger in scavengers] == [0, 0, 0]
+    assert len(acknowledged) > 100
+    recover_and_check(base, as_sets(acknowledged), WriterContents())
+    COUNTS["writer kills"] += len(writers)
+
+
+def test_many_threads_of_one_process_and_an_in_process_scavenger(tmp_path, long_mode):
+    base = str(tmp_path / "base")
+    per_thread = 2000 if long_mode else 200
+    written = {}
+
+    def work(fs, thread):
+        for n in range(per_thread):
+            name = "%s/t%d/%d" % (["a.zip", "b.zip"][n % 2], thread, n)
+            with fs.open(name, "wb") as handle:
+                handle.write(torture_content(name))
+            written[name] = torture_content(name)
+
+    import threading
+
+    with rear.scavengerd(base, rotation_span=0.2):
+        with rear.rear_fs(base, rotation_span=0.1) as fs:
+            threads = [threading.Thread(target=work, args=(fs, n)) for n in range(16)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    recover_and_check(base, as_sets(written), as_sets(written))
+
+
+# ---------------------------------------------------------------- 5. disk full and I/O errors
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1 MiB tmpfs, grown later with remount (needs root)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a size-limited tmpfs needs root")
+    mount_point = str(tmp_path / "small")
+    os.makedirs(mount_point)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount_point],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: %s" % result.stderr.strip())
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", mount_point], capture_output=True)
+
+
+def test_disk_full_raises_to_the_writer_and_keeps_what_was_acknowledged(small_filesystem):
+    base = os.path.join(small_filesystem, "base")
+    acknowledged = {}
+    failure = None
+    fs = rear.rear_fs(base, rotation_span=3600, compression="stored")
+    for n in range(1000):
+        name = "a.zip/f%04d" % n
+        data = random.Random(n).randbytes(20000)
+        try:
+            fs.write_bytes(name, data)
+        except OSError as err:
+            failure = err
+            break
+        acknowledged[name] = data
+    assert failure is not None and failure.errno == errno.ENOSPC, failure
+    with pytest.raises(OSError):
+        fs.close()     # sealing needs space too: the error reaches the caller
+    stats = rear.scavenge(base, flush=True, rotation_span=3600)
+    assert stats.errors, "appending to an archive on a full disk cannot succeed"
+    for path in archives_of_paths(base):
+        read_archive(path)   # whatever exists is a valid archive
+    assert inbox_temp_zips(base), "the temp zip must stay until its archive has it"
+    subprocess.run(["mount", "-o", "remount,size=64m", small_filesystem], check=True)
+    recover_and_check(base, as_sets(acknowledged), as_sets(acknowledged))
+    COUNTS["injected errors"] += 1
+
+
+def archives_of_paths(base):
+    return [path for path in rear._archives_under(base)]
+
+
+INJECTED_ERRNOS = [errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EACCES]
+
+
+def error_workload(base):
+    """A writer and two scavenger passes; errors are collected, never hidden."""
+    acknowledged, raised, reported = {}, [], []
+    fs = rear.rear_fs(base, rotation_span=3600, sync="file")
+
+    def write(name):
+        try:
+            fs.write_bytes(name, torture_content(name))
+        except OSError as err:
+            raised.append(err)
+        else:
+            acknowledged[name] = torture_content(name)
+
+    for name in ["a.zip/e/%d" % n for n in range(4)] + ["sub/b.zip/e/x"]:
+        write(name)
+    try:
+        fs.rotate()
+    except OSError as err:
+        raised.append(err)
+    reported += scavenge_and_check(base, rotation_span=3600)
+    write("a.zip/f/0")
+    write("a.zip/f/1")
+    try:
+        fs.close()
+    except OSError as err:
+        raised.append(err)
+    reported += scavenge_and_check(base, flush=True, rotation_span=3600, max_size=30000)
+    return acknowledged, raised, reported
+
+
+def scavenge_and_check(base, **options):
+    """A pass that may fail; every archive must be valid right after it."""
+    errors = rear.scavenge(base, **options).errors
+    for path in archives_of_paths(base):
+        read_archive(path)
+    return errors
+
+
+def test_an_injected_io_error_at_any_operation_reaches_its_caller_and_loses_nothing(
+        tmp_path, monkeypatch, long_mode):
+    dry = str(tmp_path / "dry")
+    os.makedirs(dry)
+    initial_archive(dry)
+    counter = FaultyOS(dry)
+    monkeypatch.setattr(rear, "os", counter)
+    error_workload(dry)
+    monkeypatch.undo()
+    total = counter.count
+    cases = [(at, code) for at in range(1, total + 1)
+             for code in (INJECTED_ERRNOS if long_mode else [INJECTED_ERRNOS[at % 4]])]
+    for fail_at, code in cases:
+        base = str(tmp_path / ("fail-%d-%d" % (fail_at, code)))
+        os.makedirs(base)
+        old = initial_archive(base)
+        faulty = FaultyOS(base, fail_at=fail_at, fail_errno=code)
+        monkeypatch.setattr(rear, "os", faulty)
+        try:
+            acknowledged, raised, reported = error_workload(base)
+        finally:
+            monkeypatch.undo()
+        assert faulty.failed, "operation %d was never reached" % fail_at
+        message = os.strerror(code)
+        surfaced = ([err for err in raised if err.errno == code]
+                    or [reason for _path, reason in reported if message in reason])
+        assert surfaced, "the injected %s at %s reached nobody" % (errno.errorcode[code],
+                                                                   faulty.failed)
+        allowed = as_sets(dict(old, **acknowledged))
+        for name in ["a.zip/e/%d" % n for n in range(4)] + ["sub/b.zip/e/x", "a.zip/f/0",
+                                                            "a.zip/f/1"]:
+            allowed[name].add(torture_content(name))
+        try:
+            recover_and_check(base, as_sets(dict(old, **acknowledged)), allowed,
+                              max_size=30000)
+        except BaseException:
+            print("injected %s at operation %d of %d: %s"
+                  % (errno.errorcode[code], fail_at, total, faulty.failed))
+            raise
+        COUNTS["injected errors"] += 1
+        shutil.rmtree(base)
