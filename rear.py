@@ -203,10 +203,14 @@ _MAX_COMMENT = 0xFFFF
 _MAX_NAME = 0xFFFF
 _U16_LIMIT = 0xFFFF          # a 16-bit count this large means "see zip64"
 _U32_LIMIT = 0xFFFFFFFF      # a 32-bit size/offset this large means "see zip64"
-_FLAG_ENCRYPTED = 0x0001     # 4.4.4 general purpose bit 0
-_FLAG_LZMA_EOS = 0x0002      # bit 1: LZMA stream has an end marker
+_FLAG_LZMA_EOS = 0x0002      # 4.4.4 bit 1: LZMA stream has an end marker
 _FLAG_DATA_DESCRIPTOR = 0x0008  # bit 3: sizes follow the data
 _FLAG_UTF8 = 0x0800          # bit 11: name is UTF-8
+_FLAG_COMPRESSION_OPTIONS = 0x0006   # bits 1-2: deflate level, LZMA end marker
+# Bits rear understands; any other (encryption, patched data, masked
+# headers...) makes an entry something rear will not copy into an archive,
+# where readers would refuse it.  Found by fuzzing.
+_FLAGS_UNDERSTOOD = _FLAG_COMPRESSION_OPTIONS | _FLAG_DATA_DESCRIPTOR | _FLAG_UTF8
 _VERSION_DEFAULT = 20        # 4.4.3.2: deflate, directories
 _VERSION_ZIP64 = 45
 _VERSION_BZIP2 = 46
@@ -510,7 +514,7 @@ def _local_header(entry):
         extra = _EXTRA_HEADER.pack(_ZIP64_EXTRA_ID, 16) + struct.pack(
             "<QQ", entry.file_size, entry.compressed_size)
         file_size = compressed_size = _U32_LIMIT
-    flags = (entry.flags & ~(_FLAG_DATA_DESCRIPTOR | _FLAG_UTF8)) | utf8_flag
+    flags = (entry.flags & _FLAG_COMPRESSION_OPTIONS) | utf8_flag
     header = _LOCAL_STRUCT.pack(
         _LOCAL_SIG, _extract_version(entry.method, zip64), 0, flags, entry.method,
         entry.dos_time, entry.dos_date, entry.crc, compressed_size, file_size,
@@ -538,7 +542,7 @@ def _central_record(entry, header_offset):
         extra = _EXTRA_HEADER.pack(_ZIP64_EXTRA_ID, 8 * len(fields)) + struct.pack(
             "<%dQ" % len(fields), *fields)
     version = _extract_version(entry.method, bool(fields))
-    flags = (entry.flags & ~(_FLAG_DATA_DESCRIPTOR | _FLAG_UTF8)) | utf8_flag
+    flags = (entry.flags & _FLAG_COMPRESSION_OPTIONS) | utf8_flag
     record = _CENTRAL_STRUCT.pack(
         _CENTRAL_SIG, version, _SYSTEM_UNIX, version, 0, flags, entry.method,
         entry.dos_time, entry.dos_date, entry.crc, compressed_size, file_size,
@@ -580,7 +584,9 @@ def _read_tail(fd, size, path, error=ArchiveError):
         raise error("%s is not a zip archive (%d bytes, too short)" % (path, size), path)
     window = min(size, _EOCD_STRUCT.size + _MAX_COMMENT)
     data = os.pread(fd, window, size - window)
-    pos = data.rfind(_EOCD_SIG)
+    # Only where a whole record fits: a zip cut just after the signature must
+    # be reported, not crash the unpacking (found by fuzzing).
+    pos = data.rfind(_EOCD_SIG, 0, len(data) - _EOCD_STRUCT.size + len(_EOCD_SIG))
     while pos >= 0:
         fields = _EOCD_STRUCT.unpack_from(data, pos)
         if pos + _EOCD_STRUCT.size + fields[7] == len(data):
@@ -743,7 +749,7 @@ def _salvage_entries(fd, size, path):
     offset = 0
     while True:
         entry = _read_local_header(fd, offset, size, path)
-        if entry is None or entry.flags & (_FLAG_ENCRYPTED | _FLAG_DATA_DESCRIPTOR):
+        if entry is None or entry.flags & ~(_FLAG_COMPRESSION_OPTIONS | _FLAG_UTF8):
             break
         end = entry.data_offset + entry.compressed_size
         if end > size or not _entry_data_is_intact(fd, entry):
@@ -1196,6 +1202,16 @@ class _CommitOnClose:
         """Close without archiving."""
         self._rear_discard = True
         self.close()
+
+    def __del__(self):
+        # Unlike a plain file, a handle dropped without close() is not
+        # archived: that almost always means an error path, and a partial
+        # file must never look like a finished one.
+        if not self.closed and not self._rear_discard:
+            _log.warning("%r was never closed and is discarded; use 'with' or close()",
+                         self._rear_name)
+            self._rear_discard = True
+        super().__del__()
 
     def close(self):
         if self.closed:
@@ -2071,7 +2087,6 @@ def _claim(path, flush, grace, stats, salvage_only=False):
         sealed = manifest is not None and manifest["state"] == _STATE_SEALED
         if sealed and not salvage_only:
             entries = _read_central_entries(fd, st.st_size, path, TempZipError)
-            _check_small_entries(fd, entries, path)
             salvaged = False
         elif sealed:
             return None
@@ -2093,10 +2108,16 @@ def _claim(path, flush, grace, stats, salvage_only=False):
             except PathError as err:
                 raise TempZipError("%s: entry %r is not a valid rear path (%s); the temp "
                                    "zip is left in place" % (path, entry.name, err), path) from err
+            if entry.flags & ~_FLAGS_UNDERSTOOD:
+                raise TempZipError("%s: entry %r uses zip features rear does not copy "
+                                   "(general purpose flags 0x%04x)" % (path, entry.name,
+                                                                       entry.flags), path)
             if entry.method not in _COMPRESSION.values():
                 raise TempZipError("%s: entry %r uses compression method %d, which this "
                                    "Python cannot handle" % (path, entry.name, entry.method),
                                    path)
+        if not salvaged:
+            _check_small_entries(fd, entries, path)
         claim = _Claim(path, fd, manifest, entries, salvaged)
         return claim
     finally:

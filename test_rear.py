@@ -338,6 +338,16 @@ def test_memory_does_not_grow_with_output_size(base, monkeypatch):
     unzip_test(os.path.join(base, "ar.zip"))
 
 
+def test_a_handle_never_closed_is_discarded_not_archived(base, caplog):
+    with rear.rear_fs(base):
+        handle = rear.rear_open("ar.zip/abandoned.txt")
+        handle.write("half")
+        with caplog.at_level(logging.WARNING, logger="rear"):
+            del handle
+    assert "never closed" in caplog.text
+    assert rear.scavenge(base).files_moved == 0
+
+
 def test_rear_fs_works_as_async_context_manager(base):
     async def worker():
         async with rear.rear_fs(base):
@@ -776,6 +786,17 @@ def test_salvage_never_ingests_an_entry_whose_crc_fails(base):
         handle.write(bytes([byte[0] ^ 0xFF]))
     assert rear.scavenge(base, flush=True).salvaged == 1
     assert archives_of(base)["ar.zip"] == {"good": b"g" * 1000}
+
+
+@pytest.mark.parametrize("keep", [4, 10, 21])
+def test_a_zip_cut_just_after_its_end_record_signature_is_reported(base, keep):
+    path = write_raw_temp_zip(base, [("ar.zip/x", b"x" * 100)], sealed=True)
+    data = open(path, "rb").read()
+    cut = data.rindex(b"PK\x05\x06") + keep
+    with open(path, "wb") as handle:
+        handle.write(data[:cut])
+    stats = rear.scavenge(base)
+    assert "not a zip archive" in stats.errors[0][1]
 
 
 def test_temp_zip_without_sidecar_is_salvaged_once_its_lock_is_free(base):

@@ -871,3 +871,327 @@ def test_an_injected_io_error_at_any_operation_reaches_its_caller_and_loses_noth
             raise
         COUNTS["injected errors"] += 1
         shutil.rmtree(base)
+
+
+# ---------------------------------------------------------------- 6. hostile input
+
+
+def _api_cases():
+    """(description, call(fs), expected exception, fragment of its message)."""
+    cases = [("path %r" % (path,), lambda fs, path=path: fs.open(path), ValueError, message)
+             for path, message in BAD_PATHS]
+    cases += [("mode %r" % mode, lambda fs, mode=mode: fs.open("a.zip/x", mode), ValueError,
+               "'w', 'w+', 'wb' or 'w+b'") for mode in ("r", "a", "x", "rb+", "")]
+    cases += [
+        ("str to a binary handle", lambda fs: fs.open("a.zip/x", "wb").write("text"),
+         TypeError, "bytes-like"),
+        ("encoding with a binary mode", lambda fs: fs.open("a.zip/x", "wb", encoding="utf-8"),
+         ValueError, "binary mode"),
+        ("pickup path traversal", lambda fs: fs.pickup("/etc/passwd", "../a.zip/x").__enter__(),
+         ValueError, "'..'"),
+        ("write_bytes of a str", lambda fs: fs.write_bytes("a.zip/x", "text"), TypeError, ""),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize("description,call,expected,fragment", _api_cases(),
+                         ids=[case[0] for case in _api_cases()])
+def test_hostile_api_input_gets_a_clear_error(tmp_path, description, call, expected, fragment):
+    base = str(tmp_path / "base")
+    with rear.rear_fs(base) as fs:
+        with pytest.raises(expected) as info:
+            call(fs)
+        fs.write_bytes("a.zip/good", b"good")    # the fs still works afterwards
+    assert fragment in str(info.value)
+    rear.scavenge(base)
+    assert archives_of(base) == {"a.zip": {"good": b"good"}}
+    COUNTS["hostile inputs"] += 1
+
+
+def _sealed_sidecar(zip_path, **changes):
+    manifest = dict(rear._new_manifest(time.time() - 3600), state="sealed", **changes)
+    with open(zip_path[:-4] + ".json", "w") as handle:
+        handle.write(__import__("json").dumps(manifest))
+
+
+def _temp_zip_with_entries(base, names, sealed=True):
+    return write_raw_temp_zip(base, [(name, b"data") for name in names], sealed=sealed)
+
+
+def _bytes_temp_zip(base, data):
+    path = os.path.join(base, "inbox", "hostile.zip")
+    with open(path, "wb") as handle:
+        handle.write(data)
+    _sealed_sidecar(path)
+    return path
+
+
+def _damaged_crc_temp_zip(base):
+    path = write_raw_temp_zip(base, [("a.zip/crc", b"q" * 500)], sealed=True)
+    data = bytearray(open(path, "rb").read())
+    data[data.index(b"a.zip/crc") + len("a.zip/crc") + 3] ^= 0x55
+    open(path, "wb").write(bytes(data))
+    return path
+
+
+def _unknown_method_temp_zip(base):
+    path = write_raw_temp_zip(base, [("a.zip/m", b"x")], sealed=True)
+    data = bytearray(open(path, "rb").read())
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        position = data.index(signature)
+        data[position + offset:position + offset + 2] = (99).to_bytes(2, "little")
+    open(path, "wb").write(bytes(data))
+    return path
+
+
+def _flagged_temp_zip(base, flag):
+    path = write_raw_temp_zip(base, [("a.zip/f", b"f" * 50)], sealed=True)
+    data = bytearray(open(path, "rb").read())
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        position = data.index(signature) + offset
+        data[position] |= flag
+    open(path, "wb").write(bytes(data))
+    return path
+
+
+def _symlinked_archive(base, tmp_path):
+    target = tmp_path / "target.zip"
+    with zipfile.ZipFile(str(target), "w") as handle:
+        handle.writestr("x", b"x")
+    os.symlink(str(target), os.path.join(base, "a.zip"))
+    return os.path.join(base, "a.zip")
+
+
+def _symlinked_subdir(base, tmp_path):
+    (tmp_path / "outside").mkdir()
+    os.symlink(str(tmp_path / "outside"), os.path.join(base, "sub"))
+    _temp_zip_with_entries(base, ["sub/a.zip/x"])
+    return os.path.join(base, "sub")
+
+
+def _symlink_in_inbox(base, tmp_path):
+    target = tmp_path / "outside.zip"
+    with zipfile.ZipFile(str(target), "w") as handle:
+        handle.writestr("a.zip/stolen", b"x")
+    path = os.path.join(base, "inbox", "link.zip")
+    os.symlink(str(target), path)
+    return path
+
+
+def _feeding_a_zip(base, make_obstacle):
+    """Put something hostile where a.zip should be, and a temp zip feeding it."""
+    _temp_zip_with_entries(base, ["a.zip/x"])
+    path = os.path.join(base, "a.zip")
+    make_obstacle(path)
+    return path
+
+
+def _zip_bytes(files):
+    buffer = __import__("io").BytesIO()
+    with zipfile.ZipFile(buffer, "w") as handle:
+        for name, data in files.items():
+            handle.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _with(function, *args):
+    return lambda base, tmp_path: function(base, *args)
+
+
+FS_CASES = [
+    ("symlink in inbox pointing outside", _symlink_in_inbox, "symlink"),
+    ("directory named like a temp zip", lambda base, tmp: os.mkdir(os.path.join(
+        base, "inbox", "dir.zip")) or os.path.join(base, "inbox", "dir.zip"), "not a regular file"),
+    ("directory where the archive should be", lambda base, tmp: _feeding_a_zip(
+        base, os.mkdir), "is a directory"),
+    ("non-zip file where the archive should be", lambda base, tmp: _feeding_a_zip(
+        base, lambda path: open(path, "wb").write(b"user data")), "not a zip archive"),
+    ("archive is a symlink", lambda base, tmp: _feeding_a_zip(
+        base, lambda path: _symlinked_archive(base, tmp)), "symlink"),
+    ("archive directory is a symlink out of the base", _symlinked_subdir, "outside the base"),
+    ("garbage temp zip", _with(_bytes_temp_zip, os.urandom(3000)), "not a zip archive"),
+    ("zero-length sealed temp zip", _with(_bytes_temp_zip, b""), "too short"),
+    ("truncated sealed temp zip", lambda base, tmp: _bytes_temp_zip(
+        base, _zip_bytes({"a.zip/t": b"t" * 999})[:-30]), "not a zip archive"),
+    ("central directory names no local header", lambda base, tmp: _bytes_temp_zip(
+        base, _zip_bytes({"a.zip/t": b"t"}).replace(b"PK\x03\x04", b"PK\x03\x05")),
+     "no matching local header"),
+    ("garbage sidecar", lambda base, tmp: open(_temp_zip_with_entries(
+        base, ["a.zip/s"])[:-4] + ".json", "w").write("{oops") and None, "not valid JSON"),
+    ("sidecar that is not a manifest", lambda base, tmp: open(_temp_zip_with_entries(
+        base, ["a.zip/s"])[:-4] + ".json", "w").write("[1, 2]") and None, "not a rear manifest"),
+    ("sidecar from a newer rear", lambda base, tmp: _sealed_sidecar(
+        _temp_zip_with_entries(base, ["a.zip/s"]), version=99), "newer"),
+    ("entry climbing out of the base", _with(_temp_zip_with_entries, ["../evil.zip/x"]),
+     "not a valid rear path"),
+    ("entry with an absolute path", _with(_temp_zip_with_entries, ["/abs.zip/x"]),
+     "not a valid rear path"),
+    ("entry without an archive", _with(_temp_zip_with_entries, ["noarchive/x"]),
+     "not a valid rear path"),
+    ("entry into inbox/", _with(_temp_zip_with_entries, ["inbox/x.zip/y"]),
+     "not a valid rear path"),
+    ("entry with a backslash", _with(_temp_zip_with_entries, ["a.zip\\..\\x"]),
+     "not a valid rear path"),
+    ("entry whose CRC fails", _with(_damaged_crc_temp_zip), "fails its CRC check"),
+    ("entry with an unknown compression method", _with(_unknown_method_temp_zip),
+     "compression method 99"),
+    ("entry marked encrypted", _with(_flagged_temp_zip, 0x0001), "flags 0x0001"),
+    ("entry marked as patched data", _with(_flagged_temp_zip, 0x0020), "flags 0x0020"),
+]
+
+
+@pytest.mark.parametrize("description,make,fragment", FS_CASES, ids=[c[0] for c in FS_CASES])
+def test_hostile_files_are_reported_left_in_place_and_the_rest_goes_on(
+        tmp_path, description, make, fragment):
+    base = str(tmp_path / "base")
+    os.makedirs(os.path.join(base, "inbox"))
+    hostile = make(base, tmp_path)
+    before = {}
+    for directory, _subdirs, names in os.walk(base):
+        for name in names:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                before[path] = open(path, "rb").read()
+    with rear.rear_fs(base) as fs:
+        fs.write_bytes("ok.zip/fine", b"fine")
+    stats = rear.scavenge(base, flush=True)
+    reasons = " | ".join(reason for _path, reason in stats.errors)
+    assert fragment in reasons, reasons
+    for path, data in before.items():
+        if path.endswith(".json") and not os.path.exists(path[:-5] + ".zip"):
+            continue
+        assert open(path, "rb").read() == data, "%s was changed" % path
+    if hostile:
+        assert os.path.lexists(hostile), "%s was not left in place" % hostile
+    assert read_archive(os.path.join(base, "ok.zip")) == {"fine": b"fine"}
+    assert not os.path.exists(os.path.join(os.path.dirname(base), "evil.zip"))
+    assert os.listdir(str(tmp_path / "outside")) == [] if (tmp_path / "outside").exists() else True
+    COUNTS["hostile inputs"] += 1
+
+
+# ---------------------------------------------------------------- fuzzing the zip parsers
+
+
+def _seed_zips():
+    """Valid zips to mutate: what rear's writer and scavenger and zipfile make."""
+    seeds = []
+    with tempfile.TemporaryDirectory() as base:
+        with rear.rear_fs(base, rotation_span=3600) as fs:
+            for n in range(4):
+                fs.write_bytes("a.zip/f%d" % n, torture_content("seed%d" % n)[:3000])
+            fs.write_bytes("b.zip/empty", b"")
+        (temp,) = [name for name in os.listdir(os.path.join(base, "inbox"))
+                   if name.endswith(".zip")]
+        seeds.append(open(os.path.join(base, "inbox", temp), "rb").read())
+        rear.scavenge(base)
+        seeds.append(open(os.path.join(base, "a.zip"), "rb").read())
+    for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2):
+        buffer = __import__("io").BytesIO()
+        with zipfile.ZipFile(buffer, "w", method) as handle:
+            handle.writestr("a.zip/z", b"zip" * 300)
+            handle.writestr("a.zip/w", torture_content("w")[:2000])
+        seeds.append(buffer.getvalue())
+    return seeds
+
+
+SEEDS = _seed_zips() if given is not None else []
+SEED_CONTENTS = set()
+for _seed in SEEDS:
+    with zipfile.ZipFile(__import__("io").BytesIO(_seed)) as _handle:
+        SEED_CONTENTS.update(_handle.read(_name) for _name in _handle.namelist())
+
+
+def _mutated_zips():
+    mutation = st.one_of(
+        st.tuples(st.just("flip"), st.integers(0, 1 << 20), st.integers(1, 255)),
+        st.tuples(st.just("cut"), st.integers(0, 1 << 20)),
+        st.tuples(st.just("insert"), st.integers(0, 1 << 20), st.binary(min_size=1, max_size=40)),
+    )
+
+    def mutate(args):
+        seed_index, mutations = args
+        data = bytearray(SEEDS[seed_index % len(SEEDS)])
+        for mutation_args in mutations:
+            if not data:
+                break
+            position = mutation_args[1] % len(data)
+            if mutation_args[0] == "flip":
+                data[position] ^= mutation_args[2]
+            elif mutation_args[0] == "cut":
+                del data[position:]
+            else:
+                data[position:position] = mutation_args[2]
+        return bytes(data)
+
+    mutated = st.tuples(st.integers(0, 100), st.lists(mutation, min_size=1, max_size=6)).map(mutate)
+    return st.one_of(mutated, st.binary(max_size=600))
+
+
+def _fuzz_settings(long_mode):
+    return settings(max_examples=3000 if long_mode else 150, deadline=None, database=None,
+                    suppress_health_check=list(HealthCheck))
+
+
+def _independent_crc(data, entry):
+    payload = data[entry.data_offset:entry.data_offset + entry.compressed_size]
+    decompressor = zipfile._get_decompressor(entry.method)
+    raw = payload if decompressor is None else decompressor.decompress(payload)
+    return len(raw) == entry.file_size and zlib.crc32(raw) == entry.crc
+
+
+@pytest.mark.skipif(given is None, reason="hypothesis is not installed (pip install hypothesis)")
+def test_fuzzed_zips_never_crash_the_parsers_and_salvage_only_intact_entries(tmp_path, long_mode):
+    path = str(tmp_path / "fuzz.zip")
+
+    @_fuzz_settings(long_mode)
+    @given(_mutated_zips())
+    def check(data):
+        with open(path, "wb") as handle:
+            handle.write(data)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            entries, _torn = rear._salvage_entries(fd, len(data), path)
+            for entry in entries:
+                assert _independent_crc(data, entry), "salvage returned a damaged entry"
+            try:
+                rear._read_central_entries(fd, len(data), path, rear.TempZipError)
+            except rear.TempZipError:
+                pass
+            try:
+                tail = rear._read_tail(fd, len(data), path)
+                rear._parse_central(data[tail.cd_offset:tail.cd_offset + tail.cd_size],
+                                    tail.count, path)
+            except rear.ArchiveError:
+                pass
+        finally:
+            os.close(fd)
+        COUNTS["fuzzed zips"] += 1
+
+    check()
+
+
+@pytest.mark.skipif(given is None, reason="hypothesis is not installed (pip install hypothesis)")
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "unsealed"])
+def test_fuzzed_temp_zips_never_put_garbage_into_an_archive(tmp_path, long_mode, sealed):
+    counter = iter(range(10 ** 9))
+
+    @_fuzz_settings(long_mode)
+    @given(_mutated_zips())
+    def check(data):
+        base = str(tmp_path / ("base-%d" % next(counter)))
+        os.makedirs(os.path.join(base, "inbox"))
+        path = os.path.join(base, "inbox", "fuzz.zip")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        if sealed:
+            _sealed_sidecar(path)
+        stats = rear.scavenge(base, flush=True)   # never raises
+        for archive, members in archives_of(base).items():
+            for member, content in members.items():
+                assert content in SEED_CONTENTS, "garbage ingested as %s/%s" % (archive, member)
+        if stats.errors:
+            assert os.path.exists(path), "a damaged temp zip must be left in place"
+        shutil.rmtree(base)
+        COUNTS["fuzzed zips"] += 1
+
+    check()
