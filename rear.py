@@ -22,7 +22,9 @@ Guarantees
    an entry and never drops one.
 4. A temporary zip whose writer died (its fcntl lock is free, it was never
    sealed) is *salvaged*: every complete entry is recovered from its local
-   headers and CRC-checked; a torn last entry is never ingested.
+   headers and CRC-checked; a torn last entry is never ingested.  Entries of
+   sealed temp zips up to 64 KiB compressed are CRC-checked when claimed;
+   larger ones are copied raw (``verify`` checks them).
 
 On-disk layout
 ==============

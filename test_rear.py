@@ -17,7 +17,6 @@ import os
 import random
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
@@ -701,6 +700,14 @@ class Acknowledged:
                 name, hexdata = line.split()
                 self.files[name] = bytes.fromhex(hexdata)
 
+    def wait_for_first(self, timeout=60):
+        """Wait until the writer acknowledged a file: a loaded machine may
+        take a while to start it, and a kill before that proves nothing."""
+        deadline = time.monotonic() + timeout
+        while not self.files and self.process.poll() is None:
+            assert time.monotonic() < deadline, "the writer acknowledged nothing"
+            time.sleep(0.01)
+
     def kill(self):
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(60)
@@ -717,7 +724,8 @@ def start_writer(base, seed, threads=1):
 def test_writer_killed_at_a_random_instant_loses_nothing_acknowledged(base, trial):
     rng = random.Random(trial)
     writer = start_writer(base, seed=trial, threads=1 + trial % 3)
-    time.sleep(rng.uniform(0.2, 1.5))
+    writer.wait_for_first()
+    time.sleep(rng.uniform(0.0, 1.2))
     acknowledged = writer.kill()
     assert acknowledged, "the writer acknowledged nothing before the kill"
     rear.scavenge(base, flush=True, rotation_span=0.3)
@@ -732,7 +740,7 @@ def test_writer_killed_at_a_random_instant_loses_nothing_acknowledged(base, tria
 
 def test_dead_writers_temp_zip_waits_for_the_grace_period_without_flush(base):
     writer = start_writer(base, seed=1)
-    time.sleep(0.5)
+    writer.wait_for_first()
     writer.kill()
     stats = rear.scavenge(base, rotation_span=60)
     assert stats.salvaged == 0 and stats.waiting == 1
@@ -1083,9 +1091,9 @@ def test_scavenger_killed_at_each_commit_step_then_rerun_loses_and_duplicates_no
 
 SCAVENGER_LOOP_SCRIPT = """
     import sys, time, rear
-    base, until = sys.argv[1], float(sys.argv[2])
+    base, until, rotation = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     while time.time() < until:
-        stats = rear.scavenge(base, rotation_span=0.3)
+        stats = rear.scavenge(base, rotation_span=rotation)
         if stats.errors:
             print(stats.errors, file=sys.stderr)
             sys.exit(1)
@@ -1095,7 +1103,7 @@ SCAVENGER_LOOP_SCRIPT = """
 
 def test_concurrent_writers_and_scavengers_lose_and_duplicate_nothing(base):
     until = time.time() + 4.0
-    scavengers = [run_child(SCAVENGER_LOOP_SCRIPT, base, str(until)) for _ in range(3)]
+    scavengers = [run_child(SCAVENGER_LOOP_SCRIPT, base, str(until), "0.3") for _ in range(3)]
     writers = [start_writer(base, seed=seed, threads=2) for seed in range(6)]
     time.sleep(max(0, until - time.time() - 0.5))
     acknowledged = {}

@@ -17,6 +17,7 @@ crash could leave on disk (after ALICE, OSDI 2014, and LazyFS).
 
 import collections
 import errno
+import inspect
 import os
 import random
 import re
@@ -24,7 +25,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -33,8 +33,8 @@ import zlib
 import pytest
 
 import rear
-from test_rear import (BAD_PATHS, WRITER_SCRIPT, Acknowledged, archives_of, inbox_temp_zips,
-                       read_archive, run_child, unzip_test, write_raw_temp_zip)
+from test_rear import (BAD_PATHS, SCAVENGER_LOOP_SCRIPT, Acknowledged, archives_of,
+                       inbox_temp_zips, read_archive, run_child, write_raw_temp_zip)
 
 COUNTS = collections.Counter()
 
@@ -518,16 +518,13 @@ def test_every_power_loss_crash_state_recovers_without_loss(tmp_path, monkeypatc
 
 # ---------------------------------------------------------------- deterministic writer content
 
-# Shared, as source, by the writer processes and the checks: the content of
-# any file a torture writer may write follows from its name, so a file whose
-# with block exited just before the kill (not yet reported) is still known.
-CONTENT_SOURCE = '''
-import random as _random
+# The content of any file a torture writer may write follows from its name
+# (the writer processes run this function's source), so a file whose with
+# block exited just before the kill, not yet reported, is still known.
 def torture_content(name):
-    rng = _random.Random(name)
+    """The content a torture writer writes as ``name``."""
+    rng = random.Random(name)
     return rng.randbytes(rng.randint(0, 1500)) + b"y" * rng.randint(0, 5000)
-'''
-exec(CONTENT_SOURCE)
 
 
 class WriterContents:
@@ -537,15 +534,15 @@ class WriterContents:
         return {torture_content(key)}
 
 
-TORTURE_WRITER = CONTENT_SOURCE + '''
+TORTURE_WRITER = "import random\n" + inspect.getsource(torture_content) + '''
 import os, sys, threading, rear
 base, seed, threads, rotation = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-rng = _random.Random(seed)
+rng = random.Random(seed)
 compression = rng.choice(["stored", "deflated", "bzip2", "lzma"])
 sync = rng.choice(["rotation", "file"])
 report = threading.Lock()
 def work(fs, thread):
-    local = _random.Random(seed * 1000 + thread)
+    local = random.Random(seed * 1000 + thread)
     n = 0
     while True:
         name = "%s/s%d/t%d/%06d" % (local.choice(["a.zip", "b.zip", "sub/c.zip"]), seed, thread, n)
@@ -592,7 +589,8 @@ def test_writers_killed_at_random_instants_lose_nothing_acknowledged(tmp_path, l
         os.makedirs(base)
         writer = start_torture_writer(base, seed=trial, threads=rng.randint(1, 4),
                                       rotation=rng.choice([0.05, 0.2, 1.0]))
-        time.sleep(rng.uniform(0.15, 0.8))   # the interpreter starts in about 0.1 s
+        writer.wait_for_first()
+        time.sleep(rng.uniform(0.0, 0.6))
         acknowledged = writer.kill()
         recover_and_check(base, as_sets(acknowledged), WriterContents())
         COUNTS["writer kills"] += 1
@@ -685,23 +683,12 @@ def test_scavenger_killed_at_every_operation_then_rerun_loses_and_duplicates_not
 
 # ---------------------------------------------------------------- 4. concurrency
 
-SCAVENGER_LOOP = """
-    import sys, time, rear
-    base, until = sys.argv[1], float(sys.argv[2])
-    while time.time() < until:
-        stats = rear.scavenge(base, rotation_span=0.5)
-        if stats.errors:
-            print(stats.errors, file=sys.stderr)
-            sys.exit(1)
-"""
-
-
 def test_eight_writers_and_three_scavengers_lose_and_duplicate_nothing(tmp_path, long_mode):
     base = str(tmp_path / "base")
     os.makedirs(base)
     duration = 120.0 if long_mode else 8.0
     until = time.time() + duration
-    scavengers = [run_child(SCAVENGER_LOOP, base, str(until)) for _ in range(3)]
+    scavengers = [run_child(SCAVENGER_LOOP_SCRIPT, base, str(until), "0.5") for _ in range(3)]
     writers = [start_torture_writer(base, seed=seed, threads=2 + seed % 3,
                                      rotation=0.5 + 0.5 * (seed % 2)) for seed in range(8)]
     time.sleep(max(0.0, until - time.time() - 1.0))
