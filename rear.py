@@ -171,6 +171,10 @@ _SMALL_ENTRY = 64 * 1024
 _BATCH_TEMP_ZIPS = 256
 #: How long a rotation timer sleeps at most between checks, seconds.
 _TIMER_MAX_SLEEP = 1.0
+#: The CLI shows a progress line once a pass has taken this long, seconds,
+#: and updates it at most this often.
+_PROGRESS_DELAY = 2.0
+_PROGRESS_INTERVAL = 0.5
 
 _MANIFEST_FORMAT = "rear-manifest"
 _MANIFEST_VERSION = 1
@@ -227,8 +231,9 @@ _COMPRESSION = {
     "bzip2": zipfile.ZIP_BZIP2,
     "lzma": zipfile.ZIP_LZMA,
 }
-if hasattr(zipfile, "ZIP_ZSTANDARD"):        # Python 3.14+
-    _COMPRESSION["zstd"] = zipfile.ZIP_ZSTANDARD
+_ZSTANDARD = getattr(zipfile, "ZIP_ZSTANDARD", None)   # Python 3.14+
+if _ZSTANDARD is not None:
+    _COMPRESSION["zstd"] = _ZSTANDARD
 _EXTRACT_VERSION = {
     zipfile.ZIP_BZIP2: _VERSION_BZIP2,
     zipfile.ZIP_LZMA: _VERSION_LZMA,
@@ -347,6 +352,33 @@ def _replace_atomic(src, dst):
     """Rename ``src`` over ``dst`` atomically and make the rename durable."""
     os.replace(src, dst)
     _sync_directory(os.path.dirname(dst) or ".")
+
+
+async def _off_the_event_loop(function, *args):
+    """Run a blocking call (a seal, a scavenger pass) in a worker thread of
+    the caller's event loop, so that ``async with`` never blocks the loop for
+    longer than one file's write.
+
+    rear imports no async library: it uses trio or asyncio only if the
+    caller has them loaded and running, and otherwise just calls.
+    """
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass    # trio is loaded but this is not a trio task
+        else:
+            return await trio.to_thread.run_sync(function, *args)
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            return await loop.run_in_executor(None, function, *args)
+    return function(*args)
 
 
 def _hostname():
@@ -1311,7 +1343,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         return self.__enter__()
 
     async def __aexit__(self, exc_type, exc, traceback):
-        self.__exit__(exc_type, exc, traceback)
+        await _off_the_event_loop(self.__exit__, exc_type, exc, traceback)
 
     # -- writing -----------------------------------------------------------
 
@@ -2128,13 +2160,15 @@ def _claim(path, flush, grace, stats, salvage_only=False):
 
 
 def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SIZE,
-             salvage_only=False):
+             salvage_only=False, progress=None):
     """One scavenger pass over ``base/inbox``; returns a ScavengeStats.
 
     Sealed temp zips are ingested.  Unsealed ones whose lock is free (their
     writer died) are salvaged once older than 2 x rotation_span, or at once
     with ``flush=True``.  Damaged files are reported in ``stats.errors`` and
     left in place.  Safe to run in any number of processes at once.
+    ``progress(stats, done, total)`` is called after each commit, where done
+    and total count the temp zips this pass looked at.
     """
     base = os.path.abspath(_base_or_env(base))
     grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
@@ -2146,6 +2180,7 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
         _recover_all_journals(base, stats)
         _remove_orphans(inbox, grace, stats)
         tried = set()
+        total = len(_list_temp_zips(inbox)) if progress is not None else 0
         while True:
             claims = []
             try:
@@ -2165,14 +2200,28 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                             break
                 if not claims:
                     break
-                _ingest(base, claims, max_size, stats)
+                _ingest(base, claims, max_size, stats,
+                        _progress_report(progress, stats, tried, claims, total))
             finally:
                 for claim in claims:
                     claim.release()
     return stats
 
 
-def _ingest(base, claims, max_size, stats):
+def _progress_report(progress, stats, tried, claims, total):
+    """A no-argument callback for _ingest, or None without ``progress``."""
+    if progress is None:
+        return None
+
+    def report():
+        # temp zips looked at so far, less this batch's unfinished claims
+        unfinished = sum(bool(claim.pending) for claim in claims)
+        progress(stats, len(tried) - unfinished, max(total, len(tried)))
+
+    return report
+
+
+def _ingest(base, claims, max_size, stats, report=None):
     by_dest = {}
     for claim in claims:
         for entry in claim.entries:
@@ -2192,6 +2241,8 @@ def _ingest(base, claims, max_size, stats):
                        os.path.join(base, dest), err)
             for claim, _entry in items:
                 claim.failed = True
+        if report is not None:
+            report()
     for claim in claims:
         if claim.failed:
             continue
@@ -2239,7 +2290,7 @@ class scavengerd:  # noqa: N801 -- the public name rear 0.1 users know
         return self.__enter__()
 
     async def __aexit__(self, exc_type, exc, traceback):
-        self.__exit__(exc_type, exc, traceback)
+        await _off_the_event_loop(self.__exit__, exc_type, exc, traceback)
 
     def _run(self):
         while not self._stop.wait(self.rotation_span):
@@ -2401,6 +2452,31 @@ def _positive_float(text):
     return value
 
 
+class _ProgressLine:
+    """A progress line on a terminal's stderr, once a pass has run for a while."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, stats, done, total):
+        now = time.monotonic()
+        if now - self.started < _PROGRESS_DELAY or now - self.last < _PROGRESS_INTERVAL:
+            return
+        self.last = now
+        self.shown = True
+        self.stream.write("\rrear: %d/%d temp zips, %d files moved, %d errors "
+                          % (done, total, stats.files_moved, len(stats.errors)))
+        self.stream.flush()
+
+    def finish(self):
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 def _print_stats(stats, out):
     out.write("moved %d files from %d temp zips into %d archives (%d duplicates skipped, "
               "%d conflicts renamed, %d salvaged, %d busy, %d waiting, %d errors)\n"
@@ -2419,8 +2495,15 @@ def _cmd_scavenge(args):
     code = 0
     try:
         while True:
-            stats = scavenge(args.base, flush=args.flush, rotation_span=args.rotation,
-                             max_size=args.max_size)
+            progress = None
+            if not args.quiet and sys.stderr.isatty():
+                progress = _ProgressLine(sys.stderr)
+            try:
+                stats = scavenge(args.base, flush=args.flush, rotation_span=args.rotation,
+                                 max_size=args.max_size, progress=progress)
+            finally:
+                if progress is not None:
+                    progress.finish()
             if not args.quiet:
                 _print_stats(stats, sys.stdout)
             code = _report_errors(stats)

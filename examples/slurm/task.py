@@ -1,0 +1,17 @@
+"""One task of the SLURM job array: every output goes through rear.
+
+rear_fs() takes its base from REAR_BASE (and the rotation span from
+REAR_ROTATION, default 300 s).
+"""
+import os
+
+import rear
+
+task = int(os.environ["SLURM_ARRAY_TASK_ID"])
+
+with rear.rear_fs():
+    for step in range(100):
+        with rear.rear_open("results.zip/task-%04d/step-%03d.txt" % (task, step), "w") as out:
+            out.write("task %d, step %d: %f\n" % (task, step, step ** 0.5))
+    with rear.rear_open("logs.zip/task-%04d.log" % task, "w") as log:
+        log.write("task %d finished 100 steps\n" % task)
