@@ -37,6 +37,11 @@ On-disk layout
     BASE/inbox/archives/<key>.commit             the same journal, committed
     BASE/<subdir>/<name>.zip                     final archives
     BASE/<subdir>/<name>-0.zip, -1.zip, ...      archives rolled over at max_size
+    BASE/inbox/.<stem>.zip, .<name>.<hex>.tmp    being created; a crash may leave
+                                                 them, scavengers remove them later
+
+Every directory rear creates is made durable (its parent is fsynced), so a
+power loss cannot take a fsynced file away with its new directory.
 
 The sidecar is JSON, always replaced whole (write temp, fsync, ``os.replace``,
 fsync the directory): ``{"format": "rear-manifest", "version": 1, "host",
@@ -1478,6 +1483,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
             if temp is None:
                 temp = self._temp = _TempZip(self.inbox, self.sync == "file")
                 _UNSEALED.add(self)
+                _seal_at_multiprocessing_exit()
                 self._start_timer()
             temp.append(name, prepared, mtime, mode)
 
@@ -1552,25 +1558,26 @@ def _after_fork_in_child():
     _UNSEALED.clear()
     for fs in list(_LIVE):
         fs._forget_after_fork()
-    # multiprocessing children end with os._exit(), which skips atexit; they
-    # run Finalize callbacks instead.  Process._bootstrap clears the finalizer
-    # registry after the fork and then runs its after-fork hooks, so register
-    # the finalizer from such a hook.
+
+
+# The pid for which _seal_at_multiprocessing_exit registered its finalizer.
+_FINALIZER_PID = None
+
+
+def _seal_at_multiprocessing_exit():
+    """Make a multiprocessing child seal its temp zips when it exits.
+
+    Such children end with os._exit(), which skips atexit; they run Finalize
+    callbacks instead.  Registered when a process creates a temp zip, i.e.
+    after Process._bootstrap cleared the registry, whatever the start method
+    (fork, spawn, forkserver).  Harmless in other processes: sealing twice
+    finds nothing left to seal.
+    """
+    global _FINALIZER_PID
     util = sys.modules.get("multiprocessing.util")
-    if util is not None:
-        util.register_after_fork(_AFTER_FORK_OWNER, _register_exit_finalizer)
-
-
-class _AfterForkOwner:
-    """multiprocessing.util.register_after_fork wants a weak-referenceable owner."""
-
-
-_AFTER_FORK_OWNER = _AfterForkOwner()
-
-
-def _register_exit_finalizer(_owner):
-    util = sys.modules["multiprocessing.util"]
-    util.Finalize(None, _seal_all_at_exit, exitpriority=100)
+    if util is not None and _FINALIZER_PID != os.getpid():
+        _FINALIZER_PID = os.getpid()
+        util.Finalize(None, _seal_all_at_exit, exitpriority=100)
 
 
 atexit.register(_seal_all_at_exit)

@@ -1435,3 +1435,24 @@ def test_without_fcntl_importing_works_and_locking_says_it_needs_posix(base, mon
     monkeypatch.setattr(rear, "_fcntl", None)
     with pytest.raises(rear.LockingUnsupportedError, match="POSIX"):
         rear._lock(0, "x")
+
+
+def _pool_worker_writes(args):
+    base, number = args
+    global _POOL_FS
+    if "_POOL_FS" not in globals():
+        _POOL_FS = rear.rear_fs(base)
+    _POOL_FS.write_bytes("pool.zip/%d" % number, b"%d" % number)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("method", [m for m in ("fork", "spawn", "forkserver")
+                                    if m in multiprocessing.get_all_start_methods()])
+def test_pool_workers_seal_their_temp_zips_when_they_exit(base, method):
+    pool = multiprocessing.get_context(method).Pool(2)
+    pids = set(pool.map(_pool_worker_writes, [(base, n) for n in range(20)]))
+    pool.close()
+    pool.join()
+    states = {manifest["pid"]: manifest["state"] for manifest in sidecars(base)}
+    assert set(states) == pids and set(states.values()) == {"sealed"}
+    assert rear.scavenge(base).files_moved == 20
