@@ -743,7 +743,7 @@ def _get_decompressor(method):
 
 
 def _entry_data_is_intact(fd, entry):
-    """Decompress ``entry`` from ``fd`` and check its size and CRC-32."""
+    """Decompress ``entry`` from ``fd``: size, CRC-32 and a complete stream."""
     try:
         decompressor = _get_decompressor(entry.method)
     except (NotImplementedError, RuntimeError):
@@ -772,6 +772,12 @@ def _entry_data_is_intact(fd, entry):
             crc = zlib.crc32(data, crc)
             produced += len(data)
     except (zlib.error, EOFError, OSError, ValueError, LookupError):
+        return False
+    if decompressor is not None and (not getattr(decompressor, "eof", True)
+                                     or getattr(decompressor, "unused_data", b"")):
+        # All the bytes and the right CRC, but a stream that never ends (a
+        # cleared BFINAL bit) or has bytes after its end: other readers
+        # refuse it.  Found by fuzzing.
         return False
     return produced == entry.file_size and crc == entry.crc
 
@@ -2072,8 +2078,9 @@ def _check_small_entries(fd, entries, path):
     """
     for entry in entries:
         if entry.compressed_size <= _SMALL_ENTRY and not _entry_data_is_intact(fd, entry):
-            raise TempZipError("%s: entry %r fails its CRC check (damaged on disk?); the "
-                               "temp zip is left in place" % (path, entry.name), path)
+            raise TempZipError("%s: entry %r fails its integrity check (CRC, size or end "
+                               "of stream; damaged on disk?); the temp zip is left in place"
+                               % (path, entry.name), path)
 
 
 def _list_temp_zips(inbox):

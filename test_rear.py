@@ -807,6 +807,20 @@ def test_a_zip_cut_just_after_its_end_record_signature_is_reported(base, keep):
     assert "not a zip archive" in stats.errors[0][1]
 
 
+def test_a_deflate_stream_that_never_ends_is_not_ingested(base):
+    # Found by fuzzing: with its BFINAL bit cleared, a deflate stream still
+    # yields every byte with the right CRC, but never ends; unzip refuses it.
+    path = write_raw_temp_zip(base, [("ar.zip/x", b"compressible " * 300)], sealed=True)
+    data = bytearray(open(path, "rb").read())
+    data_start = data.index(b"ar.zip/x") + len("ar.zip/x")
+    assert data[data_start] & 1, "the first deflate block is the final one"
+    data[data_start] ^= 1
+    open(path, "wb").write(bytes(data))
+    stats = rear.scavenge(base)
+    assert "fails its integrity check" in stats.errors[0][1]
+    assert os.path.exists(path) and archives_of(base) == {}
+
+
 def test_temp_zip_without_sidecar_is_salvaged_once_its_lock_is_free(base):
     write_raw_temp_zip(base, [("ar.zip/x", b"x")], sidecar=False)
     assert rear.scavenge(base, flush=True).salvaged == 1

@@ -1019,7 +1019,7 @@ FS_CASES = [
      "not a valid rear path"),
     ("entry with a backslash", _with(_temp_zip_with_entries, ["a.zip\\..\\x"]),
      "not a valid rear path"),
-    ("entry whose CRC fails", _with(_damaged_crc_temp_zip), "fails its CRC check"),
+    ("entry whose CRC fails", _with(_damaged_crc_temp_zip), "fails its integrity check"),
     ("entry with an unknown compression method", _with(_unknown_method_temp_zip),
      "compression method 99"),
     ("entry marked encrypted", _with(_flagged_temp_zip, 0x0001), "flags 0x0001"),
