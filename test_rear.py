@@ -123,6 +123,15 @@ def assert_exactly_once(base, expected):
         assert found[key] == data, "%s differs" % key
 
 
+def run_in_threads(count, target, *args):
+    """Run target(*args, n) in count threads at once and wait for them all."""
+    threads = [threading.Thread(target=target, args=args + (n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def run_child(script, *args, **kwargs):
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)] + list(args),
                             env=CHILD_ENV, **kwargs)
@@ -594,7 +603,7 @@ def test_many_threads_write_through_one_rear_fs(base):
     expected = {}
     lock = threading.Lock()
 
-    def worker(index, fs):
+    def worker(fs, index):
         for n in range(150):
             data = os.urandom(random.randint(0, 3000))
             with fs.open("ar.zip/t%d/f%d" % (index, n), "wb") as handle:
@@ -603,11 +612,7 @@ def test_many_threads_write_through_one_rear_fs(base):
                 expected["ar.zip/t%d/f%d" % (index, n)] = data
 
     with rear.rear_fs(base, rotation_span=0.1) as fs:
-        threads = [threading.Thread(target=worker, args=(i, fs)) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run_in_threads(8, worker, fs)
     rear.scavenge(base)
     assert_exactly_once(base, expected)
 

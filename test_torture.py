@@ -34,7 +34,8 @@ import pytest
 
 import rear
 from test_rear import (BAD_PATHS, SCAVENGER_LOOP_SCRIPT, Acknowledged, archives_of,
-                       inbox_temp_zips, read_archive, run_child, write_raw_temp_zip)
+                       inbox_temp_zips, read_archive, run_child, run_in_threads,
+                       write_raw_temp_zip)
 
 COUNTS = collections.Counter()
 
@@ -713,15 +714,9 @@ def test_many_threads_of_one_process_and_an_in_process_scavenger(tmp_path, long_
                 handle.write(torture_content(name))
             written[name] = torture_content(name)
 
-    import threading
-
     with rear.scavengerd(base, rotation_span=0.2):
         with rear.rear_fs(base, rotation_span=0.1) as fs:
-            threads = [threading.Thread(target=work, args=(fs, n)) for n in range(16)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            run_in_threads(16, work, fs)
     recover_and_check(base, as_sets(written), as_sets(written))
 
 
