@@ -1039,7 +1039,6 @@ class _TempZip:
         self.entries = []
         self.size = 0
         self.broken = False
-        self.pid = os.getpid()
         # Created under a hidden name that scavengers never list, locked, and
         # only then renamed into view: a visible temp zip whose lock is free
         # therefore always belongs to a dead writer, with no window in which
@@ -1706,16 +1705,16 @@ class _ArchivePaths:
 
 
 @contextlib.contextmanager
-def _archive_lock(paths, blocking=True, exclusive=True):
-    """Hold the archive's lock file.  Yields False if busy (non-blocking)."""
+def _archive_lock(paths, blocking=True):
+    """Hold the archive's lock file exclusively.  Yields False if busy
+    (non-blocking)."""
     _makedirs_durably(paths.directory)
-    # O_RDWR even for a shared lock: NFSv4 refuses locks that do not match
-    # the open mode.  The lock file is never unlinked: a process blocked on
-    # it would otherwise hold a lock on a file nobody else sees.
+    # The lock file is never unlinked: a process blocked on it would
+    # otherwise hold a lock on a file nobody else sees.
     fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
     try:
         try:
-            held = _lock(fd, paths.lock, exclusive=exclusive, blocking=blocking)
+            held = _lock(fd, paths.lock, exclusive=True, blocking=blocking)
         except LockingUnsupportedError as err:
             _warn_no_locks(paths.lock, err)
             held = True
@@ -2340,25 +2339,62 @@ def _archives_under(base):
                     yield path
 
 
+@contextlib.contextmanager
+def _reader_lock(base, dest):
+    """A shared lock on an archive, so that it is not read in the middle of a
+    commit (its old central directory overwritten, the new one not yet
+    written).  Read without it where the base does not let us take one."""
+    paths = _ArchivePaths(base, dest)
+    try:
+        # O_RDWR even for a shared lock: NFSv4 refuses locks that do not
+        # match the open mode.
+        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+    except OSError:   # no scavenger ever ran here, or read-only for this user
+        yield
+        return
+    try:
+        try:
+            _lock(fd, paths.lock, exclusive=False)
+        except LockingUnsupportedError:
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
 def verify(path):
     """CRC-check every member of an archive, or of every archive under a base.
 
-    Returns a list of (archive, problem); empty means everything is intact.
+    Under a base, each archive is read under its shared lock, so a commit in
+    progress is waited for.  Returns a list of (archive, problem); empty
+    means everything is intact.
     """
     path = os.fspath(path)
-    archives = list(_archives_under(path)) if os.path.isdir(path) else [path]
+    if not os.path.isdir(path):
+        return _verify_archive(path)
+    base = os.path.abspath(path)
     problems = []
-    for archive in archives:
-        try:
-            with zipfile.ZipFile(archive) as handle:
-                for info in handle.infolist():
-                    with handle.open(info) as member:
-                        while member.read(_CHUNK):
-                            pass
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError,
-                zlib.error, NotImplementedError, RuntimeError, ValueError) as err:
-            problems.append((archive, "%s: %s" % (type(err).__name__, err)))
+    # Lock files are locked per process: keep out of an in-process
+    # scavenger's way, as status() does.
+    with _SCAVENGE_LOCK:
+        for archive in _archives_under(base):
+            with _reader_lock(base, os.path.relpath(archive, base).replace(os.sep, "/")):
+                problems += _verify_archive(archive)
     return problems
+
+
+def _verify_archive(archive):
+    """[(archive, problem)] if any member fails to read back with its CRC."""
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            for info in handle.infolist():
+                with handle.open(info) as member:
+                    while member.read(_CHUNK):
+                        pass
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError,
+            zlib.error, NotImplementedError, RuntimeError, ValueError) as err:
+        return [(archive, "%s: %s" % (type(err).__name__, err))]
+    return []
 
 
 def status(base=None, rotation_span=None):

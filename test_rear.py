@@ -1210,6 +1210,26 @@ def test_verify_reports_a_corrupted_member(base):
     assert problems and "CRC" in problems[0][1]
 
 
+def test_verify_of_a_base_waits_for_a_commit_in_progress(base):
+    fill(base, {"a.zip/x": b"x" * 1000})
+    rear.scavenge(base)
+    archive = os.path.join(base, "a.zip")
+    holder = run_child("""
+        import fcntl, os, sys, time
+        lock, archive = sys.argv[1], sys.argv[2]
+        fd = os.open(lock, os.O_RDWR)
+        fcntl.lockf(fd, fcntl.LOCK_EX)            # a scavenger committing
+        whole = open(archive, "rb").read()
+        open(archive, "wb").write(whole[:-10])    # its tail being rewritten
+        print("committing", flush=True)
+        time.sleep(1.0)
+        open(archive, "wb").write(whole)
+    """, rear._ArchivePaths(base, "a.zip").lock, archive, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "committing\n"
+    assert rear.verify(base) == []
+    assert holder.wait(60) == 0
+
+
 def test_status_classifies_temp_zips(base):
     fill(base, {"a.zip/sealed": b"s"})
     write_raw_temp_zip(base, [("a.zip/stale", b"x")])
