@@ -8,6 +8,7 @@ Info-ZIP unzip, 7-Zip, bsdtar (libarchive) and fuse-zip.
 
 import asyncio
 import io
+import json
 import os
 import shutil
 import stat
@@ -461,7 +462,7 @@ def test_status_json_is_machine_readable(tmp_path):
         fs.write_bytes("a.zip/x", b"x")
     result = subprocess.run([sys.executable, "-m", "rear", "status", "--json", base],
                             env=CHILD_ENV, capture_output=True, text=True)
-    report = __import__("json").loads(result.stdout)
+    report = json.loads(result.stdout)
     assert [temp["state"] for temp in report["temp_zips"]] == ["sealed"]
     assert report["archives"] == [] and report["journals"] == []
 

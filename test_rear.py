@@ -1495,3 +1495,29 @@ def test_pool_workers_seal_their_temp_zips_when_they_exit(base, method):
     states = {manifest["pid"]: manifest["state"] for manifest in sidecars(base)}
     assert set(states) == pids and set(states.values()) == {"sealed"}
     assert rear.scavenge(base).files_moved == 20
+
+
+def test_a_flush_while_a_writer_is_between_creating_and_locking_loses_nothing(base):
+    # The writer pauses right after creating its temp zip, before locking
+    # it; a flushing scavenger runs in that instant.  Were the new temp zip
+    # visible, it would look abandoned (unlocked, empty) and be deleted, and
+    # the writer would go on appending to an unlinked file.
+    writer = run_child("""
+        import sys, time, rear
+        real_lock = rear._lock
+        def paused_lock(fd, path, **kwargs):
+            if path.endswith(".zip"):
+                print("created", flush=True)
+                sys.stdin.readline()          # wait for the scavenger
+            return real_lock(fd, path, **kwargs)
+        rear._lock = paused_lock
+        with rear.rear_fs(sys.argv[1]) as fs:
+            fs.write_bytes("a.zip/x", b"survives")
+    """, base, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "created\n"
+    rear.scavenge(base, flush=True)
+    writer.stdin.write("go\n")
+    writer.stdin.close()
+    assert writer.wait(60) == 0
+    rear.scavenge(base, flush=True)
+    assert archives_of(base) == {"a.zip": {"x": b"survives"}}

@@ -18,6 +18,8 @@ crash could leave on disk (after ALICE, OSDI 2014, and LazyFS).
 import collections
 import errno
 import inspect
+import io
+import json
 import os
 import random
 import re
@@ -895,7 +897,7 @@ def test_hostile_api_input_gets_a_clear_error(tmp_path, description, call, expec
 def _sealed_sidecar(zip_path, **changes):
     manifest = dict(rear._new_manifest(time.time() - 3600), state="sealed", **changes)
     with open(zip_path[:-4] + ".json", "w") as handle:
-        handle.write(__import__("json").dumps(manifest))
+        handle.write(json.dumps(manifest))
 
 
 def _temp_zip_with_entries(base, names, sealed=True):
@@ -971,7 +973,7 @@ def _feeding_a_zip(base, make_obstacle):
 
 
 def _zip_bytes(files):
-    buffer = __import__("io").BytesIO()
+    buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as handle:
         for name, data in files.items():
             handle.writestr(name, data)
@@ -1070,7 +1072,7 @@ def _seed_zips():
         rear.scavenge(base)
         seeds.append(open(os.path.join(base, "a.zip"), "rb").read())
     for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2):
-        buffer = __import__("io").BytesIO()
+        buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", method) as handle:
             handle.writestr("a.zip/z", b"zip" * 300)
             handle.writestr("a.zip/w", torture_content("w")[:2000])
@@ -1081,7 +1083,7 @@ def _seed_zips():
 SEEDS = _seed_zips() if given is not None else []
 SEED_CONTENTS = set()
 for _seed in SEEDS:
-    with zipfile.ZipFile(__import__("io").BytesIO(_seed)) as _handle:
+    with zipfile.ZipFile(io.BytesIO(_seed)) as _handle:
         SEED_CONTENTS.update(_handle.read(_name) for _name in _handle.namelist())
 
 
@@ -1179,3 +1181,33 @@ def test_fuzzed_temp_zips_never_put_garbage_into_an_archive(tmp_path, long_mode,
         COUNTS["fuzzed zips"] += 1
 
     check()
+
+
+def test_a_failure_to_remove_a_leftover_is_reported_not_raised(tmp_path, monkeypatch):
+    base = str(tmp_path / "base")
+    os.makedirs(os.path.join(base, "inbox"))
+    open(os.path.join(base, "inbox", "orphan.json"), "w").close()
+    monkeypatch.setattr(rear, "os", FaultyOS(base, fail_at=1, fail_errno=errno.EACCES))
+    stats = rear.scavenge(base)         # its first change is removing the orphan
+    assert "could not remove this leftover" in stats.errors[0][1]
+    COUNTS["injected errors"] += 1
+
+
+def test_a_failure_to_delete_a_fully_archived_temp_zip_is_reported_not_raised(
+        tmp_path, monkeypatch):
+    base = str(tmp_path / "base")
+    with rear.rear_fs(base) as fs:
+        fs.write_bytes("a.zip/x", b"x")
+    (name,) = inbox_temp_zips(base)
+    sidecar = os.path.join(base, "inbox", name[:-4] + ".json")
+    with open(sidecar) as handle:
+        manifest = json.load(handle)
+    manifest["done"] = ["a.zip"]     # as after a crash just before its deletion
+    with open(sidecar, "w") as handle:
+        json.dump(manifest, handle)
+    monkeypatch.setattr(rear, "os", FaultyOS(base, fail_at=1, fail_errno=errno.EIO))
+    stats = rear.scavenge(base)      # nothing to commit: its first change is the delete
+    assert "could not delete it" in stats.errors[0][1]
+    monkeypatch.undo()
+    assert rear.scavenge(base).errors == [] and inbox_temp_zips(base) == []
+    COUNTS["injected errors"] += 1
