@@ -411,6 +411,10 @@ def _pwrite_all(fd, data, offset):
         offset += written
 
 
+def _truncated(path, missing):
+    return TempZipError("%s ends %d bytes early (truncated)" % (path, missing), path)
+
+
 def _pread_exact(fd, size, offset, path):
     """Read exactly ``size`` bytes at ``offset`` or raise TempZipError."""
     chunks = []
@@ -418,7 +422,7 @@ def _pread_exact(fd, size, offset, path):
     while remaining:
         chunk = os.pread(fd, min(remaining, _CHUNK * 16), offset)
         if not chunk:
-            raise TempZipError("%s ends %d bytes early (truncated)" % (path, remaining), path)
+            raise _truncated(path, remaining)
         chunks.append(chunk)
         remaining -= len(chunk)
         offset += len(chunk)
@@ -438,14 +442,14 @@ def _copy_range(src_fd, src_offset, dst_fd, dst_offset, length, src_path):
                 break
             raise
         if copied == 0:
-            raise TempZipError("%s ends %d bytes early (truncated)" % (src_path, length), src_path)
+            raise _truncated(src_path, length)
         src_offset += copied
         dst_offset += copied
         length -= copied
     while length:
         chunk = os.pread(src_fd, min(length, _CHUNK), src_offset)
         if not chunk:
-            raise TempZipError("%s ends %d bytes early (truncated)" % (src_path, length), src_path)
+            raise _truncated(src_path, length)
         _pwrite_all(dst_fd, chunk, dst_offset)
         src_offset += len(chunk)
         dst_offset += len(chunk)
@@ -709,7 +713,7 @@ def _parse_central(data, count, path, error=ArchiveError):
     return entries
 
 
-def _read_local_header(fd, offset, size, path):
+def _read_local_header(fd, offset, size):
     """Parse the local header at ``offset``; None if there is none or it is torn."""
     if offset + _LOCAL_STRUCT.size > size:
         return None
@@ -793,7 +797,7 @@ def _salvage_entries(fd, size, path):
     entries = []
     offset = 0
     while True:
-        entry = _read_local_header(fd, offset, size, path)
+        entry = _read_local_header(fd, offset, size)
         if entry is None or entry.flags & ~(_FLAG_COMPRESSION_OPTIONS | _FLAG_UTF8):
             break
         end = entry.data_offset + entry.compressed_size
@@ -810,7 +814,7 @@ def _read_central_entries(fd, size, path, error):
     data = _pread_exact(fd, tail.cd_size, tail.cd_offset, path) if tail.cd_size else b""
     entries = _parse_central(data, tail.count, path, error)
     for entry in entries:
-        local = _read_local_header(fd, entry.header_offset, size, path)
+        local = _read_local_header(fd, entry.header_offset, size)
         if local is None or local.name != entry.name:
             raise error("%s: entry %r has no matching local header" % (path, entry.name), path)
         entry.data_offset = local.data_offset
@@ -1659,17 +1663,19 @@ class ScavengeStats:
 
 
 class _Claim:
-    """A temp zip this scavenger holds the lock of, with its entries."""
+    """A temp zip this scavenger holds the lock of, with its entries routed:
+    ``routes`` is [(dest, member, entry)], each name split (and validated)
+    once, when the temp zip was claimed."""
 
-    def __init__(self, path, fd, manifest, entries, salvaged):
+    def __init__(self, path, fd, manifest, routes, salvaged):
         self.path = path
         self.sidecar_path = _sidecar_path(path)
         self.fd = fd
         self.manifest = manifest
-        self.entries = entries
+        self.routes = routes
         self.salvaged = salvaged
         done = set(manifest.get("done", []))
-        self.pending = {split_path(entry.name)[0] for entry in entries} - done
+        self.pending = {dest for dest, _member, _entry in routes} - done
         self.failed = False
 
     def release(self):
@@ -1943,7 +1949,7 @@ class _ArchiveState:
 
 
 def _commit_to_archive(base, dest, items, max_size, stats):
-    """Append (claim, entry) items to one archive atomically (steps 1-8)."""
+    """Append (claim, member, entry) items to one archive atomically (steps 1-8)."""
     paths = _ArchivePaths(base, dest)
     with _archive_lock(paths):
         _recover_locked(paths, stats)
@@ -1951,15 +1957,14 @@ def _commit_to_archive(base, dest, items, max_size, stats):
         archive = _ArchiveState(paths, max_size)
         try:
             additions = []
-            for claim, entry in items:
-                member = split_path(entry.name)[1]
+            for claim, member, entry in items:
                 name = archive.name_for(member, entry.crc, entry.file_size, stats)
                 if name is None:
                     stats.duplicates += 1
                     continue
                 archive.index[name] = (entry.crc, entry.file_size)
                 additions.append((claim, entry, name))
-            claims = {id(claim): claim for claim, _entry in items}.values()
+            claims = {id(claim): claim for claim, _member, _entry in items}.values()
             temps = [{"zip": os.path.basename(claim.path), "finish": claim.pending == {dest}}
                      for claim in claims]
             if additions:
@@ -2149,9 +2154,10 @@ def _claim(path, flush, grace, stats, salvage_only=False):
             if manifest is None:
                 manifest = _new_manifest(created)
                 manifest["host"] = manifest["pid"] = None
+        routes = []
         for entry in entries:
             try:
-                split_path(entry.name)
+                routes.append(split_path(entry.name) + (entry,))
             except PathError as err:
                 raise TempZipError("%s: entry %r is not a valid rear path (%s); the temp "
                                    "zip is left in place" % (path, entry.name, err), path) from err
@@ -2165,7 +2171,7 @@ def _claim(path, flush, grace, stats, salvage_only=False):
                                    path)
         if not salvaged:
             _check_small_entries(fd, entries, path)
-        claim = _Claim(path, fd, manifest, entries, salvaged)
+        claim = _Claim(path, fd, manifest, routes, salvaged)
         return claim
     finally:
         if claim is None:
@@ -2237,10 +2243,9 @@ def _progress_report(progress, stats, tried, claims, total):
 def _ingest(base, claims, max_size, stats, report=None):
     by_dest = {}
     for claim in claims:
-        for entry in claim.entries:
-            dest = split_path(entry.name)[0]
+        for dest, member, entry in claim.routes:
             if dest in claim.pending:
-                by_dest.setdefault(dest, []).append((claim, entry))
+                by_dest.setdefault(dest, []).append((claim, member, entry))
     for dest in sorted(by_dest):
         items = [item for item in by_dest[dest] if not item[0].failed]
         if not items:
@@ -2252,7 +2257,7 @@ def _ingest(base, claims, max_size, stats, report=None):
             stats.errors.append((path, str(err)))
             _log.error("could not append to %s: %s; its temp zips stay in inbox/",
                        os.path.join(base, dest), err)
-            for claim, _entry in items:
+            for claim, _member, _entry in items:
                 claim.failed = True
         if report is not None:
             report()
