@@ -876,6 +876,11 @@ def split_path(path):
                     "like 'name.zip/member/path'" % (path,))
 
 
+def _entry_name(path):
+    """The temp-zip entry name of an archive path: validated, as a str."""
+    return "/".join(split_path(path))
+
+
 def _inside(base, path):
     """True if ``path`` resolves (following links) to somewhere under ``base``."""
     real_base = os.path.realpath(base)
@@ -1370,7 +1375,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         if binary and (encoding is not None or newline is not None or errors is not None):
             raise ValueError("binary mode %r takes no encoding, errors or newline" % mode)
         self._check_open()
-        dest, member = split_path(path)
+        name = _entry_name(path)
         spool = _Spool(readable=readable)
         if binary:
             handle = (_BinaryOutput if readable else _BinaryWriteOnlyOutput)(spool)
@@ -1378,7 +1383,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
             buffer = (io.BufferedRandom if readable else io.BufferedWriter)(spool)
             handle = _TextOutput(buffer, encoding=encoding or "utf-8", errors=errors,
                                  newline=newline)
-        handle._rear_setup(self, dest + "/" + member, spool)
+        handle._rear_setup(self, name, spool)
         return handle
 
     @contextlib.contextmanager
@@ -1387,7 +1392,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         block exits, then remove ``source``.  If the block raises (and
         ``success_only``) the source is left where it is."""
         self._check_open()
-        dest, member = split_path(path)
+        name = _entry_name(path)
         source = os.fspath(source)
         ok = False
         try:
@@ -1395,16 +1400,14 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
             ok = True
         finally:
             if ok or not self.success_only:
-                self._archive_and_remove(source, dest + "/" + member, must_exist=ok)
+                self._archive_and_remove(source, name, must_exist=ok)
 
     def write_bytes(self, path, data):
         """Archive ``data`` as ``path`` in one call."""
-        dest, member = split_path(path)
+        name = _entry_name(path)
         self._check_open()
-        self._commit_prepared(dest + "/" + member,
-                              _prepare_bytes(bytes(data), self._method, self.compresslevel),
+        self._commit_prepared(name, _prepare_bytes(bytes(data), self._method, self.compresslevel),
                               time.time(), _DEFAULT_FILE_MODE)
-
 
     def write_text(self, path, text, encoding="utf-8", errors=None):
         """Archive ``text`` as ``path`` in one call."""
@@ -2198,15 +2201,16 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     with _SCAVENGE_LOCK:
         _recover_all_journals(base, stats)
         _remove_orphans(inbox, grace, stats)
-        tried = set()
-        total = len(_list_temp_zips(inbox)) if progress is not None else 0
-        while True:
+        # Listed once: relisting for every batch made a pass quadratic in the
+        # inbox size.  Temp zips sealed meanwhile wait for the next pass.
+        paths = _list_temp_zips(inbox)
+        looked_at = 0
+        while looked_at < len(paths):
             claims = []
             try:
-                for path in _list_temp_zips(inbox):
-                    if path in tried:
-                        continue
-                    tried.add(path)
+                while looked_at < len(paths) and len(claims) < _BATCH_TEMP_ZIPS:
+                    path = paths[looked_at]
+                    looked_at += 1
                     try:
                         claim = _claim(path, flush, grace, stats, salvage_only)
                     except (TempZipError, OSError) as err:
@@ -2215,19 +2219,16 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                         continue
                     if claim is not None:
                         claims.append(claim)
-                        if len(claims) >= _BATCH_TEMP_ZIPS:
-                            break
-                if not claims:
-                    break
-                _ingest(base, claims, max_size, stats,
-                        _progress_report(progress, stats, tried, claims, total))
+                if claims:
+                    _ingest(base, claims, max_size, stats,
+                            _progress_report(progress, stats, looked_at, claims, len(paths)))
             finally:
                 for claim in claims:
                     claim.release()
     return stats
 
 
-def _progress_report(progress, stats, tried, claims, total):
+def _progress_report(progress, stats, looked_at, claims, total):
     """A no-argument callback for _ingest, or None without ``progress``."""
     if progress is None:
         return None
@@ -2235,7 +2236,7 @@ def _progress_report(progress, stats, tried, claims, total):
     def report():
         # temp zips looked at so far, less this batch's unfinished claims
         unfinished = sum(bool(claim.pending) for claim in claims)
-        progress(stats, len(tried) - unfinished, max(total, len(tried)))
+        progress(stats, looked_at - unfinished, total)
 
     return report
 
