@@ -2099,6 +2099,16 @@ def _list_temp_zips(inbox):
                   if name.endswith(_TEMP_SUFFIX) and not name.startswith("."))
 
 
+def _past_grace(manifest, st, grace):
+    """True if an unsealed temp zip has not changed for the grace period.
+
+    Its last change, not its creation, counts: a live writer on a filesystem
+    without locks keeps its temp zip's mtime fresh.
+    """
+    created = manifest["created"] if manifest else st.st_mtime
+    return time.time() - max(created, st.st_mtime) >= grace
+
+
 def _claim(path, flush, grace, stats, salvage_only=False):
     """Lock one temp zip and read its entries; None if it is not ready."""
     try:
@@ -2138,7 +2148,7 @@ def _claim(path, flush, grace, stats, salvage_only=False):
             return None
         manifest = _read_manifest(_sidecar_path(path))
         created = manifest["created"] if manifest else st.st_mtime
-        old = time.time() - max(created, st.st_mtime) >= grace
+        old = _past_grace(manifest, st, grace)
         sealed = manifest is not None and manifest["state"] == _STATE_SEALED
         if sealed and not salvage_only:
             entries = _read_central_entries(fd, st.st_size, path, TempZipError)
@@ -2466,10 +2476,9 @@ def _temp_status(path, grace):
                 os.close(fd)
         except (OSError, RearError):
             locked = False
-    created = manifest["created"] if manifest else st.st_mtime
     if locked:
         info["state"] = "open"
-    elif time.time() - created >= grace:
+    elif _past_grace(manifest, st, grace):
         info["state"] = "stale"
     else:
         info["state"] = "open"

@@ -1521,3 +1521,12 @@ def test_a_flush_while_a_writer_is_between_creating_and_locking_loses_nothing(ba
     assert writer.wait(60) == 0
     rear.scavenge(base, flush=True)
     assert archives_of(base) == {"a.zip": {"x": b"survives"}}
+
+
+def test_status_and_the_scavenger_agree_on_what_is_stale(base):
+    # created long ago, but still being written to: neither calls it stale
+    path = write_raw_temp_zip(base, [("a.zip/x", b"x")])
+    os.utime(path)
+    (temp,) = rear.status(base, rotation_span=60)["temp_zips"]
+    assert temp["state"] == "open"
+    assert rear.scavenge(base, rotation_span=60).waiting == 1
