@@ -15,14 +15,12 @@ performs and rebuilding, for every prefix of that sequence, the states a
 crash could leave on disk (after ALICE, OSDI 2014, and LazyFS).
 """
 
-import collections
 import errno
 import inspect
 import io
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import stat
@@ -35,11 +33,9 @@ import zlib
 import pytest
 
 import rear
-from test_rear import (BAD_PATHS, SCAVENGER_LOOP_SCRIPT, Acknowledged, archives_of,
-                       inbox_temp_zips, read_archive, run_child, run_in_threads,
-                       write_raw_temp_zip)
-
-COUNTS = collections.Counter()
+from test_rear import (BAD_PATHS, COUNTS, SCAVENGER_LOOP_SCRIPT, Acknowledged, archives_of,
+                       as_sets, check_archives, inbox_temp_zips, read_archive, run_child,
+                       run_in_threads, write_raw_temp_zip)
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -48,55 +44,14 @@ except ImportError:   # the fuzz tests skip with a reason
     given = None
 
 
-# ---------------------------------------------------------------- the invariant
-
-
-def logical_key(archive, member):
-    """Rolled-over name-N.zip counts as name.zip, a conflict name.~N~ as name."""
-    archive = re.sub(r"-\d+\.zip$", ".zip", archive)
-    member = re.sub(r"\.~\d+~$", "", member)
-    return archive + "/" + member
-
-
-def check_archives(base, must_have, allowed):
-    """The invariant, over every final archive under ``base``.
-
-    ``must_have`` and ``allowed`` map "dest/member" to sets of contents: each
-    content in must_have is archived exactly once; every archived entry has a
-    content from allowed (nothing torn, nothing invented).  Every archive is
-    read by Info-ZIP unzip -t and by zipfile with CRC checks.
-    """
-    found = collections.defaultdict(list)
-    for archive, members in archives_of(base).items():
-        for member, data in members.items():
-            found[logical_key(archive, member)].append(data)
-    for key, contents in found.items():
-        if len(contents) != len(set(contents)):
-            COUNTS["corrupt"] += 1
-            pytest.fail("%s is archived twice with the same content" % key)
-        for data in contents:
-            if data not in allowed.get(key, ()):
-                COUNTS["corrupt"] += 1
-                pytest.fail("%s holds content nobody wrote (%d bytes)" % (key, len(data)))
-    for key, contents in must_have.items():
-        for data in contents:
-            if data not in found.get(key, ()):
-                COUNTS["lost"] += 1
-                pytest.fail("acknowledged %s was lost" % key)
-
-
-def as_sets(files):
-    sets = collections.defaultdict(set)
-    for key, data in files.items():
-        sets[key].add(data)
-    return sets
+# ---------------------------------------------------------------- the invariant (check_archives in test_rear)
 
 
 def recover_and_check(base, must_have, allowed, **scavenge_options):
     stats = rear.scavenge(base, flush=True, rotation_span=3600, **scavenge_options)
     assert stats.errors == [], "recovery reported %s" % stats.errors
     assert inbox_temp_zips(base) == []
-    check_archives(base, must_have, allowed)
+    check_archives(base, must_have, allowed, conflicts=True)
 
 
 # ---------------------------------------------------------------- recording and faulting file operations
