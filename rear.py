@@ -191,11 +191,23 @@ _ARCHIVES_DIR = "archives"   # inside inbox/: lock files and journals
 _TEMP_SUFFIX = ".zip"
 _SIDECAR_SUFFIX = ".json"
 _JOURNAL_SUFFIX = ".journal"
+_JOURNAL_NEW_SUFFIX = ".journal-new"   # being written; renamed once complete
 _COMMIT_SUFFIX = ".commit"
 _LOCK_SUFFIX = ".lock"
-_JOURNAL_MAGIC = b"REARJNL1"
+_INDEX_SUFFIX = ".index"
+_PENDING_JOURNAL_SUFFIXES = (_JOURNAL_SUFFIX, _JOURNAL_NEW_SUFFIX, _COMMIT_SUFFIX)
+_JOURNAL_MAGIC = b"REARJNL2"
 _JOURNAL_HEAD = struct.Struct("<8sL")    # magic, length of the JSON header
-_JOURNAL_TAIL = struct.Struct("<L8s")    # CRC-32 of all bytes before, magic
+_JOURNAL_HEAD_CRC = struct.Struct("<L")  # CRC-32 of the JSON header; the old tail follows
+_INDEX_MAGIC = b"REARIDX1"
+#: magic, slots, slots used; the archive state the index describes (size,
+#: central directory offset and size, entry count, CRC-32 of its last
+#: _INDEX_STAMP_BYTES); CRC-32 of all the fields before.
+_INDEX_HEADER = struct.Struct("<8s2Q4QLL")
+_INDEX_SLOT = struct.Struct("<2Q")       # name hash (0: empty), record offset in the CD
+_INDEX_STAMP_BYTES = 4096
+_INDEX_MIN_SLOTS = 1024                  # a power of two
+_INDEX_PROBE_SLOTS = 8                   # slots read per pread when probing
 
 # Zip format, PKWARE APPNOTE.TXT 6.3.x; field layouts as in CPython's zipfile.
 _LOCAL_SIG = b"PK\x03\x04"                      # 4.3.7 local file header
@@ -1705,7 +1717,9 @@ class _ArchivePaths:
         key = key or _archive_key(dest)
         self.lock = os.path.join(self.directory, key + _LOCK_SUFFIX)
         self.journal = os.path.join(self.directory, key + _JOURNAL_SUFFIX)
+        self.journal_new = os.path.join(self.directory, key + _JOURNAL_NEW_SUFFIX)
         self.commit = os.path.join(self.directory, key + _COMMIT_SUFFIX)
+        self.index = os.path.join(self.directory, key + _INDEX_SUFFIX)
         self.set_dest(dest)
 
     def set_dest(self, dest):
@@ -1732,33 +1746,68 @@ def _archive_lock(paths, blocking=True):
         os.close(fd)
 
 
-def _write_journal(paths, header, old_tail):
-    head = json.dumps(header, sort_keys=True).encode("utf-8")
-    body = _JOURNAL_HEAD.pack(_JOURNAL_MAGIC, len(head)) + head + old_tail
-    body += _JOURNAL_TAIL.pack(zlib.crc32(body), _JOURNAL_MAGIC)
-    fd = os.open(paths.journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+def _write_journal(paths, header, archive):
+    """Commit step 4: the journal, complete under its own name or not at all.
+
+    The header is followed by the archive's old tail, copied in the kernel
+    (it is the whole central directory: 100 MB for a million entries, which
+    must not pass through Python).  Written as ``.journal-new``, fsynced,
+    then renamed: a ``.journal`` is therefore never torn and needs no CRC
+    over its bulk.  Returns the open journal and the offset of the old tail,
+    from which step 5 copies the old central directory back.
+    """
+    tail_size = archive.size - archive.tail.cd_offset
+    head = json.dumps(dict(header, tail_size=tail_size), sort_keys=True).encode("utf-8")
+    prefix = (_JOURNAL_HEAD.pack(_JOURNAL_MAGIC, len(head)) + head
+              + _JOURNAL_HEAD_CRC.pack(zlib.crc32(head)))
+    fd = os.open(paths.journal_new, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
     try:
-        _write_all(fd, body)
+        _write_all(fd, prefix)
+        if tail_size:
+            _copy_range(archive.fd, archive.tail.cd_offset, fd, len(prefix), tail_size,
+                        paths.archive)
         os.fsync(fd)
+        os.replace(paths.journal_new, paths.journal)
+        _sync_directory(paths.directory)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):   # never hide the original error
+            os.unlink(paths.journal_new)
+        raise
+    return fd, len(prefix)
+
+
+def _read_journal(fd, path):
+    """(header, offset of the old tail) of the journal open on ``fd``."""
+    size = os.fstat(fd).st_size
+    damaged = ArchiveError(
+        "%s is not a complete rear journal (written by another rear version, or "
+        "changed since); its archive may be mid-commit.  Keep it, check the archive "
+        "with 'rear verify', and delete the journal only if the archive is intact"
+        % path, path)
+    head = os.pread(fd, _JOURNAL_HEAD.size, 0)
+    if len(head) < _JOURNAL_HEAD.size:
+        raise damaged
+    magic, head_len = _JOURNAL_HEAD.unpack(head)
+    data_offset = _JOURNAL_HEAD.size + head_len + _JOURNAL_HEAD_CRC.size
+    if magic != _JOURNAL_MAGIC or data_offset > size:
+        raise damaged
+    body = os.pread(fd, head_len + _JOURNAL_HEAD_CRC.size, _JOURNAL_HEAD.size)
+    (crc,) = _JOURNAL_HEAD_CRC.unpack_from(body, head_len)
+    if zlib.crc32(body[:head_len]) != crc:
+        raise damaged
+    header = json.loads(body[:head_len].decode("utf-8"))
+    if size != data_offset + header["tail_size"]:
+        raise damaged
+    return header, data_offset
+
+
+def _read_journal_file(path):
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        return _read_journal(fd, path)
     finally:
         os.close(fd)
-    _sync_directory(paths.directory)
-
-
-def _read_journal(path):
-    """(header, old_tail) of a complete journal, or None if it is torn."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    if len(data) < _JOURNAL_HEAD.size + _JOURNAL_TAIL.size:
-        return None
-    magic, head_len = _JOURNAL_HEAD.unpack_from(data, 0)
-    crc, end_magic = _JOURNAL_TAIL.unpack_from(data, len(data) - _JOURNAL_TAIL.size)
-    body = data[:len(data) - _JOURNAL_TAIL.size]
-    if magic != _JOURNAL_MAGIC or end_magic != _JOURNAL_MAGIC or zlib.crc32(body) != crc:
-        return None
-    head_end = _JOURNAL_HEAD.size + head_len
-    header = json.loads(body[_JOURNAL_HEAD.size:head_end].decode("utf-8"))
-    return header, body[head_end:]
 
 
 def _finish_temps(paths, temps):
@@ -1784,9 +1833,12 @@ def _finish_temps(paths, temps):
 
 def _recover_locked(paths, stats):
     """With the archive lock held: roll back or forward an interrupted commit."""
+    if os.path.exists(paths.journal_new):
+        # Killed while writing the journal: the archive was not touched yet.
+        os.unlink(paths.journal_new)
+        _sync_directory(paths.directory)
     if os.path.exists(paths.commit):
-        # A .commit is renamed from a complete, fsynced journal: never torn.
-        header, _old_tail = _read_journal(paths.commit)
+        header, _tail_offset = _read_journal_file(paths.commit)
         paths.set_dest(header["dest"])
         _finish_temps(paths, header["temps"])
         os.unlink(paths.commit)
@@ -1795,9 +1847,9 @@ def _recover_locked(paths, stats):
         _log.warning("finished the interrupted commit to %s", paths.archive)
     if not os.path.exists(paths.journal):
         return
-    parsed = _read_journal(paths.journal)
-    if parsed is not None:
-        header, old_tail = parsed
+    journal_fd = os.open(paths.journal, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        header, tail_offset = _read_journal(journal_fd, paths.journal)
         paths.set_dest(header["dest"])
         if header["created"]:
             _unlink_if_exists(paths.archive)
@@ -1806,13 +1858,15 @@ def _recover_locked(paths, stats):
         else:
             fd = os.open(paths.archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
             try:
-                _pwrite_all(fd, old_tail, header["old_cd_offset"])
+                _copy_range(journal_fd, tail_offset, fd, header["old_cd_offset"],
+                            header["tail_size"], paths.journal)
                 os.ftruncate(fd, header["old_size"])
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _log.warning("rolled back the interrupted commit to %s", paths.archive)
-    # A torn journal was never completed, so the archive was never touched.
+    finally:
+        os.close(journal_fd)
+    _log.warning("rolled back the interrupted commit to %s", paths.archive)
     os.unlink(paths.journal)
     _sync_directory(paths.directory)
     stats.recovered_journals += 1
@@ -1830,17 +1884,266 @@ def _recover_all_journals(base, stats):
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
         return
-    keys = sorted({name.rsplit(".", 1)[0] for name in names
-                   if name.endswith((_JOURNAL_SUFFIX, _COMMIT_SUFFIX))})
-    for key in keys:
+    keys = {name.rsplit(".", 1)[0] for name in names
+            if name.endswith(_PENDING_JOURNAL_SUFFIXES)}
+    # Index files being replaced when a scavenger died (.<key>.index.<hex>.tmp)
+    leftovers = {}
+    for name in names:
+        if name.startswith(".") and name.endswith(".tmp") and _INDEX_SUFFIX + "." in name:
+            leftovers.setdefault(name[1:].split(".", 1)[0], []).append(name)
+    for key in sorted(keys | set(leftovers)):
         paths = _ArchivePaths(base, key=key)
         try:
             with _archive_lock(paths, blocking=False) as held:
                 if held:
-                    _recover_locked(paths, stats)
+                    if key in keys:
+                        _recover_locked(paths, stats)
+                    for name in leftovers.get(key, []):
+                        _unlink_if_exists(os.path.join(directory, name))
         except (OSError, RearError, ValueError, KeyError) as err:
             stats.errors.append((paths.journal, "recovery failed: %s" % err))
             _log.error("could not recover the commit journal %s: %s", paths.journal, err)
+
+
+def _name_hash(encoded_name):
+    # Stable across processes and Python versions, unlike hash(); 0 marks an
+    # empty index slot.
+    digest = hashlib.blake2b(encoded_name, digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
+def _central_records(fd, tail, path):
+    """(offset within the central directory, fields, raw name) of each
+    record of the archive open on ``fd``, read a chunk at a time."""
+    record_size = _CENTRAL_STRUCT.size
+    data = b""
+    data_start = 0      # offset within the central directory of data[0]
+    position = 0
+    for _index in range(tail.count):
+        fields = None
+        record_end = position + record_size
+        while True:
+            if record_end > tail.cd_size:
+                raise ArchiveError("%s: central directory is shorter than its %d records"
+                                   % (path, tail.count), path)
+            if record_end <= data_start + len(data):
+                if fields is None:
+                    fields = _CENTRAL_STRUCT.unpack_from(data, position - data_start)
+                    if fields[0] != _CENTRAL_SIG:
+                        raise ArchiveError("%s: bad central directory record at byte %d"
+                                           % (path, tail.cd_offset + position), path)
+                    record_end += fields[12] + fields[13] + fields[14]
+                    continue
+                break
+            keep = data[position - data_start:]
+            wanted = max(_CHUNK, record_end - position - len(keep))
+            more = os.pread(fd, min(wanted, tail.cd_size - position - len(keep)),
+                            tail.cd_offset + position + len(keep))
+            if not more:
+                raise ArchiveError("%s ends inside its central directory" % path, path)
+            data, data_start = keep + more, position
+        name_start = position - data_start + record_size
+        yield position, fields, data[name_start:name_start + fields[12]]
+        position = record_end
+
+
+class _NameIndex:
+    """Which names an archive holds, found without parsing its central directory.
+
+    An open-addressing hash table in ``inbox/archives/<key>.index`` whose
+    slots hold (64-bit hash of a name, offset of its record within the
+    central directory).  Commits copy the old central directory verbatim
+    and add records after it, so those offsets stay valid; a hash hit is
+    confirmed by reading that one record.  Adding 1,000 names to a
+    1,000,000-entry archive thus reads a few kilobytes of index instead of
+    parsing 100 MB of records.
+
+    The header stamps the archive state the index describes.  An index that
+    does not match the archive (a crash between a commit and the index
+    update, a rollover, an archive edited by another tool) is rebuilt from
+    the central directory, in memory, and written back after the commit.
+    The index is only a cache: losing it costs a rebuild, never an entry.
+    """
+
+    def __init__(self, path, archive_fd, archive_path, tail, size):
+        self.path = path
+        self.archive_fd = archive_fd
+        self.archive_path = archive_path
+        self.tail = tail
+        self.pending = {}      # name -> (crc, file_size) of this commit's additions
+        self.table = None      # the whole table in memory, when rebuilt
+        self.fd = -1
+        self.slots = _INDEX_MIN_SLOTS
+        self.used = 0
+        self.rebuilt = False   # rebuilt from the central directory: worth saving
+        if size and self._open_matching(size):
+            return
+        self.table = bytearray(self.slots * _INDEX_SLOT.size)
+        self.rebuilt = bool(tail.count)
+        if self.rebuilt:
+            self._rebuild()
+
+    def _open_matching(self, size):
+        """Open the index file if its stamp matches the archive; else False."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+        except FileNotFoundError:
+            return False
+        header = os.pread(fd, _INDEX_HEADER.size, 0)
+        fields = _index_header_fields(header)
+        stamp = _archive_stamp(self.archive_fd, size, self.tail)
+        if fields is None or fields[3:8] != stamp or os.fstat(fd).st_size != (
+                _INDEX_HEADER.size + fields[1] * _INDEX_SLOT.size):
+            os.close(fd)
+            _log.info("rebuilding the name index of %s", self.archive_path)
+            return False
+        self.fd = fd
+        self.slots, self.used = fields[1], fields[2]
+        return True
+
+    def _rebuild(self):
+        self.slots = _INDEX_MIN_SLOTS
+        while self.slots < 2 * self.tail.count:
+            self.slots *= 2
+        self.table = bytearray(self.slots * _INDEX_SLOT.size)
+        for position, fields, raw_name in _central_records(
+                self.archive_fd, self.tail, self.archive_path):
+            if not raw_name.isascii():
+                try:
+                    raw_name = _decode_name(raw_name, fields[5]).encode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise ArchiveError("%s: entry name at byte %d is not valid UTF-8"
+                                       % (self.archive_path, self.tail.cd_offset + position),
+                                       self.archive_path) from err
+            self._insert_in_table(_name_hash(raw_name), position)
+
+    def _insert_in_table(self, name_hash, position):
+        mask = self.slots - 1
+        slot = name_hash & mask
+        while _INDEX_SLOT.unpack_from(self.table, slot * _INDEX_SLOT.size)[0]:
+            slot = (slot + 1) & mask
+        _INDEX_SLOT.pack_into(self.table, slot * _INDEX_SLOT.size, name_hash, position)
+        self.used += 1
+
+    def _probe(self, name_hash, taken=()):
+        """(slot number, hash, position) from the name's home slot on, up to
+        and including the first empty slot; slots in ``taken`` are skipped."""
+        mask = self.slots - 1
+        slot = name_hash & mask
+        while True:
+            start = slot * _INDEX_SLOT.size
+            end = min(slot + _INDEX_PROBE_SLOTS, self.slots) * _INDEX_SLOT.size
+            if self.table is not None:
+                window = self.table[start:end]
+            else:
+                window = _pread_exact(self.fd, end - start, _INDEX_HEADER.size + start,
+                                      self.path)
+            for slot_hash, position in _INDEX_SLOT.iter_unpack(window):
+                if slot not in taken:
+                    yield slot, slot_hash, position
+                    if not slot_hash:
+                        return
+                slot = (slot + 1) & mask
+
+    def lookup(self, name):
+        """(crc, file_size) of the archived ``name``, or None."""
+        if name in self.pending:
+            return self.pending[name]
+        name_hash = _name_hash(name.encode("utf-8"))
+        for _slot, slot_hash, position in self._probe(name_hash):
+            if slot_hash == name_hash:
+                entry = self._record_at(position)
+                if entry.name == name:
+                    return entry.crc, entry.file_size
+        return None
+
+    def _record_at(self, position):
+        fixed = _pread_exact(self.archive_fd, _CENTRAL_STRUCT.size,
+                             self.tail.cd_offset + position, self.archive_path)
+        fields = _CENTRAL_STRUCT.unpack(fixed)
+        variable = _pread_exact(self.archive_fd, fields[12] + fields[13] + fields[14],
+                                self.tail.cd_offset + position + len(fixed),
+                                self.archive_path)
+        return _parse_central(fixed + variable, 1, self.archive_path)[0]
+
+    def add(self, name, crc, file_size):
+        """Note a name this commit adds (indexed by update() once committed)."""
+        self.pending[name] = (crc, file_size)
+
+    def update(self, positions, archive_fd, tail, size):
+        """After the commit point: index the new records (name, position in
+        the new central directory) and stamp the archive's new state.
+
+        In place: slots written, fsynced, then the header.  A crash before
+        the header leaves the old stamp, which no longer matches: rebuilt.
+        """
+        needed = self.used + len(positions)
+        if 2 * needed > self.slots:
+            self._grow(needed)
+        stamp = _archive_stamp(archive_fd, size, tail)
+        if self.table is not None:
+            for name, position in positions:
+                self._insert_in_table(_name_hash(name.encode("utf-8")), position)
+            _write_file_durably(self.path, _index_header(self.slots, self.used, stamp)
+                                + self.table)
+            return
+        taken = {}
+        for name, position in positions:
+            name_hash = _name_hash(name.encode("utf-8"))
+            for slot, slot_hash, _position in self._probe(name_hash, taken):
+                if not slot_hash:
+                    taken[slot] = _INDEX_SLOT.pack(name_hash, position)
+                    break
+        for slot, packed in taken.items():
+            _pwrite_all(self.fd, packed, _INDEX_HEADER.size + slot * _INDEX_SLOT.size)
+        os.fsync(self.fd)
+        self.used += len(taken)
+        _pwrite_all(self.fd, _index_header(self.slots, self.used, stamp), 0)
+
+    def _grow(self, needed):
+        """Rehash into memory with room for ``needed`` names at load <= 1/2."""
+        if self.table is not None:
+            old = bytes(self.table)
+        else:
+            old = _pread_exact(self.fd, self.slots * _INDEX_SLOT.size, _INDEX_HEADER.size,
+                               self.path)
+        while 2 * needed > self.slots:
+            self.slots *= 2
+        self.used = 0
+        self.table = bytearray(self.slots * _INDEX_SLOT.size)
+        for slot_hash, position in _INDEX_SLOT.iter_unpack(old):
+            if slot_hash:
+                self._insert_in_table(slot_hash, position)
+
+    def close(self):
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+def _archive_stamp(fd, size, tail):
+    """What ties an index to one state of its archive."""
+    window = min(size, _INDEX_STAMP_BYTES)
+    last = os.pread(fd, window, size - window) if window else b""
+    return (size, tail.cd_offset, tail.cd_size, tail.count, zlib.crc32(last))
+
+
+def _index_header(slots, used, stamp):
+    fields = (_INDEX_MAGIC, slots, used) + tuple(stamp)
+    packed = _INDEX_HEADER.pack(*fields, 0)
+    return packed[:-4] + struct.pack("<L", zlib.crc32(packed[:-4]))
+
+
+def _index_header_fields(header):
+    """The header's fields if it is intact, else None."""
+    if len(header) != _INDEX_HEADER.size:
+        return None
+    fields = _INDEX_HEADER.unpack(header)
+    if fields[0] != _INDEX_MAGIC or zlib.crc32(header[:-4]) != fields[-1]:
+        return None
+    if fields[1] < _INDEX_MIN_SLOTS or fields[1] & (fields[1] - 1):
+        return None
+    return fields
 
 
 class _ArchiveState:
@@ -1858,6 +2161,7 @@ class _ArchiveState:
         # no zip reader accepts.
         self.created = False
         self.fd = -1
+        self.index = None
         try:
             self.fd = os.open(archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
         except FileNotFoundError:
@@ -1894,11 +2198,8 @@ class _ArchiveState:
             self._start_empty()
             return
         self.tail = _read_tail(self.fd, self.size, self.paths.archive)
-        self.old_tail = _pread_exact(self.fd, self.size - self.tail.cd_offset,
-                                     self.tail.cd_offset, self.paths.archive)
-        central = self.old_tail[:self.tail.cd_size]
-        self.index = {entry.name: (entry.crc, entry.file_size)
-                      for entry in _parse_central(central, self.tail.count, self.paths.archive)}
+        self.index = _NameIndex(self.paths.index, self.fd, self.paths.archive, self.tail,
+                                self.size)
 
     def _roll_over(self):
         archive = self.paths.archive
@@ -1917,8 +2218,7 @@ class _ArchiveState:
     def _start_empty(self):
         self.size = 0
         self.tail = _Tail(0, 0, 0, b"")
-        self.old_tail = b""
-        self.index = {}
+        self.index = _NameIndex(self.paths.index, self.fd, self.paths.archive, self.tail, 0)
 
     def create(self):
         """Create the new archive file (commit step 5, after the journal)."""
@@ -1927,7 +2227,7 @@ class _ArchiveState:
 
     def name_for(self, name, crc, file_size, stats):
         """The name to add ``name`` under, or None if it is already archived."""
-        existing = self.index.get(name)
+        existing = self.index.lookup(name)
         if existing is None:
             return name
         if existing == (crc, file_size):
@@ -1935,7 +2235,7 @@ class _ArchiveState:
         number = 1
         while True:
             candidate = "%s.~%d~" % (name, number)
-            existing = self.index.get(candidate)
+            existing = self.index.lookup(candidate)
             if existing is None:
                 stats.conflicts += 1
                 _log.warning("%s already holds %r with other content; keeping the new "
@@ -1945,7 +2245,20 @@ class _ArchiveState:
                 return None
             number += 1
 
+    def update_index(self, positions, tail, size, stats):
+        """After the commit point.  A failure here loses no data (the index
+        is a cache, rebuilt when stale), so it is reported, not raised: the
+        commit stands and its temp zips are still finished."""
+        try:
+            self.index.update(positions, self.fd, tail, size)
+        except OSError as err:
+            reason = "could not update the name index (%s); the next commit rebuilds it" % err
+            stats.errors.append((self.paths.index, reason))
+            _log.warning("%s: %s", self.paths.index, reason)
+
     def close(self):
+        if self.index is not None:
+            self.index.close()
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
@@ -1965,7 +2278,7 @@ def _commit_to_archive(base, dest, items, max_size, stats):
                 if name is None:
                     stats.duplicates += 1
                     continue
-                archive.index[name] = (entry.crc, entry.file_size)
+                archive.index.add(name, entry.crc, entry.file_size)
                 additions.append((claim, entry, name))
             claims = {id(claim): claim for claim, _member, _entry in items}.values()
             temps = [{"zip": os.path.basename(claim.path), "finish": claim.pending == {dest}}
@@ -1974,9 +2287,15 @@ def _commit_to_archive(base, dest, items, max_size, stats):
                 header = {"dest": dest, "archive": paths.archive, "created": archive.created,
                           "old_size": archive.size, "old_cd_offset": archive.tail.cd_offset,
                           "temps": temps}
-                _write_journal(paths, header, archive.old_tail)
                 try:
-                    _append_entries(archive, additions)
+                    journal_fd, tail_offset = _write_journal(paths, header, archive)
+                    try:
+                        positions, tail, size = _append_entries(archive, additions,
+                                                                journal_fd, tail_offset)
+                    finally:
+                        # Closed before the journal is renamed or deleted: an
+                        # NFS client keeps an open deleted file as .nfsXXXX.
+                        os.close(journal_fd)
                 except BaseException:
                     # ENOSPC, EIO...: put the old tail back now rather than
                     # leave a broken archive until the next run.
@@ -1986,6 +2305,9 @@ def _commit_to_archive(base, dest, items, max_size, stats):
                 _sync_directory(paths.directory)
                 stats.files_moved += len(additions)
                 stats.archives_touched += 1
+                archive.update_index(positions, tail, size, stats)
+            elif archive.index.rebuilt:   # save the rebuild even when all were duplicates
+                archive.update_index([], archive.tail, archive.size, stats)
             _finish_temps(paths, temps)
             for claim in claims:
                 claim.pending.discard(dest)
@@ -2004,8 +2326,11 @@ def _roll_back_quietly(paths, stats):
                        "%s stays for 'rear recover'", paths.archive, paths.journal)
 
 
-def _append_entries(archive, additions):
-    """Commit step 5: new entries over the old tail, then the new tail; fsync."""
+def _append_entries(archive, additions, journal_fd, tail_offset):
+    """Commit step 5: new entries over the old tail, then the old central
+    directory copied back from the journal, the new records and the end
+    records; fsync.  Returns [(name, position of its record in the new
+    central directory)], the new tail and the new size."""
     if archive.created:
         archive.create()
     fd = archive.fd
@@ -2018,7 +2343,7 @@ def _append_entries(archive, additions):
                            entry.crc, entry.compressed_size, entry.file_size,
                            entry.external_attr)
         header = _local_header(new_entry)
-        records.append(_central_record(new_entry, offset))
+        records.append((name, _central_record(new_entry, offset)))
         if entry.compressed_size <= _SMALL_ENTRY:
             buffer += header
             buffer += _pread_exact(claim.fd, entry.compressed_size, entry.data_offset, claim.path)
@@ -2034,18 +2359,26 @@ def _append_entries(archive, additions):
             _pwrite_all(fd, buffer, buffer_offset)
             buffer_offset += len(buffer)
             buffer = bytearray()
-    old_central = archive.old_tail[:archive.tail.cd_size]
-    new_central = b"".join(records)
-    cd_size = len(old_central) + len(new_central)
-    count = archive.tail.count + len(records)
-    buffer += old_central + new_central + _end_records(count, cd_size, offset,
-                                                       archive.tail.comment)
     _pwrite_all(fd, buffer, buffer_offset)
-    end = buffer_offset + len(buffer)
-    os.ftruncate(fd, end)
+    # The old central directory, verbatim: nothing of it is parsed or held.
+    old_cd_size = archive.tail.cd_size
+    _copy_range(journal_fd, tail_offset, fd, offset, old_cd_size, archive.paths.journal)
+    positions = []
+    position = old_cd_size
+    for name, record in records:
+        positions.append((name, position))
+        position += len(record)
+    new_central = b"".join(record for _name, record in records)
+    tail = _Tail(archive.tail.count + len(records), offset, old_cd_size + len(new_central),
+                 archive.tail.comment)
+    end_records = _end_records(tail.count, tail.cd_size, offset, tail.comment)
+    _pwrite_all(fd, new_central + end_records, offset + old_cd_size)
+    size = offset + tail.cd_size + len(end_records)
+    os.ftruncate(fd, size)
     os.fsync(fd)
     if archive.created:
         _sync_directory(os.path.dirname(archive.paths.archive))
+    return positions, tail, size
 
 
 def _remove_orphans(inbox, grace, stats):
@@ -2427,7 +2760,7 @@ def status(base=None, rotation_span=None):
     directory = os.path.join(inbox, _ARCHIVES_DIR)
     if os.path.isdir(directory):
         journals = sorted(name for name in os.listdir(directory)
-                          if name.endswith((_JOURNAL_SUFFIX, _COMMIT_SUFFIX)))
+                          if name.endswith(_PENDING_JOURNAL_SUFFIXES))
     archives = []
     for archive in _archives_under(base):
         info = {"path": os.path.relpath(archive, base), "size": os.path.getsize(archive)}

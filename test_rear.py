@@ -927,6 +927,136 @@ def test_archive_is_rolled_over_at_max_size(base):
     assert_exactly_once(base, files)
 
 
+def index_path(base, dest):
+    return rear._ArchivePaths(base, dest).index
+
+
+def refeed_is_all_duplicates(base, files):
+    fill(base, files)
+    stats = rear.scavenge(base)
+    return (stats.duplicates, stats.files_moved, stats.conflicts) == (len(files), 0, 0)
+
+
+def test_appending_to_an_indexed_archive_does_not_parse_its_central_directory(
+        base, monkeypatch):
+    fill(base, {"a.zip/%d" % n: b"%d" % n for n in range(100)})
+    rear.scavenge(base)
+
+    def no_rebuild(*args):
+        raise AssertionError("the central directory was parsed")
+
+    monkeypatch.setattr(rear, "_central_records", no_rebuild)
+    fill(base, {"a.zip/new%d" % n: b"new" for n in range(100)})
+    assert rear.scavenge(base).files_moved == 100
+    assert refeed_is_all_duplicates(base, {"a.zip/5": b"5", "a.zip/new7": b"new"})
+    assert len(archives_of(base)["a.zip"]) == 200
+
+
+def test_a_missing_index_is_rebuilt_and_duplicates_are_still_recognised(base):
+    files = {"a.zip/%d" % n: b"%d" % n for n in range(50)}
+    fill(base, files)
+    rear.scavenge(base)
+    os.unlink(index_path(base, "a.zip"))
+    assert refeed_is_all_duplicates(base, files)
+    assert os.path.exists(index_path(base, "a.zip"))
+
+
+def test_a_damaged_index_is_rebuilt(base):
+    files = {"a.zip/%d" % n: b"%d" % n for n in range(50)}
+    fill(base, files)
+    rear.scavenge(base)
+    with open(index_path(base, "a.zip"), "r+b") as handle:
+        handle.seek(100)
+        handle.write(os.urandom(200))     # slots, not the header: the stamp still fits
+        handle.seek(10)
+        handle.write(b"\xff")            # and the header: its CRC no longer does
+    assert refeed_is_all_duplicates(base, files)
+
+
+def test_an_archive_changed_by_another_tool_gets_its_index_rebuilt(base):
+    fill(base, {"a.zip/1": b"1"})
+    rear.scavenge(base)
+    with zipfile.ZipFile(os.path.join(base, "a.zip"), "a") as handle:
+        handle.writestr("added-by-zipfile", b"z")
+    assert refeed_is_all_duplicates(base, {"a.zip/added-by-zipfile": b"z"})
+    fill(base, {"a.zip/added-by-zipfile": b"other"})
+    assert rear.scavenge(base).conflicts == 1
+    assert archives_of(base)["a.zip"] == {"1": b"1", "added-by-zipfile": b"z",
+                                          "added-by-zipfile.~1~": b"other"}
+
+
+def test_the_index_keeps_every_name_as_it_grows(base):
+    files = {}
+    for batch in range(4):     # 1,200 names: past the first table's 512 at half load
+        more = {"a.zip/%d/%d" % (batch, n): b"%d" % n for n in range(300)}
+        fill(base, more)
+        rear.scavenge(base)
+        files.update(more)
+    assert os.path.getsize(index_path(base, "a.zip")) > 2 * 1200 * 16
+    assert refeed_is_all_duplicates(base, files)
+    assert_exactly_once(base, files)
+
+
+def test_names_whose_hashes_collide_are_told_apart_by_their_records(base, monkeypatch):
+    monkeypatch.setattr(rear, "_name_hash", lambda encoded: 1)   # every name collides
+    files = {"a.zip/%d" % n: b"%d" % n for n in range(40)}
+    fill(base, dict(list(files.items())[:20]))
+    rear.scavenge(base)
+    fill(base, dict(list(files.items())[20:]))
+    rear.scavenge(base)
+    assert refeed_is_all_duplicates(base, files)
+    fill(base, {"a.zip/3": b"changed"})
+    assert rear.scavenge(base).conflicts == 1
+    assert archives_of(base)["a.zip"] == dict({"%d" % n: b"%d" % n for n in range(40)},
+                                              **{"3.~1~": b"changed"})
+
+
+def test_non_ascii_names_are_indexed_as_their_utf8_bytes(base):
+    files = {"a.zip/r\u00e9sultat-\u4e2d.txt": b"1", "a.zip/plain": b"2"}
+    fill(base, files)
+    rear.scavenge(base)
+    os.unlink(index_path(base, "a.zip"))       # the rebuilt index must agree
+    assert refeed_is_all_duplicates(base, files)
+
+
+def test_an_index_left_half_replaced_is_removed(base):
+    fill(base, {"a.zip/1": b"1"})
+    rear.scavenge(base)
+    index = index_path(base, "a.zip")
+    leftover = os.path.join(os.path.dirname(index),
+                            ".%s.0123456789ab.tmp" % os.path.basename(index))
+    with open(leftover, "wb") as handle:
+        handle.write(b"REARIDX1 torn")
+    assert rear.scavenge(base).errors == []
+    assert not os.path.exists(leftover) and os.path.exists(index)
+
+
+def test_a_journal_left_half_written_is_removed_and_the_archive_kept(base):
+    fill(base, {"a.zip/1": b"1"})
+    rear.scavenge(base)
+    before = open(os.path.join(base, "a.zip"), "rb").read()
+    with open(rear._ArchivePaths(base, "a.zip").journal_new, "wb") as handle:
+        handle.write(b"REARJNL2 torn")
+    stats = rear.scavenge(base)
+    assert stats.errors == []
+    assert not os.path.exists(rear._ArchivePaths(base, "a.zip").journal_new)
+    assert open(os.path.join(base, "a.zip"), "rb").read() == before
+
+
+def test_a_damaged_journal_is_reported_and_kept_not_applied(base):
+    fill(base, {"a.zip/1": b"1"})
+    rear.scavenge(base)
+    before = open(os.path.join(base, "a.zip"), "rb").read()
+    journal = rear._ArchivePaths(base, "a.zip").journal
+    with open(journal, "wb") as handle:
+        handle.write(os.urandom(300))
+    fill(base, {"a.zip/2": b"2"})
+    stats = rear.scavenge(base)
+    assert any("rear verify" in reason for _path, reason in stats.errors)
+    assert os.path.exists(journal)
+    assert open(os.path.join(base, "a.zip"), "rb").read() == before
+
+
 def test_a_damaged_temp_zip_is_reported_left_in_place_and_the_rest_goes_on(base):
     inbox = os.path.join(base, "inbox")
     os.makedirs(inbox)
@@ -1057,7 +1187,7 @@ def test_a_failed_append_rolls_the_archive_back_and_keeps_the_temp_zip(base, mon
     assert open(archive, "rb").read() == before
     assert len(inbox_temp_zips(base)) == 1
     assert not [n for n in os.listdir(os.path.join(base, "inbox", "archives"))
-                if not n.endswith(".lock")]
+                if not n.endswith((".lock", ".index"))]
     monkeypatch.undo()
     assert rear.scavenge(base).files_moved == 50
 

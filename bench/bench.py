@@ -1,0 +1,546 @@
+"""Side-by-side benchmark of rear against what users would otherwise use.
+
+Every comparison runs here, in one process tree, on the same data and the
+same filesystem, and is reported as a ratio: absolute times on a shared
+machine are noise, ratios within one run are not.
+
+    python bench/bench.py                          # rear, zipfile, open(), cp
+    python bench/bench.py --legacy-python /tmp/rear01/bin/python   # + rear 0.1.2
+    python bench/bench.py --scale smoke            # seconds, for CI
+
+rear 0.1.2 is the predecessor on PyPI; it is also called ``rear``, so it runs
+in a venv of its own (see README.md, "Performance").  Each measurement runs
+in a fresh subprocess of this script (``_worker`` mode), so imports, memory
+peaks and module names never leak between the contenders.
+
+Prints a table, then one line ``BENCH_JSON {...}`` with every number.
+"""
+
+import argparse
+import base64
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+SCALES = {
+    # files per process for the writer rows, small entries for the scavenger,
+    # archive sizes for append scaling, big entry size, memory-test file size
+    "full": dict(small_files=20000, medium_files=2000, scavenge_small=100000,
+                 big_entries=2, big_size=1024 ** 3, append_sizes=[0, 100000, 1000000],
+                 append_new=1000, memory_size=2 * 1024 ** 3, strace_files=[1000, 10000],
+                 repeats=3),
+    "smoke": dict(small_files=300, medium_files=30, scavenge_small=2000,
+                  big_entries=1, big_size=4 * 1024 ** 2, append_sizes=[0, 3000],
+                  append_new=100, memory_size=32 * 1024 ** 2, strace_files=[100, 300],
+                  repeats=1),
+}
+WRITERS = ["rear", "legacy", "writestr", "open"]
+MIB = 1024 ** 2
+
+
+# ---------------------------------------------------------------- payloads
+
+
+def payload(size, seed):
+    """Log-like data that deflate shrinks to about 3/4, like real output."""
+    rng = random.Random(seed)
+    text = base64.b64encode(rng.randbytes(size))[:size]
+    return text
+
+
+def _peak_rss_mib():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---------------------------------------------------------------- workers
+# Run as ``bench.py _worker KIND JSON``, in this interpreter (rear, zipfile,
+# open) or in the legacy venv's (rear 0.1.2).  Each prints one JSON line.
+
+
+def _import_rear():
+    sys.path.insert(0, REPO)
+    import rear
+    return rear
+
+
+def worker_write(args):
+    """Write ``count`` files of ``size`` bytes; stream if ``stream``."""
+    method, base, count, size = args["method"], args["base"], args["count"], args["size"]
+    compression, ident = args["compression"], args["id"]
+    data = payload(min(size, MIB), ident)
+    chunks = [data] * (size // len(data)) + [data[:size % len(data)]]
+    names = ["a.zip/w%d/%05d/out-%d.txt" % (ident, n // 1000, n) for n in range(count)]
+    if method == "rear":
+        rear = _import_rear()
+        start = time.time()
+        with rear.rear_fs(base, compression=compression):
+            for name in names:
+                with rear.rear_open(name, "wb") as handle:
+                    for chunk in chunks:
+                        handle.write(chunk)
+        end = time.time()
+    elif method == "legacy":
+        import builtins
+        import trio
+        import rear as legacy   # rear 0.1.2, in its own venv
+        assert not hasattr(legacy, "__version__"), "this is rear 1.x, not 0.1.2"
+
+        async def main():
+            async with legacy.rear_fs(base):
+                for name in names:
+                    with builtins.rear_open(name, "w+b") as handle:
+                        for chunk in chunks:
+                            handle.write(chunk)
+
+        start = time.time()
+        trio.run(main)
+        end = time.time()
+    elif method == "writestr":
+        import zipfile
+        kind = zipfile.ZIP_DEFLATED if compression == "deflated" else zipfile.ZIP_STORED
+        os.makedirs(base, exist_ok=True)
+        start = time.time()
+        with zipfile.ZipFile(os.path.join(base, "w%d.zip" % ident), "w", kind) as archive:
+            for name in names:
+                archive.writestr(name, b"".join(chunks))
+        end = time.time()
+    else:   # one file per output, in a directory tree: what rear replaces
+        start = time.time()
+        made = set()
+        for name in names:
+            path = os.path.join(base, name)
+            directory = os.path.dirname(path)
+            if directory not in made:
+                os.makedirs(directory, exist_ok=True)
+                made.add(directory)
+            with open(path, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+        end = time.time()
+    return {"start": start, "end": end, "rss_mib": _peak_rss_mib()}
+
+
+def worker_scavenge(args):
+    method, base = args["method"], args["base"]
+    start = time.perf_counter()
+    if method == "rear":
+        rear = _import_rear()
+        stats = rear.scavenge(base, flush=True)
+        assert not stats.errors, stats.errors
+        moved = stats.files_moved
+    else:
+        from rear import scavenger   # rear 0.1.2
+        scavenger.try_scan_once(base, flush=True)
+        moved = None
+    return {"seconds": time.perf_counter() - start, "moved": moved,
+            "rss_mib": _peak_rss_mib()}
+
+
+def run_worker(python, kind, args, trace=None):
+    command = [python, os.path.abspath(__file__), "_worker", kind, json.dumps(args)]
+    if trace:
+        command = ["strace", "-f", "-qq", "-e", "trace=%file", "-o", trace] + command
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)   # rear 1.x must not shadow rear 0.1.2
+    output = subprocess.run(command, check=True, stdout=subprocess.PIPE, env=env,
+                            text=True, cwd=HERE).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def legacy_temp_name(inbox, number):
+    # rear 0.1.2 names temp zips <host>-<%y%m%d_%H%M%S>.zip and routes by it
+    stamp = time.strftime("%y%m%d_%H%M%S", time.gmtime(time.time() - 86400 - number))
+    return os.path.join(inbox, "bench-%s.zip" % stamp)
+
+
+def make_legacy_inbox(base, entries, compression):
+    """Temp zips in rear 0.1.2's format holding ``entries`` [(name, data)]."""
+    import zipfile
+    kind = zipfile.ZIP_DEFLATED if compression == "deflated" else zipfile.ZIP_STORED
+    inbox = os.path.join(base, "inbox")
+    os.makedirs(inbox, exist_ok=True)
+    per_zip = 10000
+    for number, first in enumerate(range(0, len(entries), per_zip)):
+        with zipfile.ZipFile(legacy_temp_name(inbox, number), "w", kind) as archive:
+            for name, data in entries[first:first + per_zip]:
+                archive.writestr(name, data)
+
+
+def make_rear_inbox(base, entries, compression, workers=4):
+    """Sealed rear temp zips holding ``entries``, written by rear itself."""
+    rear = _import_rear()
+    share = (len(entries) + workers - 1) // workers
+    for worker in range(workers):
+        with rear.rear_fs(base, compression=compression) as fs:
+            for name, data in entries[worker * share:(worker + 1) * share]:
+                fs.write_bytes(name, data)
+
+
+_LOCAL = struct.Struct("<4s2B4HL2L2H")
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
+
+
+def make_archive(path, count):
+    """A stored zip of ``count`` tiny entries, written directly: zipfile
+    needs minutes for a million entries, this needs seconds."""
+    rear = _import_rear()
+    data = b"0123456789"
+    crc = zlib.crc32(data)
+    records = []
+    offset = 0
+    with open(path, "wb") as handle:
+        chunk = []
+        for number in range(count):
+            name = ("old/%04d/result-%07d.txt" % (number // 1000, number)).encode()
+            local = _LOCAL.pack(b"PK\x03\x04", 20, 0, 0, 0, 0, 33, crc, len(data), len(data),
+                                len(name), 0) + name + data
+            records.append(_CENTRAL.pack(b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 33, crc,
+                                         len(data), len(data), len(name), 0, 0, 0, 0,
+                                         0o100644 << 16, offset) + name)
+            offset += len(local)
+            chunk.append(local)
+            if len(chunk) >= 10000:
+                handle.write(b"".join(chunk))
+                chunk = []
+        handle.write(b"".join(chunk))
+        central = b"".join(records)
+        handle.write(central)
+        handle.write(rear._end_records(count, len(central), offset))
+
+
+def fresh_dir(root, name):
+    path = os.path.join(root, name)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
+# ---------------------------------------------------------------- rows
+
+
+def bench_writers(root, scale, pythons, results):
+    """Row 1: files/s of each writer, best of ``repeats``."""
+    rows = {}
+    for size_name, size, count in (("1KiB", 1024, scale["small_files"]),
+                                   ("64KiB", 64 * 1024, scale["medium_files"])):
+        for compression in ("stored", "deflated"):
+            for processes in (1, 8):
+                per_process = max(1, count // processes) if processes > 1 else count
+                for method in WRITERS:
+                    if method not in pythons:
+                        continue
+                    if method == "legacy" and compression != "stored":
+                        continue   # rear 0.1.2 can only store
+                    rates = []
+                    for _repeat in range(scale["repeats"]):
+                        base = fresh_dir(root, "w")
+                        reports = run_parallel(pythons[method], processes, lambda ident: {
+                            "method": method, "base": base, "count": per_process,
+                            "size": size, "compression": compression, "id": ident})
+                        wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+                        rates.append(per_process * processes / wall)
+                    key = "%s %s %dp" % (size_name, compression, processes)
+                    rows.setdefault(key, {})[method] = max(rates)
+                    print("  writer %-22s %-9s %10.0f files/s" % (key, method, max(rates)),
+                          flush=True)
+    results["writer_files_per_s"] = rows
+
+
+def run_parallel(python, processes, make_args):
+    command = [python, os.path.abspath(__file__), "_worker", "write"]
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    children = [subprocess.Popen(command + [json.dumps(make_args(ident))], cwd=HERE, env=env,
+                                 stdout=subprocess.PIPE, text=True)
+                for ident in range(processes)]
+    reports = []
+    for child in children:
+        output, _ = child.communicate()
+        if child.returncode:
+            raise RuntimeError("a writer failed (exit %d)" % child.returncode)
+        reports.append(json.loads(output.strip().splitlines()[-1]))
+    return reports
+
+
+METADATA_CALLS = re.compile(r"^\d+\s+(\w+)\((.*)$")
+
+
+def count_metadata_calls(trace, base):
+    """Calls naming a path under ``base``: open/creat, rename, unlink, mkdir, stat..."""
+    counts = {}
+    with open(trace) as handle:
+        for line in handle:
+            match = METADATA_CALLS.match(line)
+            if match and '"%s' % base in match.group(2):
+                counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    return counts
+
+
+def bench_metadata(root, scale, pythons, results):
+    """Row 2: metadata calls on the base while writing, counted with strace."""
+    if shutil.which("strace") is None:
+        print("  metadata: strace is not installed; skipped")
+        return
+    rows = {}
+    for method in ("rear", "legacy", "open"):
+        if method not in pythons:
+            continue
+        for count in scale["strace_files"]:
+            base = fresh_dir(root, "m")
+            trace = os.path.join(root, "trace.txt")
+            run_worker(pythons[method], "write", {
+                "method": method, "base": base, "count": count, "size": 1024,
+                "compression": "stored", "id": 0}, trace=trace)
+            calls = count_metadata_calls(trace, base)
+            rows["%s %d files" % (method, count)] = {"total": sum(calls.values()),
+                                                     "by_call": calls}
+            print("  metadata %-9s %6d files: %6d calls %s"
+                  % (method, count, sum(calls.values()), calls), flush=True)
+    results["metadata_calls_one_rotation"] = rows
+
+
+def cp_rate(source_dir, root):
+    """MB/s of cp of every file of ``source_dir``, fsynced (as rear fsyncs)."""
+    target = fresh_dir(root, "cp")
+    files = [os.path.join(source_dir, name) for name in sorted(os.listdir(source_dir))
+             if name.endswith(".zip")]
+    total = sum(os.path.getsize(path) for path in files)
+    start = time.perf_counter()
+    subprocess.run(["cp"] + files + [target], check=True)
+    # coreutils sync with file operands fsyncs each of them
+    subprocess.run(["sync"] + [os.path.join(target, os.path.basename(path)) for path in files],
+                   check=True)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(target)
+    return total / seconds / 1e6
+
+
+def bench_scavenger(root, scale, pythons, results):
+    """Row 3: files/s and MB/s moving small and 1 GiB entries."""
+    rows = {}
+    cases = [("small", [("a.zip/s/%05d/out-%d.txt" % (n // 1000, n), None)
+                        for n in range(scale["scavenge_small"])]),
+             ("big", [("big.zip/entry-%d.bin" % n, None) for n in range(scale["big_entries"])])]
+    for case, names in cases:
+        size = 1024 if case == "small" else scale["big_size"]
+        for compression in ("stored", "deflated"):
+            key = "%s %s" % (case, compression)
+            rows[key] = {}
+            for method in ("rear", "legacy"):
+                if method not in pythons:
+                    continue
+                base = fresh_dir(root, "s")
+                if case == "small":
+                    entries = [(name, payload(size, n)) for n, (name, _) in enumerate(names)]
+                else:
+                    entries = [(name, BigPayload(size, n)) for n, (name, _) in enumerate(names)]
+                if method == "rear":
+                    make_rear_inbox(base, entries, compression)
+                else:
+                    make_legacy_inbox(base, entries, compression)
+                inbox = os.path.join(base, "inbox")
+                inbox_bytes = sum(os.path.getsize(os.path.join(inbox, name))
+                                  for name in os.listdir(inbox) if name.endswith(".zip"))
+                if method == "rear":
+                    rows[key]["cp_MBps"] = cp_rate(inbox, root)
+                report = run_worker(pythons[method], "scavenge", {"method": method,
+                                                                  "base": base})
+                rows[key][method] = {
+                    "files_per_s": len(entries) / report["seconds"],
+                    "MBps": inbox_bytes / report["seconds"] / 1e6,
+                    "rss_mib": report["rss_mib"]}
+                print("  scavenge %-15s %-7s %9.0f files/s %8.1f MB/s  (peak RSS %.0f MiB)"
+                      % (key, method, len(entries) / report["seconds"],
+                         inbox_bytes / report["seconds"] / 1e6, report["rss_mib"]), flush=True)
+            if "cp_MBps" in rows[key]:
+                print("  scavenge %-15s %-7s %28.1f MB/s" % (key, "cp", rows[key]["cp_MBps"]),
+                      flush=True)
+    results["scavenger"] = rows
+
+
+class BigPayload(bytes):
+    """A big entry's bytes, built by repeating 1 MiB of log-like data."""
+
+    def __new__(cls, size, seed):
+        block = payload(MIB, seed)
+        return super().__new__(cls, block * (size // MIB) + block[:size % MIB])
+
+
+def bench_append(root, scale, pythons, results):
+    """Row 4: seconds to add ``append_new`` entries to archives of each size."""
+    rows = {}
+    new = scale["append_new"]
+    for existing in scale["append_sizes"]:
+        rows[str(existing)] = {}
+        for method in ("rear", "legacy"):
+            if method not in pythons:
+                continue
+            base = fresh_dir(root, "a")
+            if existing:
+                make_archive(os.path.join(base, "a.zip"), existing)
+            if method == "rear" and existing:
+                # An archive rear has not indexed yet costs one full parse,
+                # reported on its own; rear keeps the index from then on.
+                make_rear_inbox(base, [("a.zip/warm-up", b"w")], "deflated", workers=1)
+                warm = run_worker(pythons[method], "scavenge", {"method": method, "base": base})
+                rows[str(existing)]["rear_first_append_s"] = warm["seconds"]
+            times = []
+            for repeat in range(scale["repeats"]):
+                entries = [("a.zip/new%d/%d.txt" % (repeat, n), payload(1024, n))
+                           for n in range(new)]
+                if method == "rear":
+                    make_rear_inbox(base, entries, "deflated", workers=1)
+                else:
+                    make_legacy_inbox(base, entries, "deflated")
+                times.append(run_worker(pythons[method], "scavenge",
+                                        {"method": method, "base": base})["seconds"])
+            rows[str(existing)][method] = statistics.median(times)
+            print("  append %d entries to %8d: %-7s %.3f s" % (new, existing, method,
+                                                                 statistics.median(times)),
+                  flush=True)
+    results["append_seconds"] = rows
+
+
+def bench_memory(root, scale, pythons, results):
+    """Row 5: peak RSS writing one big output through rear_open, and scavenging it."""
+    rows = {}
+    for method in ("rear", "legacy"):
+        if method not in pythons:
+            continue
+        base = fresh_dir(root, "r")
+        wrote = run_worker(pythons[method], "write", {
+            "method": method, "base": base, "count": 1, "size": scale["memory_size"],
+            "compression": "deflated" if method == "rear" else "stored", "id": 0})
+        moved = run_worker(pythons[method], "scavenge", {"method": method, "base": base})
+        rows[method] = {"worker_rss_mib": wrote["rss_mib"], "scavenger_rss_mib": moved["rss_mib"]}
+        print("  memory %-7s worker %7.0f MiB, scavenger %7.0f MiB" % (
+            method, wrote["rss_mib"], moved["rss_mib"]), flush=True)
+    results["peak_rss_mib"] = rows
+
+
+# ---------------------------------------------------------------- report
+
+
+def ratio(numerator, denominator):
+    if numerator is None or denominator in (None, 0):
+        return None
+    return numerator / denominator
+
+
+def summary(results):
+    """(what, measured ratio or value, target, met) for every target of issue 4."""
+    lines = []
+    writers = results.get("writer_files_per_s", {}).get("1KiB stored 1p", {})
+    for other, target in (("writestr", 0.9), ("legacy", 1.0), ("open", 2.0)):
+        value = ratio(writers.get("rear"), writers.get(other))
+        lines.append(("writer 1KiB stored 1p: rear / %s" % other, value, ">= %.1fx" % target,
+                      None if value is None else value >= target))
+    metadata = results.get("metadata_calls_one_rotation", {})
+    for key, row in sorted(metadata.items()):
+        if key.startswith("rear"):
+            lines.append(("metadata calls per rotation, %s" % key, row["total"], "<= 10",
+                          row["total"] <= 10))
+    scavenger = results.get("scavenger", {})
+    for key, target in (("small deflated", 5.0), ("small stored", 1.5),
+                        ("big deflated", 5.0), ("big stored", 1.5)):
+        row = scavenger.get(key, {})
+        value = ratio(row.get("rear", {}).get("MBps"), row.get("legacy", {}).get("MBps"))
+        lines.append(("scavenger %s: rear / rear 0.1.2 MB/s" % key, value, ">= %.1fx" % target,
+                      None if value is None else value >= target))
+    for key in ("big stored", "big deflated"):
+        row = scavenger.get(key, {})
+        value = ratio(row.get("rear", {}).get("MBps"), row.get("cp_MBps"))
+        lines.append(("scavenger %s: rear / cp MB/s" % key, value, ">= 0.5x",
+                      None if value is None else value >= 0.5))
+    append = results.get("append_seconds", {})
+    sizes = sorted(append, key=int)
+    if sizes:
+        largest = append[sizes[-1]]
+        value = ratio(largest.get("rear"), append[sizes[0]].get("rear"))
+        lines.append(("append to %s / to empty, rear" % sizes[-1], value, "<= 10x",
+                      None if value is None else value <= 10))
+        value = ratio(largest.get("legacy"), largest.get("rear"))
+        lines.append(("append to %s: rear 0.1.2 / rear time" % sizes[-1], value, ">= 3x",
+                      None if value is None else value >= 3))
+    memory = results.get("peak_rss_mib", {}).get("rear", {})
+    for key in ("worker_rss_mib", "scavenger_rss_mib"):
+        value = memory.get(key)
+        lines.append(("peak RSS, rear %s" % key.split("_")[0], value, "< 100 MiB",
+                      None if value is None else value < 100))
+    return lines
+
+
+def print_summary(lines):
+    print()
+    print("%-52s %12s %10s  %s" % ("target", "measured", "wanted", "met"))
+    for what, value, target, met in lines:
+        shown = "n/a" if value is None else ("%.2f" % value if isinstance(value, float)
+                                             else str(value))
+        verdict = {True: "yes", False: "NO", None: "-"}[met]
+        print("%-52s %12s %10s  %s" % (what, shown, target, verdict))
+
+
+def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "_worker":
+        kind, args = argv[1], json.loads(argv[2])
+        report = {"write": worker_write, "scavenge": worker_scavenge}[kind](args)
+        print(json.dumps(report))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
+    parser.add_argument("--legacy-python", metavar="PYTHON",
+                        help="python of a venv with rear==0.1.2 (and trio, filelock)")
+    parser.add_argument("--workdir", default=None,
+                        help="where to write (default: a temporary directory; use the "
+                             "filesystem you care about)")
+    parser.add_argument("--only", action="append", choices=["writers", "metadata",
+                                                            "scavenger", "append", "memory"])
+    args = parser.parse_args(argv)
+    scale = SCALES[args.scale]
+    pythons = {"rear": sys.executable, "writestr": sys.executable, "open": sys.executable}
+    if args.legacy_python:
+        pythons["legacy"] = args.legacy_python
+    else:
+        print("no --legacy-python: rear 0.1.2 is left out of every comparison")
+    root = tempfile.mkdtemp(prefix="rear-bench-", dir=args.workdir)
+    results = {"scale": args.scale, "python": sys.version.split()[0],
+               "legacy": bool(args.legacy_python), "workdir": root}
+    rows = [("writers", bench_writers), ("metadata", bench_metadata),
+            ("scavenger", bench_scavenger), ("append", bench_append),
+            ("memory", bench_memory)]
+    try:
+        for name, function in rows:
+            if args.only and name not in args.only:
+                continue
+            print("%s:" % name, flush=True)
+            function(root, scale, pythons, results)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    lines = summary(results)
+    print_summary(lines)
+    results["targets"] = [{"what": what, "value": value, "target": target, "met": met}
+                          for what, value, target, met in lines]
+    print("BENCH_JSON " + json.dumps(results, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
