@@ -61,6 +61,16 @@ def payload(size, seed):
 
 
 def _peak_rss_mib():
+    """This process's peak RSS.  Not getrusage's ru_maxrss: Linux carries it
+    over exec from the forking parent, so a worker forked by a parent that
+    held a 1 GiB test payload reported 1 GiB.  VmHWM starts afresh at exec."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -135,14 +145,15 @@ def worker_write(args):
 
 def worker_scavenge(args):
     method, base = args["method"], args["base"]
-    start = time.perf_counter()
     if method == "rear":
         rear = _import_rear()
+        start = time.perf_counter()
         stats = rear.scavenge(base, flush=True)
         assert not stats.errors, stats.errors
         moved = stats.files_moved
     else:
         from rear import scavenger   # rear 0.1.2
+        start = time.perf_counter()
         scavenger.try_scan_once(base, flush=True)
         moved = None
     return {"seconds": time.perf_counter() - start, "moved": moved,
@@ -150,6 +161,7 @@ def worker_scavenge(args):
 
 
 def run_worker(python, kind, args, trace=None):
+    settle()
     command = [python, os.path.abspath(__file__), "_worker", kind, json.dumps(args)]
     if trace:
         command = ["strace", "-f", "-qq", "-e", "trace=%file", "-o", trace] + command
@@ -262,7 +274,13 @@ def bench_writers(root, scale, pythons, results):
     results["writer_files_per_s"] = rows
 
 
+def settle():
+    """Write back what earlier rows left dirty, so it is not billed to the next."""
+    os.sync()
+
+
 def run_parallel(python, processes, make_args):
+    settle()
     command = [python, os.path.abspath(__file__), "_worker", "write"]
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
@@ -303,6 +321,9 @@ def bench_metadata(root, scale, pythons, results):
             continue
         for count in scale["strace_files"]:
             base = fresh_dir(root, "m")
+            # Steady state: the base and its inbox exist (the first worker of
+            # a job makes them, once, with a few calls more).
+            os.makedirs(os.path.join(base, "inbox"))
             trace = os.path.join(root, "trace.txt")
             run_worker(pythons[method], "write", {
                 "method": method, "base": base, "count": count, "size": 1024,
@@ -321,6 +342,7 @@ def cp_rate(source_dir, root):
     files = [os.path.join(source_dir, name) for name in sorted(os.listdir(source_dir))
              if name.endswith(".zip")]
     total = sum(os.path.getsize(path) for path in files)
+    settle()
     start = time.perf_counter()
     subprocess.run(["cp"] + files + [target], check=True)
     # coreutils sync with file operands fsyncs each of them
