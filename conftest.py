@@ -1,4 +1,5 @@
-"""Shared pytest configuration: the torture suite's mode and summary line."""
+"""Shared pytest configuration: the torture suite's mode and the summary
+lines of the torture and network-filesystem suites."""
 
 import os
 import sys
@@ -18,6 +19,26 @@ def long_mode(request):
 
 
 def pytest_terminal_summary(terminalreporter):
+    _torture_summary(terminalreporter)
+    _netfs_summary(terminalreporter)
+
+
+def _netfs_summary(terminalreporter):
+    netfs = sys.modules.get("test_netfs")
+    if netfs is None or not any(netfs.COUNTS.values()):
+        return
+    counts = netfs.COUNTS
+    shared = sys.modules["test_rear"].COUNTS    # check_archives counts failures there
+    terminalreporter.write_line(
+        "netfs: GlusterFS, 2 clients; %d runs with default caching, %d with caches off; "
+        "%d writer kills, %d scavenger kills, %d files acknowledged, %d fix checks, "
+        "%d lost, %d corrupt"
+        % (counts["runs (default)"], counts["runs (nocache)"], counts["writer kills"],
+           counts["scavenger kills"], counts["files"], counts["fix checks"],
+           shared["lost"], shared["corrupt"]))
+
+
+def _torture_summary(terminalreporter):
     torture = sys.modules.get("test_torture")
     if torture is None:
         return

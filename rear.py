@@ -259,6 +259,15 @@ _EXTRACT_VERSION = {
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+#: How long a scavenger holding a lock retries a file that does not parse,
+#: in case its client's cache lags the server (GlusterFS: 1-2 s).  A file
+#: damaged for real costs this much delay once per pass.
+_STALE_VIEW_WAIT = 5.0
+#: ESTALE retries: another client replaced or removed the file between our
+#: lookup of its name and our use of the handle (NFS, GlusterFS).  Spaced
+#: to span 5 s: GlusterFS kept handing out the stale handle for as long as
+#: its 1 s entry cache, 0.6 s of retries were not enough.
+_ESTALE_RETRIES = 10
 
 # ---------------------------------------------------------------- errors
 
@@ -396,6 +405,75 @@ async def _off_the_event_loop(function, *args):
         if loop is not None:
             return await loop.run_in_executor(None, function, *args)
     return function(*args)
+
+
+def _retry_stale(function, *args):
+    """Call ``function(*args)``, which looks a path up afresh each call,
+    again when it fails with ESTALE: on NFS and GlusterFS another client
+    replacing or removing the file (a sidecar being sealed, a journal
+    renamed) leaves this client's cached handle stale for a moment."""
+    for attempt in range(_ESTALE_RETRIES):
+        try:
+            return function(*args)
+        except OSError as err:
+            if err.errno != errno.ESTALE or attempt == _ESTALE_RETRIES - 1:
+                raise
+            time.sleep(min(0.01 * 2 ** attempt, 1.0))
+
+
+def _refresh_view(fd):
+    """Make this client ask the server for the file's size and drop its
+    cached pages; returns the fresh fstat.
+
+    Network filesystem clients cache both: on GlusterFS with default caching,
+    fstat showed a file's size from before another client appended to it for
+    1-2 s, even in a fresh process and after taking a lock, and so did
+    O_DIRECT reads.  A SETATTR's reply carries the server's attributes, so a
+    chmod to the file's own mode refreshes the size (and makes the kernel
+    drop pages if it changed); POSIX_FADV_DONTNEED drops the rest.  Not
+    owning the file (EPERM) leaves only the wait in _await_current_view.
+    Returns (fstat, whether the refresh changed the size or mtime: a sign
+    that this client's view had been lagging).
+    """
+    cached = os.fstat(fd)
+    try:
+        os.fchmod(fd, stat.S_IMODE(cached.st_mode))
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EACCES, errno.EROFS, errno.ENOSYS):
+            raise
+    st = os.fstat(fd)
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return st, (st.st_size, st.st_mtime_ns) != (cached.st_size, cached.st_mtime_ns)
+
+
+def _await_current_view(fd, path, read):
+    """``read(st)`` the file open on ``fd`` as the server has it.
+
+    Called with the file's lock held, so nothing changes it meanwhile.  When
+    the refresh shows the view was lagging, a view that does not parse may
+    still be a cache catching up (GlusterFS's client translators served old
+    bytes of small files for a second or two more): it is refreshed and read
+    again until _STALE_VIEW_WAIT has passed, then the error stands.  On a
+    local filesystem nothing lags and an error stands at once.  Trusting a
+    lagging view, a scavenger on GlusterFS appended over entries another
+    client had just committed (found by test_netfs.py).
+    """
+    delay = 0.05
+    deadline = time.monotonic() + _STALE_VIEW_WAIT
+    lagged = False
+    while True:
+        st, changed = _refresh_view(fd)
+        lagged = lagged or changed
+        try:
+            return read(st)
+        except RearError:
+            if not lagged or time.monotonic() > deadline:
+                raise
+            _log.info("%s does not parse; waiting in case this client's cache lags", path)
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def _hostname():
@@ -970,11 +1048,15 @@ def _write_manifest(path, manifest):
     _write_file_durably(path, json.dumps(manifest, sort_keys=True).encode("utf-8"))
 
 
+def _read_whole(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
 def _read_manifest(path):
     """The sidecar's content; None if missing; TempZipError if unreadable."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        raw = _retry_stale(_read_whole, path)
     except FileNotFoundError:
         return None
     except OSError as err:
@@ -1742,7 +1824,7 @@ class _Claim:
     def release(self):
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
-            os.close(fd)
+            _close_read_only(fd)
 
 
 def _archive_key(dest):
@@ -1848,12 +1930,33 @@ def _read_journal(fd, path):
     return header, data_offset
 
 
-def _read_journal_file(path):
-    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+def _load_journal(path):
+    """(descriptor, header, offset of the old tail) of a journal, or None
+    if there is none.
+
+    Existence is decided by opening and reading, not by os.path.exists: a
+    network client's entry cache may still show a journal another client
+    has deleted (GlusterFS: the open succeeds, then fchmod and close fail
+    with ESTALE).  With the archive lock held, a journal that vanishes was
+    finished by whoever held the lock before.  Its bytes are read once this
+    client's cache has caught up with the scavenger that wrote them.
+    """
     try:
-        return _read_journal(fd, path)
-    finally:
-        os.close(fd)
+        fd = _retry_stale(os.open, path, os.O_RDONLY | _O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        header, tail_offset = _await_current_view(fd, path,
+                                                  lambda _st: _read_journal(fd, path))
+    except OSError as err:
+        _close_read_only(fd)
+        if err.errno in (errno.ENOENT, errno.ESTALE):
+            return None
+        raise
+    except BaseException:
+        _close_read_only(fd)
+        raise
+    return fd, header, tail_offset
 
 
 def _finish_temps(paths, temps):
@@ -1879,23 +1982,27 @@ def _finish_temps(paths, temps):
 
 def _recover_locked(paths, stats):
     """With the archive lock held: roll back or forward an interrupted commit."""
-    if os.path.exists(paths.journal_new):
+    # Existence is decided by opening, not os.path.exists: a network
+    # client's entry cache may still list a journal another client deleted.
+    with contextlib.suppress(FileNotFoundError):
         # Killed while writing the journal: the archive was not touched yet.
         os.unlink(paths.journal_new)
         _sync_directory(paths.directory)
-    if os.path.exists(paths.commit):
-        header, _tail_offset = _read_journal_file(paths.commit)
+    commit = _load_journal(paths.commit)
+    if commit is not None:
+        fd, header, _tail_offset = commit
+        _close_read_only(fd)
         paths.set_dest(header["dest"])
         _finish_temps(paths, header["temps"])
         os.unlink(paths.commit)
         _sync_directory(paths.directory)
         stats.recovered_journals += 1
         _log.warning("finished the interrupted commit to %s", paths.archive)
-    if not os.path.exists(paths.journal):
+    journal = _load_journal(paths.journal)
+    if journal is None:
         return
-    journal_fd = os.open(paths.journal, os.O_RDONLY | _O_CLOEXEC)
+    journal_fd, header, tail_offset = journal
     try:
-        header, tail_offset = _read_journal(journal_fd, paths.journal)
         paths.set_dest(header["dest"])
         if header["created"]:
             _unlink_if_exists(paths.archive)
@@ -1911,7 +2018,7 @@ def _recover_locked(paths, stats):
             finally:
                 os.close(fd)
     finally:
-        os.close(journal_fd)
+        _close_read_only(journal_fd)
     _log.warning("rolled back the interrupted commit to %s", paths.archive)
     os.unlink(paths.journal)
     _sync_directory(paths.directory)
@@ -2211,7 +2318,7 @@ class _ArchiveState:
         self.fd = -1
         self.index = None
         try:
-            self.fd = os.open(archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+            self.fd = _retry_stale(os.open, archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
         except FileNotFoundError:
             self.created = True
         except IsADirectoryError as err:
@@ -2233,19 +2340,26 @@ class _ArchiveState:
         if self.created:
             self._start_empty()
             return
-        st = os.fstat(self.fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
             raise ArchiveError("%s is not a regular file; move it away" % self.paths.archive,
                                self.paths.archive)
-        # Sizes come from the locked descriptor, never from before the lock.
-        self.size = st.st_size
+
+        def read(st):
+            size = st.st_size
+            if size == 0 or size >= max_size:
+                return size, None
+            return size, _read_tail(self.fd, size, self.paths.archive)
+
+        # Sizes come from the locked descriptor, never from before the lock,
+        # and only as the server has them.
+        self.size, tail = _await_current_view(self.fd, self.paths.archive, read)
         if self.size and self.size >= max_size:
             self._roll_over()
             return
         if self.size == 0:
             self._start_empty()
             return
-        self.tail = _read_tail(self.fd, self.size, self.paths.archive)
+        self.tail = tail
         self.index = _NameIndex(self.paths.index, self.fd, self.paths.archive, self.tail,
                                 self.size)
 
@@ -2456,6 +2570,26 @@ def _remove_orphans(inbox, grace, stats):
             stats.errors.append((path, "could not remove this leftover: %s" % err))
 
 
+def _vanished(err, path):
+    """Did ``err`` come from ``path`` being removed under us?  On GlusterFS a
+    temp zip another client's scavenger deletes makes lockf, fstat or pread
+    fail with ENOENT or ESTALE instead of the claim simply finding it gone."""
+    cause = err if isinstance(err, OSError) else err.__cause__
+    return (isinstance(cause, OSError) and cause.errno in (errno.ENOENT, errno.ESTALE)
+            and not os.path.lexists(path))
+
+
+def _close_read_only(fd):
+    """Close a descriptor nothing was written through.  GlusterFS reports
+    ENOENT from close() when another client deleted the file meanwhile;
+    with no data to lose that is no error."""
+    try:
+        os.close(fd)
+    except OSError as err:
+        if err.errno not in (errno.ENOENT, errno.ESTALE):
+            raise
+
+
 def _list_temp_zips(inbox):
     try:
         names = os.listdir(inbox)
@@ -2478,7 +2612,7 @@ def _past_grace(manifest, st, grace):
 def _claim(path, flush, grace, stats, salvage_only=False):
     """Lock one temp zip and read its entries; None if it is not ready."""
     try:
-        st = os.lstat(path)
+        st = _retry_stale(os.lstat, path)
     except FileNotFoundError:
         return None
     if not stat.S_ISREG(st.st_mode):
@@ -2490,7 +2624,7 @@ def _claim(path, flush, grace, stats, salvage_only=False):
             stats.busy += 1
             return None
     try:
-        fd = os.open(path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+        fd = _retry_stale(os.open, path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
     except FileNotFoundError:
         return None
     claim = None
@@ -2506,19 +2640,23 @@ def _claim(path, flush, grace, stats, salvage_only=False):
         # The file may have been ingested and unlinked between our open and
         # our lock: only the name's current inode counts.
         try:
-            current = os.stat(path)
+            current = _retry_stale(os.stat, path)
         except FileNotFoundError:
             return None
         st = os.fstat(fd)
         if (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
             return None
+        # A writer on another client may have written more than this
+        # client's cache shows; salvaging by the cached size would drop
+        # acknowledged entries.  The lock keeps it still while we look.
+        st, _changed = _refresh_view(fd)
         manifest = _read_manifest(_sidecar_path(path))
         created = manifest["created"] if manifest else st.st_mtime
         old = _past_grace(manifest, st, grace)
         sealed = manifest is not None and manifest["state"] == _STATE_SEALED
         if sealed and not salvage_only:
-            entries = _read_central_entries(fd, st.st_size, path, TempZipError,
-                                            check_small=True)
+            entries = _await_current_view(fd, path, lambda st: _read_central_entries(
+                fd, st.st_size, path, TempZipError, check_small=True))
             salvaged = False
         elif sealed:
             return None
@@ -2553,7 +2691,7 @@ def _claim(path, flush, grace, stats, salvage_only=False):
         return claim
     finally:
         if claim is None:
-            os.close(fd)
+            _close_read_only(fd)
 
 
 def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SIZE,
@@ -2589,6 +2727,8 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                     try:
                         claim = _claim(path, flush, grace, stats, salvage_only)
                     except (TempZipError, OSError) as err:
+                        if _vanished(err, path):
+                            continue   # ingested by a scavenger on another client
                         stats.errors.append((path, str(err)))
                         _log.error("skipping %s: %s", path, err)
                         continue

@@ -1,0 +1,210 @@
+"""rear on a real network filesystem: two clients of a GlusterFS volume.
+
+gluster_harness.py brings up one glusterd with two volumes on loopback, each
+mounted twice; the two mounts of a volume stand in for two nodes.  Volume
+``default`` keeps Gluster's client caching (what users get), ``nocache``
+turns it off.  Every test runs on both.
+
+The invariant is the torture suite's: every acknowledged file is in a final
+archive exactly once, byte-identical, and every archive passes ``unzip -t``
+and zipfile, read back through the other client.  The smaller tests pin down
+each way a second client broke rear before it was fixed: a stale size or
+tail, a stale handle, a name another client already removed.
+
+Needs root and /dev/fuse (true on CI); skips with the reason elsewhere.  The
+run ends with one summary line, ``netfs: ...``, printed by conftest.py.
+"""
+
+import collections
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+import gluster_harness
+import rear
+from test_rear import (SCAVENGER_LOOP_SCRIPT, as_sets, check_archives, inbox_temp_zips,
+                       run_child)
+from test_torture import WriterContents, start_torture_writer
+
+COUNTS = collections.Counter()
+REASON = gluster_harness.unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
+#: How long a change made through one client can take to show through the
+#: other with Gluster's default caching (1-2 s measured); readers that are
+#: not rear (unzip, zipfile) must allow for it.
+CACHE_SETTLE = {"default": 3.0, "nocache": 0.0}
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    workdir = tempfile.mkdtemp(prefix="rear-gluster-")
+    cluster = gluster_harness.Cluster(workdir)
+    try:
+        yield cluster.up()
+    finally:
+        cluster.down()   # also when a test failed, or bringing it up did
+
+
+@pytest.fixture(params=gluster_harness.VOLUMES)
+def clients(request, cluster):
+    """(mode, base through client A, the same base through client B)."""
+    mode = request.param
+    name = "t-%s" % uuid.uuid4().hex[:12]
+    mount_a, mount_b = cluster[mode]
+    base_a, base_b = os.path.join(mount_a, name), os.path.join(mount_b, name)
+    os.makedirs(base_a)
+    _wait_until(lambda: os.path.isdir(base_b))
+    yield mode, base_a, base_b
+    shutil.rmtree(base_a, ignore_errors=True)
+
+
+def _wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def fill(base, files):
+    with rear.rear_fs(base) as fs:
+        for name, data in files.items():
+            fs.write_bytes(name, data)
+
+
+# ---------------------------------------------------------------- the invariant across clients
+
+
+def test_writers_on_one_client_scavengers_on_both_killed_at_random_lose_nothing(clients,
+                                                                                long_mode):
+    mode, base_a, base_b = clients
+    rng = random.Random(mode)
+    duration = 90.0 if long_mode else 12.0
+    until = time.time() + duration
+    writers, scavengers, acknowledged = [], [], {}
+    kills = collections.Counter()
+
+    def start_scavenger():
+        base = rng.choice([base_a, base_b])
+        return run_child(SCAVENGER_LOOP_SCRIPT, base, str(until), "0.5",
+                         stderr=subprocess.PIPE, text=True)
+
+    seed = 0
+    for seed in range(4):
+        writers.append(start_torture_writer(base_a, seed=seed, threads=2, rotation=0.5))
+    scavengers = [start_scavenger() for _ in range(3)]
+    while time.time() < until - 1.5:
+        time.sleep(rng.uniform(0.2, 1.0))
+        if rng.random() < 0.5:
+            victim = writers.pop(rng.randrange(len(writers)))
+            acknowledged.update(victim.kill())
+            kills["writer"] += 1
+            seed += 1
+            writers.append(start_torture_writer(base_a, seed=seed, threads=2, rotation=0.5))
+        else:
+            victim = scavengers.pop(rng.randrange(len(scavengers)))
+            victim.kill()
+            victim.wait(60)
+            kills["scavenger"] += 1
+            scavengers.append(start_scavenger())
+    for writer in writers:
+        acknowledged.update(writer.kill())
+    kills["writer"] += len(writers)
+    for scavenger in scavengers:
+        assert scavenger.wait(300) == 0, scavenger.stderr.read()
+    # The final flush on the other client, then everything read back
+    # through the writers' client.
+    stats = rear.scavenge(base_b, flush=True, rotation_span=3600)
+    assert stats.errors == []
+    time.sleep(CACHE_SETTLE[mode])
+    assert inbox_temp_zips(base_a) == []
+    assert len(acknowledged) > 100
+    check_archives(base_a, as_sets(acknowledged), WriterContents(), conflicts=True)
+    COUNTS["files"] += len(acknowledged)
+    COUNTS["writer kills"] += kills["writer"]
+    COUNTS["scavenger kills"] += kills["scavenger"]
+    COUNTS["runs (%s)" % mode] += 1
+
+
+# ---------------------------------------------------------------- one test per fix
+
+
+def test_a_file_another_client_appended_to_is_seen_as_the_server_has_it(clients):
+    """The cause of a lost commit: with its size cached from before another
+    client's commit, a scavenger appended over the entries it added."""
+    mode, base_a, base_b = clients
+    path_a, path_b = os.path.join(base_a, "f"), os.path.join(base_b, "f")
+    with open(path_a, "wb") as handle:
+        handle.write(b"old" * 100)
+    _wait_until(lambda: os.path.exists(path_b))
+    with open(path_b, "rb") as handle:    # client B caches size and data
+        assert handle.read() == b"old" * 100
+    with open(path_a, "ab") as handle:
+        handle.write(b"new" * 100)
+        handle.flush()
+        os.fsync(handle.fileno())
+    def read(st):
+        # as rear's parsers do: bytes short of the size are an error
+        data = os.pread(fd, st.st_size, 0)
+        if len(data) != st.st_size:
+            raise rear.ArchiveError("short read")
+        return data
+
+    fd = os.open(path_b, os.O_RDONLY)
+    try:
+        assert rear._await_current_view(fd, path_b, read) == b"old" * 100 + b"new" * 100
+    finally:
+        os.close(fd)
+    COUNTS["fix checks"] += 1
+
+
+def test_a_sidecar_another_client_keeps_replacing_is_read_not_reported_stale(clients):
+    mode, base_a, base_b = clients
+    os.makedirs(os.path.join(base_a, "inbox"))
+    path_a = os.path.join(base_a, "inbox", "w.json")
+    path_b = os.path.join(base_b, "inbox", "w.json")
+    manifest = rear._new_manifest(time.time())
+    rear._write_manifest(path_a, manifest)
+    _wait_until(lambda: os.path.exists(path_b))
+    for number in range(60):
+        manifest["entries"] = number
+        rear._write_manifest(path_a, manifest)      # os.replace: a new inode each time
+        read = rear._read_manifest(path_b)          # must not raise ESTALE
+        assert read["format"] == "rear-manifest"
+    COUNTS["fix checks"] += 1
+
+
+def test_a_temp_zip_another_client_just_ingested_is_skipped_without_an_error(clients):
+    mode, base_a, base_b = clients
+    fill(base_a, {"a.zip/1": b"1"})
+    [name] = inbox_temp_zips(base_a)
+    path_b = os.path.join(base_b, "inbox", name)
+    _wait_until(lambda: os.path.exists(path_b))      # client B has looked it up...
+    assert rear.scavenge(base_a).files_moved == 1    # ...client A ingests and deletes it
+    stats = rear.ScavengeStats()
+    assert rear._claim(path_b, True, 0.0, stats) is None   # B's cache still shows it
+    assert stats.errors == []
+    assert rear.scavenge(base_b, flush=True).errors == []
+    COUNTS["fix checks"] += 1
+
+
+def test_a_commit_journal_another_client_finished_is_not_read(clients):
+    mode, base_a, base_b = clients
+    fill(base_a, {"a.zip/1": b"1"})
+    assert rear.scavenge(base_a).files_moved == 1
+    paths_a = rear._ArchivePaths(base_a, "a.zip")
+    paths_b = rear._ArchivePaths(base_b, "a.zip")
+    with open(paths_a.commit, "wb") as handle:
+        handle.write(b"a journal another scavenger is finishing")
+    _wait_until(lambda: os.path.exists(paths_b.commit))   # B's entry cache holds it
+    os.unlink(paths_a.commit)                             # finished on client A
+    stats = rear.ScavengeStats()
+    rear._recover_locked(paths_b, stats)                  # must not open a ghost
+    assert stats.recovered_journals == 0
+    COUNTS["fix checks"] += 1
