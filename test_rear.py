@@ -1073,6 +1073,26 @@ def test_a_damaged_temp_zip_is_reported_left_in_place_and_the_rest_goes_on(base)
     assert archives_of(base)["a.zip"] == {"ok": b"ok"}
 
 
+@pytest.mark.parametrize("compression", ["stored", "deflated"])
+def test_a_byte_changed_on_disk_in_a_sealed_temp_zip_is_caught_at_claim(base, compression):
+    files = {"a.zip/%d" % n: b"entry %d " % n * 50 for n in range(20)}
+    fill(base, files, compression=compression)
+    (zip_name,) = inbox_temp_zips(base)
+    path = os.path.join(base, "inbox", zip_name)
+    with zipfile.ZipFile(path) as handle:
+        info = handle.getinfo("a.zip/7")
+    with open(path, "r+b") as handle:     # the middle of entry 7's data
+        position = info.header_offset + 30 + len("a.zip/7") + info.compress_size // 2
+        handle.seek(position)
+        byte = handle.read(1)
+        handle.seek(position)
+        handle.write(bytes([byte[0] ^ 0x40]))
+    stats = rear.scavenge(base)
+    assert [path for path, _reason in stats.errors] == [path]
+    assert "integrity check" in stats.errors[0][1]
+    assert stats.files_moved == 0 and inbox_temp_zips(base) == [zip_name]
+
+
 def test_a_garbage_sidecar_is_reported_and_its_zip_left_in_place(base):
     fill(base, {"a.zip/x": b"x"})
     (zip_name,) = inbox_temp_zips(base)
