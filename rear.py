@@ -22,9 +22,10 @@ Guarantees
    an entry and never drops one.
 4. A temporary zip whose writer died (its fcntl lock is free, it was never
    sealed) is *salvaged*: every complete entry is recovered from its local
-   headers and CRC-checked; a torn last entry is never ingested.  Entries of
-   sealed temp zips up to 64 KiB compressed are CRC-checked when claimed;
-   larger ones are copied raw (``verify`` checks them).
+   headers and CRC-checked; a torn last entry is never ingested.  The bytes
+   of a sealed temp zip's entries up to 64 KiB compressed are checked when
+   claimed, against a CRC-32 its writer recorded in the sidecar; larger
+   entries are copied raw (``verify`` checks them).
 
 On-disk layout
 ==============
@@ -33,6 +34,8 @@ On-disk layout
     BASE/inbox/<host>-<pid>-<ns>-<random>.zip    temporary zip, one writer
     BASE/inbox/<same stem>.json                  its manifest sidecar
     BASE/inbox/archives/<key>.lock               per-archive lock file (kept)
+    BASE/inbox/archives/<key>.index              name index of the archive (a cache)
+    BASE/inbox/archives/<key>.journal-new        a journal being written
     BASE/inbox/archives/<key>.journal            rollback journal of a commit
     BASE/inbox/archives/<key>.commit             the same journal, committed
     BASE/<subdir>/<name>.zip                     final archives
@@ -47,7 +50,13 @@ The sidecar is JSON, always replaced whole (write temp, fsync, ``os.replace``,
 fsync the directory): ``{"format": "rear-manifest", "version": 1, "host",
 "pid", "created", "state": "open" | "sealed", "entries", "bytes", "done"}``.
 ``entries``/``bytes`` are exact once sealed; ``done`` lists the archives a
-scavenger already committed this temp zip's entries to.
+scavenger already committed this temp zip's entries to.  A sealed sidecar
+also has ``small_crc``: the CRC-32 of the bytes (local header and data), in
+file order, of the entries up to ``small_limit`` bytes compressed.
+
+The name index is an open-addressing hash table of (64-bit name hash,
+offset of the name's record in the central directory), stamped with the
+archive state it describes; one that does not match is rebuilt.
 
 Entry names inside a temporary zip are the full ``sub/name.zip/member`` paths,
 so a temporary zip describes itself even without its sidecar.
@@ -71,24 +80,31 @@ Scavenger commit (per final archive; compare SQLite's rollback journal)
 1. Lock ``<key>.lock`` (exclusive, blocking).  If a ``.journal`` is there, a
    scavenger died mid-commit: roll it back.  If a ``.commit`` is there, finish
    it (step 7 and 8).
-2. Read the archive's end records and central directory through the locked
-   descriptor.  Roll over to ``name-N.zip`` if it reached ``max_size``.
-3. Decide what to add: same name, CRC and size already present is skipped
-   (idempotence); same name with other content is added as ``name.~N~``.
-4. Write the journal: the archive's old size and its old tail (central
-   directory and end records), with a CRC; fsync it and the directory.
+2. Read the archive's end records through the locked descriptor, once this
+   client's view agrees with the server's (network filesystems cache sizes).
+   Roll over to ``name-N.zip`` if it reached ``max_size``.
+3. Decide what to add, looking names up in the name index (the central
+   directory is not parsed): same name, CRC and size already present is
+   skipped (idempotence); same name with other content is added as
+   ``name.~N~``.
+4. Write the journal as ``.journal-new``: the archive's old size and its old
+   tail (central directory and end records, copied in the kernel); fsync it,
+   rename it to ``.journal``, fsync the directory.  A ``.journal`` is thus
+   always complete.
 5. Overwrite the old tail with the new entries, copied raw (no recompression,
    ``copy_file_range`` where possible), then the old central directory copied
-   verbatim, the new records and the end records (zip64 where needed); fsync.
+   back verbatim from the journal, the new records and the end records
+   (zip64 where needed); fsync.
 6. Rename ``.journal`` to ``.commit`` and fsync the directory.  This rename is
    the commit point.
-7. For every temp zip in the batch: delete it and its sidecar if this was the
-   last archive it fed, else record the archive in its sidecar's ``done``.
+7. Add the new names to the index.  For every temp zip in the batch: delete
+   it and its sidecar if this was the last archive it fed, else record the
+   archive in its sidecar's ``done``.
 8. Delete ``.commit``, fsync the directory, release the lock.
 
-Recovery: a ``.journal`` whose CRC fails was never complete, so the archive was
-never touched: delete it.  A valid ``.journal``: write the old tail back at the
-old central-directory offset, truncate to the old size, fsync, delete it (an
+Recovery: a ``.journal-new`` was never complete, so the archive was never
+touched: delete it.  A ``.journal``: write the old tail back at the old
+central-directory offset, truncate to the old size, fsync, delete it (an
 archive the commit created is deleted instead).  A ``.commit``: redo steps 7
 and 8.  ``scavenge`` does this on its own before touching an archive;
 ``python -m rear recover BASE`` does it for everything at once.
@@ -664,9 +680,10 @@ def _encode_name(name):
     return encoded, (0 if encoded.isascii() else _FLAG_UTF8)
 
 
-def _local_header(entry):
-    """Local file header + name + extra for ``entry`` (sizes known up front)."""
-    name, utf8_flag = _encode_name(entry.name)
+def _local_header(entry, encoded=None):
+    """Local file header + name + extra for ``entry`` (sizes known up front),
+    under the name ``encoded`` (bytes, UTF-8 flag) if given."""
+    name, utf8_flag = encoded or _encode_name(entry.name)
     zip64 = entry.file_size >= _U32_LIMIT or entry.compressed_size >= _U32_LIMIT
     extra = b""
     file_size, compressed_size = entry.file_size, entry.compressed_size
@@ -683,9 +700,10 @@ def _local_header(entry):
     return header + name + extra
 
 
-def _central_record(entry, header_offset):
-    """Central directory record for ``entry`` whose local header is at the offset."""
-    name, utf8_flag = _encode_name(entry.name)
+def _central_record(entry, header_offset, encoded=None):
+    """Central directory record for ``entry`` whose local header is at the
+    offset, under the name ``encoded`` (bytes, UTF-8 flag) if given."""
+    name, utf8_flag = encoded or _encode_name(entry.name)
     fields = []
     file_size, compressed_size, offset = entry.file_size, entry.compressed_size, header_offset
     # 4.5.3: only the fields that overflow appear, in this order.
@@ -1053,6 +1071,23 @@ def split_path(path):
             return dest, member
     raise PathError("archive path %r has no component ending in '.zip'; it must look "
                     "like 'name.zip/member/path'" % (path,))
+
+
+def _split_known(path, known):
+    """split_path(path), reusing what ``known`` (a dict this fills) holds
+    about the directory part: of 100,000 files most share a few directories,
+    and splitting every name in full was a tenth of a scavenger pass.  Only
+    the last component and the whole length are checked again."""
+    directory, _slash, last = path.rpartition("/")
+    split = known.get(directory)
+    if (split is not None and last not in ("", ".", "..") and "\x00" not in last
+            and "\\" not in last and len(path.encode("utf-8")) <= _MAX_NAME):
+        dest, prefix = split
+        return dest, (prefix + "/" + last if prefix else last)
+    dest, member = split_path(path)
+    if directory and member.endswith(last) and len(dest) <= len(directory):
+        known[directory] = (dest, member[:-len(last) - 1] if member != last else "")
+    return dest, member
 
 
 def _entry_name(path):
@@ -2558,11 +2593,10 @@ def _append_entries(archive, additions, journal_fd, tail_offset):
     buffer = bytearray()
     buffer_offset = offset
     for claim, entry, name in additions:
-        new_entry = _Entry(name, entry.flags, entry.method, entry.dos_time, entry.dos_date,
-                           entry.crc, entry.compressed_size, entry.file_size,
-                           entry.external_attr)
-        header = _local_header(new_entry)
-        records.append((name, _central_record(new_entry, offset)))
+        # The temp zip's entry under its archive name: one encode, no copy.
+        encoded = _encode_name(name)
+        header = _local_header(entry, encoded)
+        records.append((name, _central_record(entry, offset, encoded)))
         if entry.compressed_size <= _SMALL_ENTRY:
             buffer += header
             buffer += claim.reader.read_exact(entry.data_offset, entry.compressed_size)
@@ -2730,9 +2764,10 @@ def _claim(path, flush, grace, stats, salvage_only=False):
                 manifest = _new_manifest(created)
                 manifest["host"] = manifest["pid"] = None
         routes = []
+        known_directories = {}
         for entry in entries:
             try:
-                routes.append(split_path(entry.name) + (entry,))
+                routes.append(_split_known(entry.name, known_directories) + (entry,))
             except PathError as err:
                 raise TempZipError("%s: entry %r is not a valid rear path (%s); the temp "
                                    "zip is left in place" % (path, entry.name, err), path) from err

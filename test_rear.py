@@ -448,6 +448,26 @@ BAD_PATHS = [
 ]
 
 
+def test_the_scavengers_cached_split_agrees_with_split_path_on_every_name():
+    # The scavenger reuses what it learnt about a directory; names sharing
+    # one, valid and not, must come out exactly as split_path has them.
+    directories = ["ar.zip", "ar.zip/x", "sub/ar.zip/d/e", "a/b.zip", "a.zip/b.zip",
+                   "inbox/ar.zip", "nozip", "sub/..", ".zip/x"]
+    lasts = ["f", "f.zip", "", ".", "..", "x\x00y", "x\\y", "\u00e9t\u00e9", "g" * 65530]
+    names = [bad for bad, _message in BAD_PATHS if isinstance(bad, str)]
+    names += [d + "/" + last for d in directories for last in lasts] * 2
+    known = {}
+    for name in names:
+        try:
+            expected = rear.split_path(name)
+        except rear.PathError as err:
+            with pytest.raises(rear.PathError, match=re.escape(str(err))):
+                rear._split_known(name, known)
+        else:
+            assert rear._split_known(name, known) == expected, name
+    assert known, "nothing was ever reused"
+
+
 @pytest.mark.parametrize("path,message", BAD_PATHS)
 def test_bad_archive_paths_are_refused_naming_the_problem(base, path, message):
     with pytest.raises(ValueError, match=None) as info:

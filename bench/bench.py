@@ -175,9 +175,11 @@ def run_worker(python, kind, args, trace=None):
 # ---------------------------------------------------------------- fixtures
 
 
-def legacy_temp_name(inbox, number):
-    # rear 0.1.2 names temp zips <host>-<%y%m%d_%H%M%S>.zip and routes by it
-    stamp = time.strftime("%y%m%d_%H%M%S", time.gmtime(time.time() - 86400 - number))
+def legacy_temp_name(inbox, number, start):
+    # rear 0.1.2 names temp zips <host>-<%y%m%d_%H%M%S>.zip, one per second:
+    # the stamps must differ, or a zip overwrites the one before (its known
+    # bug), so they count back from one start time, never from the clock.
+    stamp = time.strftime("%y%m%d_%H%M%S", time.gmtime(start - 86400 - number))
     return os.path.join(inbox, "bench-%s.zip" % stamp)
 
 
@@ -188,8 +190,9 @@ def make_legacy_inbox(base, entries, compression):
     inbox = os.path.join(base, "inbox")
     os.makedirs(inbox, exist_ok=True)
     per_zip = 10000
+    start = time.time()
     for number, first in enumerate(range(0, len(entries), per_zip)):
-        with zipfile.ZipFile(legacy_temp_name(inbox, number), "w", kind) as archive:
+        with zipfile.ZipFile(legacy_temp_name(inbox, number, start), "w", kind) as archive:
             for name, data in entries[first:first + per_zip]:
                 archive.writestr(name, data)
 
@@ -383,6 +386,9 @@ def bench_scavenger(root, scale, pythons, results):
                     rows[key]["cp_MBps"] = cp_rate(inbox, root)
                 report = run_worker(pythons[method], "scavenge", {"method": method,
                                                                   "base": base})
+                archived = archived_entries(base)
+                assert archived == len(entries), "%s archived %d of %d entries" % (
+                    method, archived, len(entries))
                 rows[key][method] = {
                     "files_per_s": len(entries) / report["seconds"],
                     "MBps": inbox_bytes / report["seconds"] / 1e6,
@@ -394,6 +400,21 @@ def bench_scavenger(root, scale, pythons, results):
                 print("  scavenge %-15s %-7s %28.1f MB/s" % (key, "cp", rows[key]["cp_MBps"]),
                       flush=True)
     results["scavenger"] = rows
+
+
+def archived_entries(base):
+    """Entries in the final archives under ``base``, from their end records."""
+    rear = _import_rear()
+    total = 0
+    for name in os.listdir(base):
+        if name.endswith(".zip"):
+            path = os.path.join(base, name)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                total += rear._read_tail(fd, os.fstat(fd).st_size, path).count
+            finally:
+                os.close(fd)
+    return total
 
 
 class BigPayload(bytes):
@@ -432,6 +453,8 @@ def bench_append(root, scale, pythons, results):
                     make_legacy_inbox(base, entries, "deflated")
                 times.append(run_worker(pythons[method], "scavenge",
                                         {"method": method, "base": base})["seconds"])
+            expected = existing + (1 if method == "rear" and existing else 0) + new * len(times)
+            assert archived_entries(base) == expected, "%s lost entries" % method
             rows[str(existing)][method] = statistics.median(times)
             print("  append %d entries to %8d: %-7s %.3f s" % (new, existing, method,
                                                                  statistics.median(times)),
