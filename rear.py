@@ -188,6 +188,8 @@ _TEMP_ZIP_MAX_BYTES = 2 * 1024 ** 3
 _CHUNK = 1024 ** 2
 #: Entries smaller than this are gathered in one buffer when appended.
 _SMALL_ENTRY = 64 * 1024
+#: Directories whose validated split a writer remembers, at most.
+_KNOWN_DIRECTORIES = 4096
 #: How many temp zips one scavenger batch claims at most.
 _BATCH_TEMP_ZIPS = 256
 #: How long a rotation timer sleeps at most between checks, seconds.
@@ -1090,9 +1092,14 @@ def _split_known(path, known):
     return dest, member
 
 
-def _entry_name(path):
-    """The temp-zip entry name of an archive path: validated, as a str."""
-    return "/".join(split_path(path))
+def _entry_name(path, known):
+    """The temp-zip entry name of an archive path: validated, as a str.
+    ``known`` caches the split of directories, as _split_known does."""
+    if not isinstance(path, str):
+        return "/".join(split_path(path))   # decoded or refused there
+    if len(known) > _KNOWN_DIRECTORIES:
+        known.clear()    # a worker writing to ever new directories
+    return "/".join(_split_known(path, known))
 
 
 def _inside(base, path):
@@ -1567,6 +1574,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         _LIVE.add(self)
 
     def _reset_state(self):
+        self._known_directories = {}
         self._lock = threading.RLock()
         self._temp = None
         self._timer = None
@@ -1606,7 +1614,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         if binary and (encoding is not None or newline is not None or errors is not None):
             raise ValueError("binary mode %r takes no encoding, errors or newline" % mode)
         self._check_open()
-        name = _entry_name(path)
+        name = _entry_name(path, self._known_directories)
         spool = _Spool(readable=readable)
         if binary:
             handle = (_BinaryOutput if readable else _BinaryWriteOnlyOutput)(spool)
@@ -1623,7 +1631,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         block exits, then remove ``source``.  If the block raises (and
         ``success_only``) the source is left where it is."""
         self._check_open()
-        name = _entry_name(path)
+        name = _entry_name(path, self._known_directories)
         source = os.fspath(source)
         ok = False
         try:
@@ -1635,7 +1643,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
 
     def write_bytes(self, path, data):
         """Archive ``data`` as ``path`` in one call."""
-        name = _entry_name(path)
+        name = _entry_name(path, self._known_directories)
         self._check_open()
         self._commit_prepared(name, _prepare_bytes(bytes(data), self._method, self.compresslevel),
                               time.time(), _DEFAULT_FILE_MODE)
