@@ -2733,6 +2733,12 @@ def _claim(path, flush, grace, stats, salvage_only=False):
             if not _lock(fd, path, exclusive=True, blocking=False):
                 stats.busy += 1
                 return None
+        except OSError as err:
+            # GlusterFS: another client's scavenger ingested and deleted it
+            # after our lookup; the lock call is the first to ask the server.
+            if err.errno in (errno.ENOENT, errno.ESTALE):
+                return None
+            raise
         except LockingUnsupportedError as err:
             _warn_no_locks(path, err)
             locks_work = False
