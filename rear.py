@@ -2242,6 +2242,10 @@ class _NameIndex:
             fd = os.open(self.path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
         except FileNotFoundError:
             return False
+        # Updated in place by whichever client committed last: refreshed
+        # like the archive, or stale slots under a fresh header would hide
+        # names (and duplicate them).
+        _refresh_view(fd)
         header = os.pread(fd, _INDEX_HEADER.size, 0)
         fields = _index_header_fields(header)
         stamp = _archive_stamp(self.archive_fd, size, self.tail)
