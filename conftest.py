@@ -30,7 +30,7 @@ def _netfs_summary(terminalreporter):
     counts = netfs.COUNTS
     shared = sys.modules["test_rear"].COUNTS    # check_archives counts failures there
     terminalreporter.write_line(
-        "netfs: GlusterFS, 2 clients; %d runs with default caching, %d with caches off; "
+        "netfs: GlusterFS, 2 clients; runs with default caching: %d, with caches off: %d; "
         "%d writer kills, %d scavenger kills, %d files acknowledged, %d fix checks, "
         "%d lost, %d corrupt"
         % (counts["runs (default)"], counts["runs (nocache)"], counts["writer kills"],
