@@ -2165,38 +2165,41 @@ def _name_hash(encoded_name):
     return int.from_bytes(digest, "little") or 1
 
 
+#: Bytes read past a central record's fixed part in one go: most names fit.
+_TYPICAL_NAME = 128
+
+
+def _short_central_directory(path, tail):
+    return ArchiveError("%s: central directory is shorter than its %d records"
+                        % (path, tail.count), path)
+
+
 def _central_records(fd, tail, path):
     """(offset within the central directory, fields, raw name) of each
     record of the archive open on ``fd``, read a chunk at a time."""
+    reader = _ChunkReader(fd, path)
     record_size = _CENTRAL_STRUCT.size
-    data = b""
-    data_start = 0      # offset within the central directory of data[0]
     position = 0
     for _index in range(tail.count):
-        fields = None
-        record_end = position + record_size
-        while True:
-            if record_end > tail.cd_size:
-                raise ArchiveError("%s: central directory is shorter than its %d records"
-                                   % (path, tail.count), path)
-            if record_end <= data_start + len(data):
-                if fields is None:
-                    fields = _CENTRAL_STRUCT.unpack_from(data, position - data_start)
-                    if fields[0] != _CENTRAL_SIG:
-                        raise ArchiveError("%s: bad central directory record at byte %d"
-                                           % (path, tail.cd_offset + position), path)
-                    record_end += fields[12] + fields[13] + fields[14]
-                    continue
-                break
-            keep = data[position - data_start:]
-            wanted = max(_CHUNK, record_end - position - len(keep))
-            more = os.pread(fd, min(wanted, tail.cd_size - position - len(keep)),
-                            tail.cd_offset + position + len(keep))
-            if not more:
-                raise ArchiveError("%s ends inside its central directory" % path, path)
-            data, data_start = keep + more, position
-        name_start = position - data_start + record_size
-        yield position, fields, data[name_start:name_start + fields[12]]
+        if position + record_size > tail.cd_size:
+            raise _short_central_directory(path, tail)
+        # The fixed part and, usually, the name in one read
+        record = reader.read(tail.cd_offset + position, record_size + _TYPICAL_NAME)
+        if len(record) < record_size:
+            raise ArchiveError("%s ends inside its central directory" % path, path)
+        fields = _CENTRAL_STRUCT.unpack_from(record)
+        if fields[0] != _CENTRAL_SIG:
+            raise ArchiveError("%s: bad central directory record at byte %d"
+                               % (path, tail.cd_offset + position), path)
+        record_end = position + record_size + fields[12] + fields[13] + fields[14]
+        if record_end > tail.cd_size:
+            raise _short_central_directory(path, tail)
+        if fields[12] > _TYPICAL_NAME:
+            record = reader.read(tail.cd_offset + position, record_size + fields[12])
+        raw_name = record[record_size:record_size + fields[12]]
+        if len(raw_name) < fields[12]:
+            raise ArchiveError("%s ends inside its central directory" % path, path)
+        yield position, fields, raw_name
         position = record_end
 
 

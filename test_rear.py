@@ -981,6 +981,15 @@ def test_a_missing_index_is_rebuilt_and_duplicates_are_still_recognised(base):
     assert os.path.exists(index_path(base, "a.zip"))
 
 
+def test_an_index_rebuilt_from_long_names_recognises_them(base):
+    # Names longer than the rebuild's first read of a record, and short ones.
+    files = {"a.zip/%s/%d" % ("d" * (1 + 50 * n), n): b"%d" % n for n in range(8)}
+    fill(base, files)
+    rear.scavenge(base)
+    os.unlink(index_path(base, "a.zip"))
+    assert refeed_is_all_duplicates(base, files)
+
+
 def test_a_damaged_index_is_rebuilt(base):
     files = {"a.zip/%d" % n: b"%d" % n for n in range(50)}
     fill(base, files)
