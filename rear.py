@@ -443,7 +443,7 @@ def _retry_stale(function, *args):
 
 def _refresh_view(fd):
     """Make this client ask the server for the file's size and drop its
-    cached pages; returns the fresh fstat.
+    cached pages.
 
     Network filesystem clients cache both: on GlusterFS with default caching,
     fstat showed a file's size from before another client appended to it for
@@ -2758,13 +2758,7 @@ def _claim(path, flush, grace, stats, salvage_only=False):
         st = os.fstat(fd)
         if (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
             return None
-        # A writer on another client may have written more than this
-        # client's cache shows; salvaging by the cached size would drop
-        # acknowledged entries.  The lock keeps it still while we look.
-        st, _changed = _refresh_view(fd)
         manifest = _read_manifest(_sidecar_path(path))
-        created = manifest["created"] if manifest else st.st_mtime
-        old = _past_grace(manifest, st, grace)
         sealed = manifest is not None and manifest["state"] == _STATE_SEALED
         if sealed and not salvage_only:
             entries = _await_current_view(fd, path, lambda st: _read_central_entries(
@@ -2773,6 +2767,11 @@ def _claim(path, flush, grace, stats, salvage_only=False):
         elif sealed:
             return None
         else:
+            # A writer on another client may have written more than this
+            # client's cache shows; salvaging by the cached size would drop
+            # acknowledged entries.  The lock keeps it still while we look.
+            st, _changed = _refresh_view(fd)
+            old = _past_grace(manifest, st, grace)
             if not old and (not flush or not locks_work):
                 stats.waiting += 1
                 return None
@@ -2782,7 +2781,7 @@ def _claim(path, flush, grace, stats, salvage_only=False):
                          "writer%s", len(entries), path,
                          "; dropped %d torn bytes" % torn if torn else "")
             if manifest is None:
-                manifest = _new_manifest(created)
+                manifest = _new_manifest(st.st_mtime)
                 manifest["host"] = manifest["pid"] = None
         routes = []
         known_directories = {}
