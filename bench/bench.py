@@ -24,7 +24,6 @@ import random
 import re
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -207,13 +206,9 @@ def make_rear_inbox(base, entries, compression, workers=4):
                 fs.write_bytes(name, data)
 
 
-_LOCAL = struct.Struct("<4s2B4HL2L2H")
-_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
-
-
 def make_archive(path, count):
-    """A stored zip of ``count`` tiny entries, written directly: zipfile
-    needs minutes for a million entries, this needs seconds."""
+    """A stored zip of ``count`` tiny entries, written directly with rear's
+    own header functions: zipfile needs minutes for a million entries."""
     rear = _import_rear()
     data = b"0123456789"
     crc = zlib.crc32(data)
@@ -222,12 +217,10 @@ def make_archive(path, count):
     with open(path, "wb") as handle:
         chunk = []
         for number in range(count):
-            name = ("old/%04d/result-%07d.txt" % (number // 1000, number)).encode()
-            local = _LOCAL.pack(b"PK\x03\x04", 20, 0, 0, 0, 0, 33, crc, len(data), len(data),
-                                len(name), 0) + name + data
-            records.append(_CENTRAL.pack(b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 33, crc,
-                                         len(data), len(data), len(name), 0, 0, 0, 0,
-                                         0o100644 << 16, offset) + name)
+            name = "old/%04d/result-%07d.txt" % (number // 1000, number)
+            entry = rear._Entry(name, 0, 0, 0, 33, crc, len(data), len(data))
+            local = rear._local_header(entry) + data
+            records.append(rear._central_record(entry, offset))
             offset += len(local)
             chunk.append(local)
             if len(chunk) >= 10000:
