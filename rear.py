@@ -166,6 +166,9 @@ __all__ = [
     "ArchiveError",
     "TempZipError",
     "LockingUnsupportedError",
+    "PathError",
+    "DEFAULT_MAX_SIZE",
+    "DEFAULT_ROTATION_SPAN",
     "main",
 ]
 
@@ -222,24 +225,59 @@ _INDEX_MAGIC = b"REARIDX1"
 #: central directory offset and size, entry count, CRC-32 of its last
 #: _INDEX_STAMP_BYTES); CRC-32 of all the fields before.
 _INDEX_HEADER = struct.Struct("<8s2Q4QLL")
+_INDEX_HEADER_MAGIC = 0
+_INDEX_HEADER_SLOTS = 1
+_INDEX_HEADER_USED = 2
+_INDEX_HEADER_STAMP = slice(3, 8)      # size, cd offset, cd size, count, CRC of the end
+_INDEX_HEADER_CRC = 8
 _INDEX_SLOT = struct.Struct("<2Q")       # name hash (0: empty), record offset in the CD
 _INDEX_STAMP_BYTES = 4096
 _INDEX_MIN_SLOTS = 1024                  # a power of two
 _INDEX_PROBE_SLOTS = 8                   # slots read per pread when probing
+#: Bytes read past a central record's fixed part in one go: most names fit.
+_TYPICAL_NAME = 128
 
 # Zip format, PKWARE APPNOTE.TXT 6.3.x; field layouts as in CPython's zipfile.
 _LOCAL_SIG = b"PK\x03\x04"                      # 4.3.7 local file header
 _LOCAL_STRUCT = struct.Struct("<4s2B4HL2L2H")
+_LH_FLAG_BITS = 3
+_LH_CRC = 7
+_LH_COMPRESSED_SIZE = 8
+_LH_UNCOMPRESSED_SIZE = 9
+_LH_FILENAME_LENGTH = 10
+_LH_EXTRA_FIELD_LENGTH = 11
 _LOCAL_NAME_EXTRA = struct.Struct("<2H")        # its last two fields, at byte 26
 _LOCAL_NAME_EXTRA_OFFSET = 26
 _CENTRAL_SIG = b"PK\x01\x02"                    # 4.3.12 central directory
 _CENTRAL_STRUCT = struct.Struct("<4s4B4HL2L5H2L")
+# Indexes of _CENTRAL_STRUCT's fields, named as in CPython's zipfile.
+_CD_SIGNATURE = 0
+_CD_FLAG_BITS = 5
+_CD_COMPRESS_TYPE = 6
+_CD_TIME = 7
+_CD_DATE = 8
+_CD_CRC = 9
+_CD_COMPRESSED_SIZE = 10
+_CD_UNCOMPRESSED_SIZE = 11
+_CD_FILENAME_LENGTH = 12
+_CD_EXTRA_FIELD_LENGTH = 13
+_CD_COMMENT_LENGTH = 14
+_CD_EXTERNAL_FILE_ATTRIBUTES = 17
+_CD_LOCAL_HEADER_OFFSET = 18
 _EOCD_SIG = b"PK\x05\x06"                       # 4.3.16 end of central dir
 _EOCD_STRUCT = struct.Struct("<4s4H2LH")
+_EOCD_ENTRIES_TOTAL = 4
+_EOCD_CD_SIZE = 5
+_EOCD_CD_OFFSET = 6
+_EOCD_COMMENT_LENGTH = 7
 _ZIP64_EOCD_SIG = b"PK\x06\x06"                 # 4.3.14 zip64 end record
 _ZIP64_EOCD_STRUCT = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_EOCD_ENTRIES_TOTAL = 7
+_ZIP64_EOCD_CD_SIZE = 8
+_ZIP64_EOCD_CD_OFFSET = 9
 _ZIP64_LOCATOR_SIG = b"PK\x06\x07"              # 4.3.15 zip64 locator
 _ZIP64_LOCATOR_STRUCT = struct.Struct("<4sLQL")
+_ZIP64_LOCATOR_EOCD_OFFSET = 2
 _EXTRA_HEADER = struct.Struct("<HH")            # 4.5.1 id, size
 _ZIP64_EXTRA_ID = 0x0001                        # 4.5.3
 _MAX_COMMENT = 0xFFFF
@@ -283,11 +321,12 @@ _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 #: in case its client's cache lags the server (GlusterFS: 1-2 s).  A file
 #: damaged for real costs this much delay once per pass.
 _STALE_VIEW_WAIT = 5.0
-#: ESTALE retries: another client replaced or removed the file between our
-#: lookup of its name and our use of the handle (NFS, GlusterFS).  Spaced
-#: to span 5 s: GlusterFS kept handing out the stale handle for as long as
-#: its 1 s entry cache, 0.6 s of retries were not enough.
-_ESTALE_RETRIES = 10
+#: Sleeps between the tries of a lookup that fails with ESTALE (another
+#: client replaced or removed the file between our lookup of its name and
+#: our use of the handle: NFS, GlusterFS).  Ten tries over 3.27 s:
+#: GlusterFS kept handing out the stale handle for as long as its 1 s entry
+#: cache, and 0.6 s of retries were not enough.
+_ESTALE_DELAYS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0)
 
 # ---------------------------------------------------------------- errors
 
@@ -326,7 +365,6 @@ except ImportError:  # Windows: importing rear works, locking says why it can't
 # errnos that mean "this filesystem does not do fcntl locks", not "busy".
 _LOCK_UNSUPPORTED_ERRNOS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 _LOCK_BUSY_ERRNOS = {errno.EACCES, errno.EAGAIN}
-_warned_no_locks = set()
 
 
 def _lockf(fd, operation):
@@ -427,23 +465,108 @@ async def _off_the_event_loop(function, *args):
     return function(*args)
 
 
-def _retry_stale(function, *args):
+def _hostname():
+    """This host's name, reduced to characters that are safe in file names."""
+    name = socket.gethostname().split(".")[0] or "host"
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:64]
+
+
+# ---------------------------------------------------------------- network filesystems
+#
+# Several clients of one filesystem (NFS, GlusterFS, Lustre, CephFS...) see
+# each other's changes late and through caches.  rear holds to one rule, in
+# three parts, for every file another process may replace (os.replace) or
+# remove: sidecars, journals, name indexes, temp zips and archives.
+#
+# 1. Existence is decided by opening, never by os.path.exists: an entry
+#    cache may still list a file another client deleted.  Such files are
+#    opened, stat'ed and read only through _open_existing, _stat_existing
+#    and _read_existing: ESTALE (this client's cached handle names a file
+#    that was replaced or removed) is retried on a fresh lookup, and a file
+#    that is gone (ENOENT) comes back as None.
+# 2. "Gone" can also show up after a successful open, on a ghost entry: the
+#    first call that asks the server (lockf, fchmod, fstat, pread, even
+#    close) fails with ENOENT or ESTALE, the _GONE_ERRNOS.  Where rear holds
+#    the lock that orders such removals, a gone file was finished by whoever
+#    held it before (a journal recovered, an index replaced); a temp zip
+#    that _vanished was ingested by another client's scavenger.  Neither is
+#    an error.  Descriptors nothing was written through are closed with
+#    _close_read_only, which accepts the same.
+# 3. Sizes and bytes of a file another client changes are read only with
+#    its lock held and only as the server has them: _refresh_view makes the
+#    client fetch the size, _await_current_view re-reads a view that does
+#    not parse while it may still be lagging.  That applies to archives and
+#    their name indexes (under the archive lock), journals (likewise), and
+#    temp zips being claimed (under their own lock).
+
+#: errnos meaning "that file is gone": removed (ENOENT), or replaced or
+#: removed behind this client's cached handle (ESTALE: NFS, GlusterFS).
+_GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE})
+
+
+def _retry_stale(function, *args, **kwargs):
     """Call ``function(*args)``, which looks a path up afresh each call,
-    again when it fails with ESTALE: on NFS and GlusterFS another client
-    replacing or removing the file (a sidecar being sealed, a journal
-    renamed) leaves this client's cached handle stale for a moment."""
-    for attempt in range(_ESTALE_RETRIES):
+    again after each delay of _ESTALE_DELAYS while it fails with ESTALE."""
+    for delay in _ESTALE_DELAYS:
         try:
-            return function(*args)
+            return function(*args, **kwargs)
         except OSError as err:
-            if err.errno != errno.ESTALE or attempt == _ESTALE_RETRIES - 1:
+            if err.errno != errno.ESTALE:
                 raise
-            time.sleep(min(0.01 * 2 ** attempt, 1.0))
+        time.sleep(delay)
+    return function(*args, **kwargs)
+
+
+def _open_existing(path, flags):
+    """os.open(path, flags) by rule 1: the descriptor, or None if it is gone."""
+    try:
+        return _retry_stale(os.open, path, flags)
+    except FileNotFoundError:
+        return None
+
+
+def _stat_existing(path, follow_symlinks=True):
+    """os.stat by rule 1: the stat result, or None if the file is gone."""
+    try:
+        return _retry_stale(os.stat, path, follow_symlinks=follow_symlinks)
+    except FileNotFoundError:
+        return None
+
+
+def _read_whole(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _read_existing(path):
+    """The bytes of a small file by rule 1, or None if it is gone."""
+    try:
+        return _retry_stale(_read_whole, path)
+    except FileNotFoundError:
+        return None
+
+
+def _vanished(err, path):
+    """Did ``err`` come from ``path`` being removed under us (rule 2)?"""
+    cause = err if isinstance(err, OSError) else err.__cause__
+    return (isinstance(cause, OSError) and cause.errno in _GONE_ERRNOS
+            and _stat_existing(path, follow_symlinks=False) is None)
+
+
+def _close_read_only(fd):
+    """Close a descriptor nothing was written through.  GlusterFS reports
+    ENOENT from close() when another client deleted the file meanwhile;
+    with no data to lose that is no error (rule 2)."""
+    try:
+        os.close(fd)
+    except OSError as err:
+        if err.errno not in _GONE_ERRNOS:
+            raise
 
 
 def _refresh_view(fd):
     """Make this client ask the server for the file's size and drop its
-    cached pages.
+    cached pages (rule 3).
 
     Network filesystem clients cache both: on GlusterFS with default caching,
     fstat showed a file's size from before another client appended to it for
@@ -469,7 +592,7 @@ def _refresh_view(fd):
 
 
 def _await_current_view(fd, path, read):
-    """``read(st)`` the file open on ``fd`` as the server has it.
+    """``read(st)`` the file open on ``fd`` as the server has it (rule 3).
 
     Called with the file's lock held, so nothing changes it meanwhile.  When
     the refresh shows the view was lagging, a view that does not parse may
@@ -494,12 +617,6 @@ def _await_current_view(fd, path, read):
             _log.info("%s does not parse; waiting in case this client's cache lags", path)
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
-
-
-def _hostname():
-    """This host's name, reduced to characters that are safe in file names."""
-    name = socket.gethostname().split(".")[0] or "host"
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:64]
 
 
 # ---------------------------------------------------------------- durable I/O
@@ -544,16 +661,17 @@ class _ChunkReader:
     bytes: a temp zip of many small entries costs one pread per megabyte,
     not three or four per entry (they were a third of a scavenger pass)."""
 
-    def __init__(self, fd, path):
+    def __init__(self, fd, path, readahead=_CHUNK):
         self.fd = fd
         self.path = path
+        self.readahead = readahead
         self.start = 0
         self.data = b""
 
     def read(self, offset, size):
         """Up to ``size`` bytes at ``offset`` (fewer only at the end of the file)."""
         if not (self.start <= offset and offset + size <= self.start + len(self.data)):
-            self.data = os.pread(self.fd, max(size, _CHUNK), offset)
+            self.data = os.pread(self.fd, max(size, self.readahead), offset)
             self.start = offset
         return self.data[offset - self.start:offset - self.start + size]
 
@@ -747,8 +865,11 @@ def _end_records(count, cd_size, cd_offset, comment=b""):
     return out + comment
 
 
-class _Tail:
-    """Where a zip's central directory is, read from its end records."""
+class _CentralDirectory:
+    """Where a zip's central directory is and how many records it holds, as
+    its end records say (the bytes from ``cd_offset`` to the end of the
+    file, central directory and end records, are what a commit journals as
+    the archive's old *tail*)."""
 
     __slots__ = ("count", "cd_offset", "cd_size", "comment")
 
@@ -759,8 +880,12 @@ class _Tail:
         self.comment = comment
 
 
-def _read_tail(fd, size, path, error=ArchiveError):
-    """Parse the end records of the zip open on ``fd`` (``size`` bytes long)."""
+_EMPTY_DIRECTORY = _CentralDirectory(0, 0, 0, b"")
+
+
+def _read_end_records(fd, size, path, error=ArchiveError):
+    """The _CentralDirectory of the zip open on ``fd`` (``size`` bytes long),
+    from its end records."""
     if size < _EOCD_STRUCT.size:
         raise error("%s is not a zip archive (%d bytes, too short)" % (path, size), path)
     window = min(size, _EOCD_STRUCT.size + _MAX_COMMENT)
@@ -770,12 +895,13 @@ def _read_tail(fd, size, path, error=ArchiveError):
     pos = data.rfind(_EOCD_SIG, 0, len(data) - _EOCD_STRUCT.size + len(_EOCD_SIG))
     while pos >= 0:
         fields = _EOCD_STRUCT.unpack_from(data, pos)
-        if pos + _EOCD_STRUCT.size + fields[7] == len(data):
+        if pos + _EOCD_STRUCT.size + fields[_EOCD_COMMENT_LENGTH] == len(data):
             break
         pos = data.rfind(_EOCD_SIG, 0, pos)
     if pos < 0:
         raise error("%s is not a zip archive (no end of central directory record)" % path, path)
-    _sig, _disk, _cd_disk, _count_disk, count, cd_size, cd_offset, comment_len = fields
+    count, cd_size = fields[_EOCD_ENTRIES_TOTAL], fields[_EOCD_CD_SIZE]
+    cd_offset = fields[_EOCD_CD_OFFSET]
     comment = data[pos + _EOCD_STRUCT.size:]
     eocd_offset = size - window + pos
     end_of_cd = eocd_offset
@@ -783,18 +909,19 @@ def _read_tail(fd, size, path, error=ArchiveError):
     if locator_offset >= 0:
         locator = os.pread(fd, _ZIP64_LOCATOR_STRUCT.size, locator_offset)
         if locator[:4] == _ZIP64_LOCATOR_SIG:
-            _sig, _disk, zip64_offset, _disks = _ZIP64_LOCATOR_STRUCT.unpack(locator)
+            zip64_offset = _ZIP64_LOCATOR_STRUCT.unpack(locator)[_ZIP64_LOCATOR_EOCD_OFFSET]
             record = os.pread(fd, _ZIP64_EOCD_STRUCT.size, zip64_offset)
             if len(record) != _ZIP64_EOCD_STRUCT.size or record[:4] != _ZIP64_EOCD_SIG:
                 raise error("%s has a broken zip64 end record" % path, path)
             fields64 = _ZIP64_EOCD_STRUCT.unpack(record)
-            count, cd_size, cd_offset = fields64[7], fields64[8], fields64[9]
+            count, cd_size = fields64[_ZIP64_EOCD_ENTRIES_TOTAL], fields64[_ZIP64_EOCD_CD_SIZE]
+            cd_offset = fields64[_ZIP64_EOCD_CD_OFFSET]
             end_of_cd = zip64_offset
     if cd_offset + cd_size != end_of_cd:
         raise error("%s: central directory at %d+%d does not end at the end records "
                     "(%d); the archive is damaged or has data prepended"
                     % (path, cd_offset, cd_size, end_of_cd), path)
-    return _Tail(count, cd_offset, cd_size, comment)
+    return _CentralDirectory(count, cd_offset, cd_size, comment)
 
 
 def _zip64_values(extra, wanted):
@@ -815,42 +942,77 @@ def _decode_name(raw, flags):
     return raw.decode("utf-8" if flags & _FLAG_UTF8 else "cp437")
 
 
-def _parse_central(data, count, path, error=ArchiveError):
-    """Entries of a central directory given as bytes."""
-    entries = []
-    pos = 0
-    record_size = _CENTRAL_STRUCT.size
-    for _index in range(count):
-        if pos + record_size > len(data):
-            raise error("%s: central directory is shorter than its %d records" % (path, count), path)
-        fields = _CENTRAL_STRUCT.unpack_from(data, pos)
-        if fields[0] != _CENTRAL_SIG:
-            raise error("%s: bad central directory record at byte %d" % (path, pos), path)
-        flags, method, dos_time, dos_date, crc = fields[5:10]
-        compressed_size, file_size = fields[10], fields[11]
-        name_len, extra_len, comment_len = fields[12], fields[13], fields[14]
-        external_attr, header_offset = fields[17], fields[18]
-        start = pos + record_size
-        raw_name = data[start:start + name_len]
-        if file_size == _U32_LIMIT or compressed_size == _U32_LIMIT or header_offset == _U32_LIMIT:
-            extra = data[start + name_len:start + name_len + extra_len]
-            values = _zip64_values(extra, 3)
-            if file_size == _U32_LIMIT and values:
-                file_size = values.pop(0)
-            if compressed_size == _U32_LIMIT and values:
-                compressed_size = values.pop(0)
-            if header_offset == _U32_LIMIT and values:
-                header_offset = values.pop(0)
-        try:
-            name = _decode_name(raw_name, flags)
-        except UnicodeDecodeError as err:
-            raise error("%s: entry name at byte %d is not valid UTF-8" % (path, pos), path) from err
-        entry = _Entry(name, flags, method, dos_time, dos_date, crc, compressed_size,
-                       file_size, external_attr, header_offset)
-        entry.raw_name = raw_name
-        entries.append(entry)
-        pos = start + name_len + extra_len + comment_len
-    return entries
+def _decode_central_name(raw, flags, path, where, error):
+    """The name of the central record at byte ``where``, or ``error``."""
+    try:
+        return _decode_name(raw, flags)
+    except UnicodeDecodeError as err:
+        raise error("%s: entry name at byte %d is not valid UTF-8" % (path, where), path) from err
+
+
+def _central_records(reader, directory, path, error=ArchiveError, start=0, count=None):
+    """Yield (position, fields, raw name, extra) for the records of the
+    central directory ``directory``, read through ``reader`` (a
+    _ChunkReader), from ``start`` (a position within the central directory)
+    on, ``count`` of them (default: all).  The one parser of central
+    records: temp zips, archives, the name index and its rebuild use it."""
+    fixed_size = _CENTRAL_STRUCT.size
+    position = start
+    for _index in range(directory.count if count is None else count):
+        where = directory.cd_offset + position
+        # The fixed part and, usually, the name and extra in one read
+        record = reader.read(where, fixed_size + _TYPICAL_NAME)
+        if position + fixed_size > directory.cd_size or len(record) < fixed_size:
+            raise _short_central_directory(path, directory, error)
+        fields = _CENTRAL_STRUCT.unpack_from(record)
+        if fields[_CD_SIGNATURE] != _CENTRAL_SIG:
+            raise error("%s: bad central directory record at byte %d" % (path, where), path)
+        name_end = fixed_size + fields[_CD_FILENAME_LENGTH]
+        extra_end = name_end + fields[_CD_EXTRA_FIELD_LENGTH]
+        record_end = position + extra_end + fields[_CD_COMMENT_LENGTH]
+        if record_end > directory.cd_size:
+            raise _short_central_directory(path, directory, error)
+        if extra_end > len(record):
+            record = reader.read(where, extra_end)
+            if len(record) < extra_end:
+                raise _short_central_directory(path, directory, error)
+        yield position, fields, record[fixed_size:name_end], record[name_end:extra_end]
+        position = record_end
+
+
+def _short_central_directory(path, directory, error):
+    return error("%s: central directory is shorter than its %d records"
+                 % (path, directory.count), path)
+
+
+def _central_entry(fields, raw_name, extra, path, where, error=ArchiveError):
+    """The _Entry a central record describes, zip64 values resolved."""
+    file_size = fields[_CD_UNCOMPRESSED_SIZE]
+    compressed_size = fields[_CD_COMPRESSED_SIZE]
+    header_offset = fields[_CD_LOCAL_HEADER_OFFSET]
+    if _U32_LIMIT in (file_size, compressed_size, header_offset):
+        # 4.5.3: only the fields that overflow are in the extra, in this order.
+        values = _zip64_values(extra, 3)
+        if file_size == _U32_LIMIT and values:
+            file_size = values.pop(0)
+        if compressed_size == _U32_LIMIT and values:
+            compressed_size = values.pop(0)
+        if header_offset == _U32_LIMIT and values:
+            header_offset = values.pop(0)
+    flags = fields[_CD_FLAG_BITS]
+    entry = _Entry(_decode_central_name(raw_name, flags, path, where, error), flags,
+                   fields[_CD_COMPRESS_TYPE], fields[_CD_TIME], fields[_CD_DATE],
+                   fields[_CD_CRC], compressed_size, file_size,
+                   fields[_CD_EXTERNAL_FILE_ATTRIBUTES], header_offset)
+    entry.raw_name = raw_name
+    return entry
+
+
+def _central_entries(reader, directory, path, error=ArchiveError):
+    """Yield the _Entry of every central record, in central directory order."""
+    for position, fields, raw_name, extra in _central_records(reader, directory, path, error):
+        yield _central_entry(fields, raw_name, extra, path, directory.cd_offset + position,
+                             error)
 
 
 def _read_local_header(reader, offset, size):
@@ -861,8 +1023,11 @@ def _read_local_header(reader, offset, size):
     if len(raw) < _LOCAL_STRUCT.size or raw[:4] != _LOCAL_SIG:
         return None
     fields = _LOCAL_STRUCT.unpack(raw)
-    flags, method, dos_time, dos_date, crc = fields[3:8]
-    compressed_size, file_size, name_len, extra_len = fields[8:12]
+    flags, method, dos_time, dos_date, crc = fields[_LH_FLAG_BITS:_LH_CRC + 1]
+    compressed_size = fields[_LH_COMPRESSED_SIZE]
+    file_size = fields[_LH_UNCOMPRESSED_SIZE]
+    name_len = fields[_LH_FILENAME_LENGTH]
+    extra_len = fields[_LH_EXTRA_FIELD_LENGTH]
     variable_end = offset + _LOCAL_STRUCT.size + name_len + extra_len
     if variable_end > size:
         return None
@@ -971,9 +1136,8 @@ def _read_central_entries(fd, size, path, error, check_small=False, manifest=Non
         small_crc, small_limit = manifest.get("small_crc"), manifest.get("small_limit")
         if not (isinstance(small_crc, int) and isinstance(small_limit, int)):
             small_crc = None
-    tail = _read_tail(fd, size, path, error)
-    data = _pread_exact(fd, tail.cd_size, tail.cd_offset, path) if tail.cd_size else b""
-    entries = _parse_central(data, tail.count, path, error)
+    directory = _read_end_records(fd, size, path, error)
+    entries = list(_central_entries(_ChunkReader(fd, path), directory, path, error))
     reader = _ChunkReader(fd, path)
     running = 0
     # In file order: the recorded CRC runs over the bytes in that order.
@@ -989,7 +1153,7 @@ def _read_central_entries(fd, size, path, error, check_small=False, manifest=Non
         if not matches:
             raise error("%s: entry %r has no matching local header" % (path, entry.name), path)
         entry.data_offset = offset + _LOCAL_STRUCT.size + name_len + extra_len
-        if entry.data_offset + entry.compressed_size > tail.cd_offset:
+        if entry.data_offset + entry.compressed_size > directory.cd_offset:
             raise error("%s: entry %r runs into the central directory" % (path, entry.name), path)
         if small_crc is not None:
             if entry.compressed_size <= small_limit:
@@ -1134,19 +1298,15 @@ def _write_manifest(path, manifest):
     _write_file_durably(path, json.dumps(manifest, sort_keys=True).encode("utf-8"))
 
 
-def _read_whole(path):
-    with open(path, "rb") as handle:
-        return handle.read()
-
 
 def _read_manifest(path):
     """The sidecar's content; None if missing; TempZipError if unreadable."""
     try:
-        raw = _retry_stale(_read_whole, path)
-    except FileNotFoundError:
-        return None
+        raw = _read_existing(path)
     except OSError as err:
         raise TempZipError("cannot read sidecar %s: %s" % (path, err), path) from err
+    if raw is None:
+        return None
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
@@ -1164,14 +1324,50 @@ def _read_manifest(path):
     return manifest
 
 
-# ---------------------------------------------------------------- writer
+# ---------------------------------------------------------------- process-wide state
+#
+# Everything rear keeps per process, in one place: a forked child resets it
+# all (_after_fork_in_child), and nothing else is global.
 
 # Temp zips this process has open for writing.  POSIX locks belong to the
 # process, so an in-process scavenger would "get" their locks and, by closing
 # its descriptor, silently drop the writer's lock: it must skip them instead.
 _OWN_TEMP_ZIPS = set()
 _OWN_TEMP_ZIPS_LOCK = threading.Lock()
+# The stack of rear_fs instances entered in this process, innermost last.
+_ACTIVE = []
+_ACTIVE_LOCK = threading.Lock()
+# Every rear_fs alive in this process, to reset after fork.
+_LIVE = weakref.WeakSet()
+# Those with an open temp zip, held strongly so that one the caller dropped
+# without closing is still sealed by its timer or at exit.
+_UNSEALED = set()
+# POSIX locks cannot keep two threads of one process apart: scavenger passes
+# (and status/verify, which probe locks) are serialized by this.
+_SCAVENGE_LOCK = threading.Lock()
+# The pid for which _seal_at_multiprocessing_exit registered its finalizer.
+_FINALIZER_PID = None
+# Directories whose filesystem refuses locks, warned about once each.
+_warned_no_locks = set()
 
+
+def _after_fork_in_child():
+    """A forked child writes to temp zips of its own, never to its parent's."""
+    global _OWN_TEMP_ZIPS_LOCK, _ACTIVE_LOCK, _SCAVENGE_LOCK
+    _OWN_TEMP_ZIPS.clear()
+    _OWN_TEMP_ZIPS_LOCK = threading.Lock()
+    _ACTIVE_LOCK = threading.Lock()
+    _SCAVENGE_LOCK = threading.Lock()
+    _UNSEALED.clear()
+    for fs in list(_LIVE):
+        fs._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ---------------------------------------------------------------- writer
 
 def _new_temp_stem():
     # Host and pid separate processes, nanoseconds and 64 random bits separate
@@ -1532,16 +1728,6 @@ _MODES = {"w": (False, False), "w+": (False, True), "wb": (True, False),
           "w+b": (True, True), "wb+": (True, True), "wt": (False, False),
           "w+t": (False, True), "wt+": (False, True)}
 
-# The stack of rear_fs instances entered in this process, innermost last.
-_ACTIVE = []
-_ACTIVE_LOCK = threading.Lock()
-# Every rear_fs alive in this process, to reset after fork.
-_LIVE = weakref.WeakSet()
-# Those with an open temp zip, held strongly so that one the caller dropped
-# without closing is still sealed by its timer or at exit.
-_UNSEALED = set()
-
-
 class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
     """A worker's handle on a base directory: files written through it go to
     this process's temporary zip in ``base/inbox/``.
@@ -1726,9 +1912,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
                 self._reset_state()
             self._check_open()
             temp = self._temp
-            if temp is not None and (temp.broken or _rotation_due(
-                    temp.created_monotonic, time.monotonic(), self.rotation_span,
-                    temp.size, _TEMP_ZIP_MAX_BYTES)):
+            if temp is not None and (temp.broken or self._should_rotate()):
                 self._seal_current()
                 temp = None
             if temp is None:
@@ -1748,12 +1932,16 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         else:
             temp.seal()
 
+    def _should_rotate(self):
+        """Is the current temp zip due for sealing?  Called under the lock."""
+        temp = self._temp
+        return temp is not None and _rotation_due(temp.created_monotonic, time.monotonic(),
+                                                  self.rotation_span, temp.size,
+                                                  _TEMP_ZIP_MAX_BYTES)
+
     def _rotate_if_due(self):
         with self._lock:
-            temp = self._temp
-            if temp is not None and _rotation_due(temp.created_monotonic, time.monotonic(),
-                                                  self.rotation_span, temp.size,
-                                                  _TEMP_ZIP_MAX_BYTES):
+            if self._should_rotate():
                 self._seal_current()
 
     def _start_timer(self):
@@ -1799,22 +1987,6 @@ def _seal_all_at_exit():
                 _log.exception("could not seal the temp zip of %s at exit", fs.inbox)
 
 
-def _after_fork_in_child():
-    """A forked child writes to temp zips of its own, never to its parent's."""
-    global _OWN_TEMP_ZIPS_LOCK, _ACTIVE_LOCK, _SCAVENGE_LOCK
-    _OWN_TEMP_ZIPS.clear()
-    _OWN_TEMP_ZIPS_LOCK = threading.Lock()
-    _ACTIVE_LOCK = threading.Lock()
-    _SCAVENGE_LOCK = threading.Lock()
-    _UNSEALED.clear()
-    for fs in list(_LIVE):
-        fs._forget_after_fork()
-
-
-# The pid for which _seal_at_multiprocessing_exit registered its finalizer.
-_FINALIZER_PID = None
-
-
 def _seal_at_multiprocessing_exit():
     """Make a multiprocessing child seal its temp zips when it exits.
 
@@ -1832,8 +2004,8 @@ def _seal_at_multiprocessing_exit():
 
 
 atexit.register(_seal_all_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 
 
 def _current_fs():
@@ -1879,52 +2051,14 @@ def _rotation_or_env(rotation_span):
 
 
 # ---------------------------------------------------------------- scavenger
-
-# POSIX locks cannot keep two threads of one process apart: serialize passes.
-_SCAVENGE_LOCK = threading.Lock()
-
-
-@dataclasses.dataclass
-class ScavengeStats:
-    """What one scavenger pass did."""
-
-    files_moved: int = 0        # entries appended to final archives
-    temp_zips_done: int = 0     # temp zips fully ingested and deleted
-    archives_touched: int = 0   # commits made
-    conflicts: int = 0          # entries kept under a name.~N~ name
-    salvaged: int = 0           # unsealed temp zips of dead writers recovered
-    duplicates: int = 0         # entries skipped because already archived
-    busy: int = 0               # temp zips skipped: locked by a writer or scavenger
-    waiting: int = 0            # unsealed temp zips not yet past the grace period
-    recovered_journals: int = 0  # interrupted commits rolled back or forward
-    errors: list = dataclasses.field(default_factory=list)  # (path, reason)
-
-    def add(self, other):
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+#
+# Sub-sections, in the order a commit needs them: the archive's paths and
+# lock, its journal, recovery of interrupted commits, its name index, the
+# archive opened for appending, the commit itself (steps 1-8 of the module
+# docstring), claiming temp zips, and the pass that ties them together.
 
 
-class _Claim:
-    """A temp zip this scavenger holds the lock of, with its entries routed:
-    ``routes`` is [(dest, member, entry)], each name split (and validated)
-    once, when the temp zip was claimed."""
-
-    def __init__(self, path, fd, manifest, routes, salvaged):
-        self.path = path
-        self.sidecar_path = _sidecar_path(path)
-        self.fd = fd
-        self.reader = _ChunkReader(fd, path)
-        self.manifest = manifest
-        self.routes = routes
-        self.salvaged = salvaged
-        done = set(manifest.get("done", []))
-        self.pending = {dest for dest, _member, _entry in routes} - done
-        self.failed = False
-
-    def release(self):
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            _close_read_only(fd)
+# -- scavenger: archive paths and lock
 
 
 def _archive_key(dest):
@@ -1974,6 +2108,18 @@ def _archive_lock(paths, blocking=True):
         os.close(fd)
 
 
+def _checkpoint(step):
+    """A named point of the commit protocol: "journal-written" (step 4),
+    "entries-written" (step 5, before the end records), "appended" (step 5
+    done), "committed" (step 6), "temp-zip-deleted" (inside step 7, before
+    its sidecar), "temps-finished" (step 7 done), "rolled-over",
+    "salvaged".  Does nothing: it is the seam the crash tests kill the
+    process at, so that they name steps rather than private functions."""
+
+
+# -- scavenger: journal (commit step 4; layout in the module docstring)
+
+
 def _write_journal(paths, header, archive):
     """Commit step 4: the journal, complete under its own name or not at all.
 
@@ -1984,7 +2130,7 @@ def _write_journal(paths, header, archive):
     over its bulk.  Returns the open journal and the offset of the old tail,
     from which step 5 copies the old central directory back.
     """
-    tail_size = archive.size - archive.tail.cd_offset
+    tail_size = archive.size - archive.cd.cd_offset
     head = json.dumps(dict(header, tail_size=tail_size), sort_keys=True).encode("utf-8")
     prefix = (_JOURNAL_HEAD.pack(_JOURNAL_MAGIC, len(head)) + head
               + _JOURNAL_HEAD_CRC.pack(zlib.crc32(head)))
@@ -1992,7 +2138,7 @@ def _write_journal(paths, header, archive):
     try:
         _write_all(fd, prefix)
         if tail_size:
-            _copy_range(archive.fd, archive.tail.cd_offset, fd, len(prefix), tail_size,
+            _copy_range(archive.fd, archive.cd.cd_offset, fd, len(prefix), tail_size,
                         paths.archive)
         os.fsync(fd)
         os.replace(paths.journal_new, paths.journal)
@@ -2034,29 +2180,29 @@ def _load_journal(path):
     """(descriptor, header, offset of the old tail) of a journal, or None
     if there is none.
 
-    Existence is decided by opening and reading, not by os.path.exists: a
-    network client's entry cache may still show a journal another client
-    has deleted (GlusterFS: the open succeeds, then fchmod and close fail
-    with ESTALE).  With the archive lock held, a journal that vanishes was
-    finished by whoever held the lock before.  Its bytes are read once this
-    client's cache has caught up with the scavenger that wrote them.
+    With the archive lock held, a journal that turns out to be gone (rule 1
+    and 2 of "network filesystems") was finished by whoever held the lock
+    before.  Its bytes are read once this client's view has caught up with
+    the scavenger that wrote them (rule 3).
     """
-    try:
-        fd = _retry_stale(os.open, path, os.O_RDONLY | _O_CLOEXEC)
-    except FileNotFoundError:
+    fd = _open_existing(path, os.O_RDONLY | _O_CLOEXEC)
+    if fd is None:
         return None
     try:
         header, tail_offset = _await_current_view(fd, path,
                                                   lambda _st: _read_journal(fd, path))
     except OSError as err:
         _close_read_only(fd)
-        if err.errno in (errno.ENOENT, errno.ESTALE):
+        if err.errno in _GONE_ERRNOS:
             return None
         raise
     except BaseException:
         _close_read_only(fd)
         raise
     return fd, header, tail_offset
+
+
+# -- scavenger: recovery of interrupted commits
 
 
 def _finish_temps(paths, temps):
@@ -2066,6 +2212,7 @@ def _finish_temps(paths, temps):
         zip_path = os.path.join(inbox, os.path.basename(temp["zip"]))
         if temp["finish"]:
             _unlink_if_exists(zip_path)
+            _checkpoint("temp-zip-deleted")
             _unlink_if_exists(_sidecar_path(zip_path))
         else:
             try:
@@ -2082,22 +2229,33 @@ def _finish_temps(paths, temps):
 
 def _recover_locked(paths, stats):
     """With the archive lock held: roll back or forward an interrupted commit."""
-    # Existence is decided by opening, not os.path.exists: a network
-    # client's entry cache may still list a journal another client deleted.
+    # Killed while writing the journal: the archive was not touched yet.
+    # (Unlinked, not tested for: rule 1 of "network filesystems".)
     with contextlib.suppress(FileNotFoundError):
-        # Killed while writing the journal: the archive was not touched yet.
         os.unlink(paths.journal_new)
         _sync_directory(paths.directory)
+    _finish_committed(paths, stats)
+    _roll_back_journal(paths, stats)
+
+
+def _finish_committed(paths, stats):
+    """Redo steps 7 and 8 of a commit that passed its commit point."""
     commit = _load_journal(paths.commit)
-    if commit is not None:
-        fd, header, _tail_offset = commit
-        _close_read_only(fd)
-        paths.set_dest(header["dest"])
-        _finish_temps(paths, header["temps"])
-        os.unlink(paths.commit)
-        _sync_directory(paths.directory)
-        stats.recovered_journals += 1
-        _log.warning("finished the interrupted commit to %s", paths.archive)
+    if commit is None:
+        return
+    fd, header, _tail_offset = commit
+    _close_read_only(fd)
+    paths.set_dest(header["dest"])
+    _finish_temps(paths, header["temps"])
+    os.unlink(paths.commit)
+    _sync_directory(paths.directory)
+    stats.recovered_journals += 1
+    _log.warning("finished the interrupted commit to %s", paths.archive)
+
+
+def _roll_back_journal(paths, stats):
+    """Undo a commit that did not reach its commit point: write the old tail
+    back and truncate (or delete an archive the commit created)."""
     journal = _load_journal(paths.journal)
     if journal is None:
         return
@@ -2109,7 +2267,12 @@ def _recover_locked(paths, stats):
             if os.path.isdir(os.path.dirname(paths.archive)):
                 _sync_directory(os.path.dirname(paths.archive))
         else:
-            fd = os.open(paths.archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+            fd = _open_existing(paths.archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+            if fd is None:
+                raise ArchiveError("%s is missing, but the journal %s says a commit to it "
+                                   "was interrupted; restore the archive (or move the "
+                                   "journal away if it is gone for good)"
+                                   % (paths.archive, paths.journal), paths.archive)
             try:
                 _copy_range(journal_fd, tail_offset, fd, header["old_cd_offset"],
                             header["tail_size"], paths.journal)
@@ -2123,6 +2286,15 @@ def _recover_locked(paths, stats):
     os.unlink(paths.journal)
     _sync_directory(paths.directory)
     stats.recovered_journals += 1
+
+
+def _roll_back_quietly(paths, stats):
+    """Roll back a failed commit; a failing rollback never hides the cause."""
+    try:
+        _recover_locked(paths, stats)
+    except Exception:
+        _log.exception("rolling back the failed commit to %s failed too; the journal "
+                       "%s stays for 'rear recover'", paths.archive, paths.journal)
 
 
 def _recover_all_journals(base, stats):
@@ -2158,49 +2330,14 @@ def _recover_all_journals(base, stats):
             _log.error("could not recover the commit journal %s: %s", paths.journal, err)
 
 
+# -- scavenger: name index (layout in the module docstring)
+
+
 def _name_hash(encoded_name):
     # Stable across processes and Python versions, unlike hash(); 0 marks an
     # empty index slot.
     digest = hashlib.blake2b(encoded_name, digest_size=8).digest()
     return int.from_bytes(digest, "little") or 1
-
-
-#: Bytes read past a central record's fixed part in one go: most names fit.
-_TYPICAL_NAME = 128
-
-
-def _short_central_directory(path, tail):
-    return ArchiveError("%s: central directory is shorter than its %d records"
-                        % (path, tail.count), path)
-
-
-def _central_records(fd, tail, path):
-    """(offset within the central directory, fields, raw name) of each
-    record of the archive open on ``fd``, read a chunk at a time."""
-    reader = _ChunkReader(fd, path)
-    record_size = _CENTRAL_STRUCT.size
-    position = 0
-    for _index in range(tail.count):
-        if position + record_size > tail.cd_size:
-            raise _short_central_directory(path, tail)
-        # The fixed part and, usually, the name in one read
-        record = reader.read(tail.cd_offset + position, record_size + _TYPICAL_NAME)
-        if len(record) < record_size:
-            raise ArchiveError("%s ends inside its central directory" % path, path)
-        fields = _CENTRAL_STRUCT.unpack_from(record)
-        if fields[0] != _CENTRAL_SIG:
-            raise ArchiveError("%s: bad central directory record at byte %d"
-                               % (path, tail.cd_offset + position), path)
-        record_end = position + record_size + fields[12] + fields[13] + fields[14]
-        if record_end > tail.cd_size:
-            raise _short_central_directory(path, tail)
-        if fields[12] > _TYPICAL_NAME:
-            record = reader.read(tail.cd_offset + position, record_size + fields[12])
-        raw_name = record[record_size:record_size + fields[12]]
-        if len(raw_name) < fields[12]:
-            raise ArchiveError("%s ends inside its central directory" % path, path)
-        yield position, fields, raw_name
-        position = record_end
 
 
 class _NameIndex:
@@ -2221,11 +2358,14 @@ class _NameIndex:
     The index is only a cache: losing it costs a rebuild, never an entry.
     """
 
-    def __init__(self, path, archive_fd, archive_path, tail, size):
+    def __init__(self, path, archive_fd, archive_path, cd, size):
         self.path = path
         self.archive_fd = archive_fd
         self.archive_path = archive_path
-        self.tail = tail
+        self.cd = cd
+        # One record per lookup: read ahead only what a typical one needs.
+        self.records = _ChunkReader(archive_fd, archive_path,
+                                    readahead=_CENTRAL_STRUCT.size + _TYPICAL_NAME)
         self.pending = {}      # name -> (crc, file_size) of this commit's additions
         self.table = None      # the whole table in memory, when rebuilt
         self.fd = -1
@@ -2235,46 +2375,55 @@ class _NameIndex:
         if size and self._open_matching(size):
             return
         self.table = bytearray(self.slots * _INDEX_SLOT.size)
-        self.rebuilt = bool(tail.count)
+        self.rebuilt = bool(cd.count)
         if self.rebuilt:
             self._rebuild()
 
     def _open_matching(self, size):
-        """Open the index file if its stamp matches the archive; else False."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
-        except FileNotFoundError:
+        """Open the index file if its stamp matches the archive; else False.
+
+        Another client's scavenger replaces the file (a rebuild) or updates
+        it in place (a commit), always under the archive lock we hold: it is
+        opened by rule 1 of "network filesystems" and read by rule 3, or
+        stale slots under a fresh header would hide names (and duplicate
+        them).  One that turns out to be gone is rebuilt: it is a cache.
+        """
+        fd = _open_existing(self.path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+        if fd is None:
             return False
-        # Updated in place by whichever client committed last: refreshed
-        # like the archive, or stale slots under a fresh header would hide
-        # names (and duplicate them).
-        _refresh_view(fd)
-        header = os.pread(fd, _INDEX_HEADER.size, 0)
-        fields = _index_header_fields(header)
-        stamp = _archive_stamp(self.archive_fd, size, self.tail)
-        if fields is None or fields[3:8] != stamp or os.fstat(fd).st_size != (
-                _INDEX_HEADER.size + fields[1] * _INDEX_SLOT.size):
+        try:
+            _refresh_view(fd)
+            fields = _index_header_fields(os.pread(fd, _INDEX_HEADER.size, 0))
+            matches = (fields is not None
+                       and fields[_INDEX_HEADER_STAMP] == _archive_stamp(
+                           self.archive_fd, size, self.cd)
+                       and os.fstat(fd).st_size == (_INDEX_HEADER.size + fields[
+                           _INDEX_HEADER_SLOTS] * _INDEX_SLOT.size))
+        except OSError as err:
+            _close_read_only(fd)
+            if err.errno in _GONE_ERRNOS:
+                return False
+            raise
+        if not matches:
             os.close(fd)
             _log.info("rebuilding the name index of %s", self.archive_path)
             return False
         self.fd = fd
-        self.slots, self.used = fields[1], fields[2]
+        self.slots, self.used = fields[_INDEX_HEADER_SLOTS], fields[_INDEX_HEADER_USED]
         return True
 
     def _rebuild(self):
         self.slots = _INDEX_MIN_SLOTS
-        while self.slots < 2 * self.tail.count:
+        while self.slots < 2 * self.cd.count:
             self.slots *= 2
         self.table = bytearray(self.slots * _INDEX_SLOT.size)
-        for position, fields, raw_name in _central_records(
-                self.archive_fd, self.tail, self.archive_path):
+        reader = _ChunkReader(self.archive_fd, self.archive_path)
+        for position, fields, raw_name, _extra in _central_records(
+                reader, self.cd, self.archive_path):
             if not raw_name.isascii():
-                try:
-                    raw_name = _decode_name(raw_name, fields[5]).encode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise ArchiveError("%s: entry name at byte %d is not valid UTF-8"
-                                       % (self.archive_path, self.tail.cd_offset + position),
-                                       self.archive_path) from err
+                raw_name = _decode_central_name(
+                    raw_name, fields[_CD_FLAG_BITS], self.archive_path,
+                    self.cd.cd_offset + position, ArchiveError).encode("utf-8")
             self._insert_in_table(_name_hash(raw_name), position)
 
     def _insert_in_table(self, name_hash, position):
@@ -2320,19 +2469,17 @@ class _NameIndex:
         return None
 
     def _record_at(self, position):
-        fixed = _pread_exact(self.archive_fd, _CENTRAL_STRUCT.size,
-                             self.tail.cd_offset + position, self.archive_path)
-        fields = _CENTRAL_STRUCT.unpack(fixed)
-        variable = _pread_exact(self.archive_fd, fields[12] + fields[13] + fields[14],
-                                self.tail.cd_offset + position + len(fixed),
-                                self.archive_path)
-        return _parse_central(fixed + variable, 1, self.archive_path)[0]
+        for _position, fields, raw_name, extra in _central_records(
+                self.records, self.cd, self.archive_path, start=position, count=1):
+            return _central_entry(fields, raw_name, extra, self.archive_path,
+                                  self.cd.cd_offset + position)
+        raise AssertionError("_central_records yields one record")   # pragma: no cover
 
     def add(self, name, crc, file_size):
         """Note a name this commit adds (indexed by update() once committed)."""
         self.pending[name] = (crc, file_size)
 
-    def update(self, positions, archive_fd, tail, size):
+    def update(self, positions, archive_fd, cd, size):
         """After the commit point: index the new records (name, position in
         the new central directory) and stamp the archive's new state.
 
@@ -2342,7 +2489,7 @@ class _NameIndex:
         needed = self.used + len(positions)
         if 2 * needed > self.slots:
             self._grow(needed)
-        stamp = _archive_stamp(archive_fd, size, tail)
+        stamp = _archive_stamp(archive_fd, size, cd)
         if self.table is not None:
             for name, position in positions:
                 self._insert_in_table(_name_hash(name.encode("utf-8")), position)
@@ -2383,11 +2530,11 @@ class _NameIndex:
             os.close(fd)
 
 
-def _archive_stamp(fd, size, tail):
+def _archive_stamp(fd, size, cd):
     """What ties an index to one state of its archive."""
     window = min(size, _INDEX_STAMP_BYTES)
     last = os.pread(fd, window, size - window) if window else b""
-    return (size, tail.cd_offset, tail.cd_size, tail.count, zlib.crc32(last))
+    return (size, cd.cd_offset, cd.cd_size, cd.count, zlib.crc32(last))
 
 
 def _index_header(slots, used, stamp):
@@ -2401,15 +2548,21 @@ def _index_header_fields(header):
     if len(header) != _INDEX_HEADER.size:
         return None
     fields = _INDEX_HEADER.unpack(header)
-    if fields[0] != _INDEX_MAGIC or zlib.crc32(header[:-4]) != fields[-1]:
+    if (fields[_INDEX_HEADER_MAGIC] != _INDEX_MAGIC
+            or zlib.crc32(header[:-4]) != fields[_INDEX_HEADER_CRC]):
         return None
-    if fields[1] < _INDEX_MIN_SLOTS or fields[1] & (fields[1] - 1):
+    slots = fields[_INDEX_HEADER_SLOTS]
+    if slots < _INDEX_MIN_SLOTS or slots & (slots - 1):
         return None
     return fields
 
 
+# -- scavenger: the archive opened for appending
+
+
 class _ArchiveState:
-    """An archive opened for appending: its descriptor, tail and name index."""
+    """An archive opened for appending: its descriptor, central directory
+    (``cd``, a _CentralDirectory) and name index."""
 
     def __init__(self, paths, max_size):
         self.paths = paths
@@ -2421,13 +2574,10 @@ class _ArchiveState:
         # A new archive is created only once the journal saying so is durable
         # (see create()): created first, a kill would leave an empty file that
         # no zip reader accepts.
-        self.created = False
         self.fd = -1
         self.index = None
         try:
-            self.fd = _retry_stale(os.open, archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
-        except FileNotFoundError:
-            self.created = True
+            fd = _open_existing(archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
         except IsADirectoryError as err:
             raise ArchiveError("%s is a directory, not an archive; move it away"
                                % archive, archive) from err
@@ -2437,6 +2587,9 @@ class _ArchiveState:
                                    "archives, replace it with the file" % archive,
                                    archive) from err
             raise
+        self.created = fd is None
+        if fd is not None:
+            self.fd = fd
         try:
             self._load(max_size)
         except BaseException:
@@ -2455,20 +2608,19 @@ class _ArchiveState:
             size = st.st_size
             if size == 0 or size >= max_size:
                 return size, None
-            return size, _read_tail(self.fd, size, self.paths.archive)
+            return size, _read_end_records(self.fd, size, self.paths.archive)
 
         # Sizes come from the locked descriptor, never from before the lock,
-        # and only as the server has them.
-        self.size, tail = _await_current_view(self.fd, self.paths.archive, read)
+        # and only as the server has them (rule 3 of "network filesystems").
+        self.size, cd = _await_current_view(self.fd, self.paths.archive, read)
         if self.size and self.size >= max_size:
             self._roll_over()
             return
         if self.size == 0:
             self._start_empty()
             return
-        self.tail = tail
-        self.index = _NameIndex(self.paths.index, self.fd, self.paths.archive, self.tail,
-                                self.size)
+        self.cd = cd
+        self.index = _NameIndex(self.paths.index, self.fd, self.paths.archive, cd, self.size)
 
     def _roll_over(self):
         archive = self.paths.archive
@@ -2480,14 +2632,15 @@ class _ArchiveState:
         os.rename(archive, rolled)
         _sync_directory(os.path.dirname(archive))
         _log.info("%s reached its size cap; rolled over to %s", archive, rolled)
+        _checkpoint("rolled-over")
         self.close()
         self.created = True
         self._start_empty()
 
     def _start_empty(self):
         self.size = 0
-        self.tail = _Tail(0, 0, 0, b"")
-        self.index = _NameIndex(self.paths.index, self.fd, self.paths.archive, self.tail, 0)
+        self.cd = _EMPTY_DIRECTORY
+        self.index = _NameIndex(self.paths.index, self.fd, self.paths.archive, self.cd, 0)
 
     def create(self):
         """Create the new archive file (commit step 5, after the journal)."""
@@ -2514,12 +2667,12 @@ class _ArchiveState:
                 return None
             number += 1
 
-    def update_index(self, positions, tail, size, stats):
+    def update_index(self, positions, cd, size, stats):
         """After the commit point.  A failure here loses no data (the index
         is a cache, rebuilt when stale), so it is reported, not raised: the
         commit stands and its temp zips are still finished."""
         try:
-            self.index.update(positions, self.fd, tail, size)
+            self.index.update(positions, self.fd, cd, size)
         except OSError as err:
             reason = "could not update the name index (%s); the next commit rebuilds it" % err
             stats.errors.append((self.paths.index, reason))
@@ -2533,77 +2686,115 @@ class _ArchiveState:
             os.close(fd)
 
 
+# -- scavenger: the commit (steps 1-8 of the module docstring)
+
+
 def _commit_to_archive(base, dest, items, max_size, stats):
     """Append (claim, member, entry) items to one archive atomically (steps 1-8)."""
     paths = _ArchivePaths(base, dest)
-    with _archive_lock(paths):
+    with _archive_lock(paths):                                # step 1
         _recover_locked(paths, stats)
         paths.set_dest(dest)
-        archive = _ArchiveState(paths, max_size)
+        archive = _ArchiveState(paths, max_size)              # step 2
         try:
-            additions = []
-            for claim, member, entry in items:
-                name = archive.name_for(member, entry.crc, entry.file_size, stats)
-                if name is None:
-                    stats.duplicates += 1
-                    continue
-                archive.index.add(name, entry.crc, entry.file_size)
-                additions.append((claim, entry, name))
+            additions = _additions(archive, items, stats)      # step 3
             claims = {id(claim): claim for claim, _member, _entry in items}.values()
             temps = [{"zip": os.path.basename(claim.path), "finish": claim.pending == {dest}}
                      for claim in claims]
             if additions:
-                header = {"dest": dest, "archive": paths.archive, "created": archive.created,
-                          "old_size": archive.size, "old_cd_offset": archive.tail.cd_offset,
-                          "temps": temps}
-                try:
-                    journal_fd, tail_offset = _write_journal(paths, header, archive)
-                    try:
-                        positions, tail, size = _append_entries(archive, additions,
-                                                                journal_fd, tail_offset)
-                    finally:
-                        # Closed before the journal is renamed or deleted: an
-                        # NFS client keeps an open deleted file as .nfsXXXX.
-                        os.close(journal_fd)
-                except BaseException:
-                    # ENOSPC, EIO...: put the old tail back now rather than
-                    # leave a broken archive until the next run.
-                    _roll_back_quietly(paths, stats)
-                    raise
-                os.replace(paths.journal, paths.commit)   # step 6: the commit point
+                positions, cd, size = _journal_and_append(paths, archive, additions,
+                                                          temps, stats)   # steps 4-5
+                os.replace(paths.journal, paths.commit)       # step 6: the commit point
                 _sync_directory(paths.directory)
                 stats.files_moved += len(additions)
                 stats.archives_touched += 1
-                archive.update_index(positions, tail, size, stats)
+                archive.update_index(positions, cd, size, stats)   # step 7
             elif archive.index.rebuilt:   # save the rebuild even when all were duplicates
-                archive.update_index([], archive.tail, archive.size, stats)
+                archive.update_index([], archive.cd, archive.size, stats)
+            _checkpoint("committed")
             _finish_temps(paths, temps)
+            _checkpoint("temps-finished")
             for claim in claims:
                 claim.pending.discard(dest)
-            _unlink_if_exists(paths.commit)
+            _unlink_if_exists(paths.commit)                   # step 8
             _sync_directory(paths.directory)
         finally:
             archive.close()
 
 
-def _roll_back_quietly(paths, stats):
-    """Roll back a failed commit; a failing rollback never hides the cause."""
+def _additions(archive, items, stats):
+    """Commit step 3: [(claim, entry, name to add it under)], duplicates left out."""
+    additions = []
+    for claim, member, entry in items:
+        name = archive.name_for(member, entry.crc, entry.file_size, stats)
+        if name is None:
+            stats.duplicates += 1
+            continue
+        archive.index.add(name, entry.crc, entry.file_size)
+        additions.append((claim, entry, name))
+    return additions
+
+
+def _journal_and_append(paths, archive, additions, temps, stats):
+    """Commit steps 4 and 5; on any error the archive is rolled back before
+    the error is raised.  Returns what _append_entries returns."""
+    header = {"dest": paths.dest, "archive": paths.archive, "created": archive.created,
+              "old_size": archive.size, "old_cd_offset": archive.cd.cd_offset,
+              "temps": temps}
     try:
-        _recover_locked(paths, stats)
-    except Exception:
-        _log.exception("rolling back the failed commit to %s failed too; the journal "
-                       "%s stays for 'rear recover'", paths.archive, paths.journal)
+        journal_fd, tail_offset = _write_journal(paths, header, archive)
+        _checkpoint("journal-written")
+        try:
+            return _append_entries(archive, additions, journal_fd, tail_offset)
+        finally:
+            # Closed before the journal is renamed or deleted: an NFS
+            # client keeps an open deleted file as .nfsXXXX.
+            os.close(journal_fd)
+    except BaseException:
+        # ENOSPC, EIO...: put the old tail back now rather than leave a
+        # broken archive until the next run.
+        _roll_back_quietly(paths, stats)
+        raise
 
 
 def _append_entries(archive, additions, journal_fd, tail_offset):
     """Commit step 5: new entries over the old tail, then the old central
     directory copied back from the journal, the new records and the end
     records; fsync.  Returns [(name, position of its record in the new
-    central directory)], the new tail and the new size."""
+    central directory)], the new _CentralDirectory and the new size."""
     if archive.created:
         archive.create()
+    offset, records = _write_entries(archive, additions)
+    # The old central directory, verbatim: nothing of it is parsed or held.
+    old = archive.cd
+    _copy_range(journal_fd, tail_offset, archive.fd, offset, old.cd_size,
+                archive.paths.journal)
+    positions = []
+    position = old.cd_size
+    for name, record in records:
+        positions.append((name, position))
+        position += len(record)
+    new_central = b"".join(record for _name, record in records)
+    cd = _CentralDirectory(old.count + len(records), offset, old.cd_size + len(new_central),
+                           old.comment)
+    _checkpoint("entries-written")
+    end_records = _end_records(cd.count, cd.cd_size, offset, cd.comment)
+    _pwrite_all(archive.fd, new_central + end_records, offset + old.cd_size)
+    size = offset + cd.cd_size + len(end_records)
+    os.ftruncate(archive.fd, size)
+    os.fsync(archive.fd)
+    if archive.created:
+        _sync_directory(os.path.dirname(archive.paths.archive))
+    _checkpoint("appended")
+    return positions, cd, size
+
+
+def _write_entries(archive, additions):
+    """The new entries, copied raw from their temp zips over the old tail:
+    small ones gathered in a buffer, large ones copied in the kernel.
+    Returns (offset where they end, [(name, central record)])."""
     fd = archive.fd
-    offset = archive.tail.cd_offset
+    offset = archive.cd.cd_offset
     records = []
     buffer = bytearray()
     buffer_offset = offset
@@ -2612,11 +2803,10 @@ def _append_entries(archive, additions, journal_fd, tail_offset):
         encoded = _encode_name(name)
         header = _local_header(entry, encoded)
         records.append((name, _central_record(entry, offset, encoded)))
+        buffer += header
         if entry.compressed_size <= _SMALL_ENTRY:
-            buffer += header
             buffer += claim.reader.read_exact(entry.data_offset, entry.compressed_size)
         else:
-            buffer += header
             _pwrite_all(fd, buffer, buffer_offset)
             _copy_range(claim.fd, entry.data_offset, fd, offset + len(header),
                         entry.compressed_size, claim.path)
@@ -2628,25 +2818,182 @@ def _append_entries(archive, additions, journal_fd, tail_offset):
             buffer_offset += len(buffer)
             buffer = bytearray()
     _pwrite_all(fd, buffer, buffer_offset)
-    # The old central directory, verbatim: nothing of it is parsed or held.
-    old_cd_size = archive.tail.cd_size
-    _copy_range(journal_fd, tail_offset, fd, offset, old_cd_size, archive.paths.journal)
-    positions = []
-    position = old_cd_size
-    for name, record in records:
-        positions.append((name, position))
-        position += len(record)
-    new_central = b"".join(record for _name, record in records)
-    tail = _Tail(archive.tail.count + len(records), offset, old_cd_size + len(new_central),
-                 archive.tail.comment)
-    end_records = _end_records(tail.count, tail.cd_size, offset, tail.comment)
-    _pwrite_all(fd, new_central + end_records, offset + old_cd_size)
-    size = offset + tail.cd_size + len(end_records)
-    os.ftruncate(fd, size)
-    os.fsync(fd)
-    if archive.created:
-        _sync_directory(os.path.dirname(archive.paths.archive))
-    return positions, tail, size
+    return offset, records
+
+
+# -- scavenger: claiming temp zips
+
+
+class _Claim:
+    """A temp zip this scavenger holds the lock of, with its entries routed:
+    ``routes`` is [(dest, member, entry)], each name split (and validated)
+    once, when the temp zip was claimed; ``pending`` holds the archives it
+    still feeds (those its sidecar's ``done`` lists are left out)."""
+
+    def __init__(self, path, fd, routes, salvaged, done):
+        self.path = path
+        self.sidecar_path = _sidecar_path(path)
+        self.fd = fd
+        self.reader = _ChunkReader(fd, path)
+        self.routes = routes
+        self.salvaged = salvaged
+        self.pending = {dest for dest, _member, _entry in routes} - set(done)
+        # No commit will delete it (no entries, or every archive done by a
+        # scavenger that died before deleting it): _ingest does.
+        self.nothing_to_commit = not self.pending
+        self.failed = False
+
+    def release(self):
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            _close_read_only(fd)
+
+
+def _list_temp_zips(inbox):
+    try:
+        names = os.listdir(inbox)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(inbox, name) for name in names
+                  if name.endswith(_TEMP_SUFFIX) and not name.startswith("."))
+
+
+def _past_grace(manifest, st, grace):
+    """True if an unsealed temp zip has not changed for the grace period.
+
+    Its last change, not its creation, counts: a live writer on a filesystem
+    without locks keeps its temp zip's mtime fresh.
+    """
+    created = manifest["created"] if manifest else st.st_mtime
+    return time.time() - max(created, st.st_mtime) >= grace
+
+
+def _claim(path, stats, *, flush=False, grace=0.0, salvage_only=False):
+    """Lock one temp zip and read its entries; None if it is not ready.
+
+    The steps: the name is a regular file (never a link) that this process
+    is not writing; it opens and locks (busy: a live writer or another
+    scavenger has it); its entries are read (sealed) or salvaged (a dead
+    writer's, once past the grace period or with ``flush``); each entry is
+    routed to its archive.
+    """
+    if not _is_regular_temp_zip(path):
+        return None
+    with _OWN_TEMP_ZIPS_LOCK:
+        if path in _OWN_TEMP_ZIPS:
+            stats.busy += 1
+            return None
+    locked = _open_and_lock(path, stats)
+    if locked is None:
+        return None
+    fd, locks_work = locked
+    claim = None
+    try:
+        manifest = _read_manifest(_sidecar_path(path))
+        read = _read_claimed_entries(fd, path, manifest, stats, flush=flush and locks_work,
+                                     grace=grace, salvage_only=salvage_only)
+        if read is not None:
+            entries, salvaged = read
+            done = manifest.get("done", []) if manifest is not None else []
+            claim = _Claim(path, fd, _route_entries(path, entries), salvaged, done)
+        return claim
+    finally:
+        if claim is None:
+            _close_read_only(fd)
+
+
+def _is_regular_temp_zip(path):
+    """False if the temp zip is gone; TempZipError if it is not a regular file."""
+    st = _stat_existing(path, follow_symlinks=False)
+    if st is None:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise TempZipError("%s is %s; rear never follows links in inbox/, remove it"
+                           % (path, kind), path)
+    return True
+
+
+def _open_and_lock(path, stats):
+    """(descriptor, whether locks work) of the temp zip, locked by us; None
+    if it is gone or busy."""
+    fd = _open_existing(path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+    if fd is None:
+        return None
+    locked = None
+    try:
+        locks_work = True
+        try:
+            if not _lock(fd, path, exclusive=True, blocking=False):
+                stats.busy += 1
+                return None
+        except OSError as err:
+            # GlusterFS: another client's scavenger ingested and deleted it
+            # after our lookup; the lock call is the first to ask the server.
+            if err.errno in _GONE_ERRNOS:
+                return None
+            raise
+        except LockingUnsupportedError as err:
+            _warn_no_locks(path, err)
+            locks_work = False
+        # The file may have been ingested and unlinked between our open and
+        # our lock: only the name's current inode counts.
+        current = _stat_existing(path)
+        st = os.fstat(fd)
+        if current is None or (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
+            return None
+        locked = fd, locks_work
+        return locked
+    finally:
+        if locked is None:
+            _close_read_only(fd)
+
+
+def _read_claimed_entries(fd, path, manifest, stats, *, flush, grace, salvage_only):
+    """(entries, salvaged) of a temp zip we hold the lock of; None if it
+    must wait (a dead writer's within the grace period) or is not ours to
+    take (a sealed one, when only salvaging)."""
+    if manifest is not None and manifest["state"] == _STATE_SEALED:
+        if salvage_only:
+            return None
+        entries = _await_current_view(fd, path, lambda st: _read_central_entries(
+            fd, st.st_size, path, TempZipError, check_small=True, manifest=manifest))
+        return entries, False
+    # A writer on another client may have written more than this client's
+    # cache shows; salvaging by the cached size would drop acknowledged
+    # entries.  The lock keeps it still while we look.
+    st, _changed = _refresh_view(fd)
+    if not flush and not _past_grace(manifest, st, grace):
+        stats.waiting += 1
+        return None
+    entries, torn = _salvage_entries(fd, st.st_size, path)
+    _checkpoint("salvaged")
+    _log.warning("salvaged %d entries from %s, an unsealed temp zip of a dead "
+                 "writer%s", len(entries), path,
+                 "; dropped %d torn bytes" % torn if torn else "")
+    return entries, True
+
+
+def _route_entries(path, entries):
+    """[(dest, member, entry)] for a temp zip's entries; TempZipError if
+    one cannot be routed or copied (the temp zip is then left in place)."""
+    routes = []
+    known_directories = {}
+    for entry in entries:
+        try:
+            routes.append(_split_known(entry.name, known_directories) + (entry,))
+        except PathError as err:
+            raise TempZipError("%s: entry %r is not a valid rear path (%s); the temp "
+                               "zip is left in place" % (path, entry.name, err), path) from err
+        if entry.flags & ~_FLAGS_UNDERSTOOD:
+            raise TempZipError("%s: entry %r uses zip features rear does not copy "
+                               "(general purpose flags 0x%04x)" % (path, entry.name,
+                                                                   entry.flags), path)
+        if entry.method not in _COMPRESSION.values():
+            raise TempZipError("%s: entry %r uses compression method %d, which this "
+                               "Python cannot handle" % (path, entry.name, entry.method),
+                               path)
+    return routes
 
 
 def _remove_orphans(inbox, grace, stats):
@@ -2676,134 +3023,27 @@ def _remove_orphans(inbox, grace, stats):
             stats.errors.append((path, "could not remove this leftover: %s" % err))
 
 
-def _vanished(err, path):
-    """Did ``err`` come from ``path`` being removed under us?  On GlusterFS a
-    temp zip another client's scavenger deletes makes lockf, fstat or pread
-    fail with ENOENT or ESTALE instead of the claim simply finding it gone."""
-    cause = err if isinstance(err, OSError) else err.__cause__
-    return (isinstance(cause, OSError) and cause.errno in (errno.ENOENT, errno.ESTALE)
-            and not os.path.lexists(path))
+# -- scavenger: the pass
 
 
-def _close_read_only(fd):
-    """Close a descriptor nothing was written through.  GlusterFS reports
-    ENOENT from close() when another client deleted the file meanwhile;
-    with no data to lose that is no error."""
-    try:
-        os.close(fd)
-    except OSError as err:
-        if err.errno not in (errno.ENOENT, errno.ESTALE):
-            raise
+@dataclasses.dataclass
+class ScavengeStats:
+    """What one scavenger pass did."""
 
+    files_moved: int = 0        # entries appended to final archives
+    temp_zips_done: int = 0     # temp zips fully ingested and deleted
+    archives_touched: int = 0   # commits made
+    conflicts: int = 0          # entries kept under a name.~N~ name
+    salvaged: int = 0           # unsealed temp zips of dead writers recovered
+    duplicates: int = 0         # entries skipped because already archived
+    busy: int = 0               # temp zips skipped: locked by a writer or scavenger
+    waiting: int = 0            # unsealed temp zips not yet past the grace period
+    recovered_journals: int = 0  # interrupted commits rolled back or forward
+    errors: list = dataclasses.field(default_factory=list)  # (path, reason)
 
-def _list_temp_zips(inbox):
-    try:
-        names = os.listdir(inbox)
-    except FileNotFoundError:
-        return []
-    return sorted(os.path.join(inbox, name) for name in names
-                  if name.endswith(_TEMP_SUFFIX) and not name.startswith("."))
-
-
-def _past_grace(manifest, st, grace):
-    """True if an unsealed temp zip has not changed for the grace period.
-
-    Its last change, not its creation, counts: a live writer on a filesystem
-    without locks keeps its temp zip's mtime fresh.
-    """
-    created = manifest["created"] if manifest else st.st_mtime
-    return time.time() - max(created, st.st_mtime) >= grace
-
-
-def _claim(path, flush, grace, stats, salvage_only=False):
-    """Lock one temp zip and read its entries; None if it is not ready."""
-    try:
-        st = _retry_stale(os.lstat, path)
-    except FileNotFoundError:
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-        raise TempZipError("%s is %s; rear never follows links in inbox/, remove it"
-                           % (path, kind), path)
-    with _OWN_TEMP_ZIPS_LOCK:
-        if path in _OWN_TEMP_ZIPS:
-            stats.busy += 1
-            return None
-    try:
-        fd = _retry_stale(os.open, path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    claim = None
-    try:
-        locks_work = True
-        try:
-            if not _lock(fd, path, exclusive=True, blocking=False):
-                stats.busy += 1
-                return None
-        except OSError as err:
-            # GlusterFS: another client's scavenger ingested and deleted it
-            # after our lookup; the lock call is the first to ask the server.
-            if err.errno in (errno.ENOENT, errno.ESTALE):
-                return None
-            raise
-        except LockingUnsupportedError as err:
-            _warn_no_locks(path, err)
-            locks_work = False
-        # The file may have been ingested and unlinked between our open and
-        # our lock: only the name's current inode counts.
-        try:
-            current = _retry_stale(os.stat, path)
-        except FileNotFoundError:
-            return None
-        st = os.fstat(fd)
-        if (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
-            return None
-        manifest = _read_manifest(_sidecar_path(path))
-        sealed = manifest is not None and manifest["state"] == _STATE_SEALED
-        if sealed and not salvage_only:
-            entries = _await_current_view(fd, path, lambda st: _read_central_entries(
-                fd, st.st_size, path, TempZipError, check_small=True, manifest=manifest))
-            salvaged = False
-        elif sealed:
-            return None
-        else:
-            # A writer on another client may have written more than this
-            # client's cache shows; salvaging by the cached size would drop
-            # acknowledged entries.  The lock keeps it still while we look.
-            st, _changed = _refresh_view(fd)
-            old = _past_grace(manifest, st, grace)
-            if not old and (not flush or not locks_work):
-                stats.waiting += 1
-                return None
-            entries, torn = _salvage_entries(fd, st.st_size, path)
-            salvaged = True
-            _log.warning("salvaged %d entries from %s, an unsealed temp zip of a dead "
-                         "writer%s", len(entries), path,
-                         "; dropped %d torn bytes" % torn if torn else "")
-            if manifest is None:
-                manifest = _new_manifest(st.st_mtime)
-                manifest["host"] = manifest["pid"] = None
-        routes = []
-        known_directories = {}
-        for entry in entries:
-            try:
-                routes.append(_split_known(entry.name, known_directories) + (entry,))
-            except PathError as err:
-                raise TempZipError("%s: entry %r is not a valid rear path (%s); the temp "
-                                   "zip is left in place" % (path, entry.name, err), path) from err
-            if entry.flags & ~_FLAGS_UNDERSTOOD:
-                raise TempZipError("%s: entry %r uses zip features rear does not copy "
-                                   "(general purpose flags 0x%04x)" % (path, entry.name,
-                                                                       entry.flags), path)
-            if entry.method not in _COMPRESSION.values():
-                raise TempZipError("%s: entry %r uses compression method %d, which this "
-                                   "Python cannot handle" % (path, entry.name, entry.method),
-                                   path)
-        claim = _Claim(path, fd, manifest, routes, salvaged)
-        return claim
-    finally:
-        if claim is None:
-            _close_read_only(fd)
+    def add(self, other):
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
 def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SIZE,
@@ -2836,14 +3076,8 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                 while looked_at < len(paths) and len(claims) < _BATCH_TEMP_ZIPS:
                     path = paths[looked_at]
                     looked_at += 1
-                    try:
-                        claim = _claim(path, flush, grace, stats, salvage_only)
-                    except (TempZipError, OSError) as err:
-                        if _vanished(err, path):
-                            continue   # ingested by a scavenger on another client
-                        stats.errors.append((path, str(err)))
-                        _log.error("skipping %s: %s", path, err)
-                        continue
+                    claim = _claim_or_report(path, stats, flush=flush, grace=grace,
+                                             salvage_only=salvage_only)
                     if claim is not None:
                         claims.append(claim)
                 if claims:
@@ -2853,6 +3087,17 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                 for claim in claims:
                     claim.release()
     return stats
+
+
+def _claim_or_report(path, stats, **options):
+    """_claim, with a damaged temp zip reported in ``stats`` instead of raised."""
+    try:
+        return _claim(path, stats, **options)
+    except (TempZipError, OSError) as err:
+        if not _vanished(err, path):   # else ingested by a scavenger on another client
+            stats.errors.append((path, str(err)))
+            _log.error("skipping %s: %s", path, err)
+        return None
 
 
 def _progress_report(progress, stats, looked_at, claims, total):
@@ -2869,6 +3114,8 @@ def _progress_report(progress, stats, looked_at, claims, total):
 
 
 def _ingest(base, claims, max_size, stats, report=None):
+    """Commit the claims' entries, one archive at a time; then count (and
+    delete, where no commit did) the temp zips that are done."""
     by_dest = {}
     for claim in claims:
         for dest, member, entry in claim.routes:
@@ -2894,19 +3141,25 @@ def _ingest(base, claims, max_size, stats, report=None):
             continue
         if claim.salvaged:
             stats.salvaged += 1
-        if not claim.pending:
-            # Entries all committed (or none at all, e.g. an empty salvage).
-            try:
-                if os.path.exists(claim.path):
-                    _unlink_if_exists(claim.path)
-                    _unlink_if_exists(claim.sidecar_path)
-                    _sync_directory(os.path.dirname(claim.path))
-            except OSError as err:
-                # Its entries are committed: a later pass deletes it and
-                # skips them as duplicates.
-                stats.errors.append((claim.path, "could not delete it: %s" % err))
-                continue
-            stats.temp_zips_done += 1
+        if claim.pending:
+            continue
+        if claim.nothing_to_commit and not _delete_temp_zip(claim, stats):
+            continue
+        stats.temp_zips_done += 1
+
+
+def _delete_temp_zip(claim, stats):
+    """Delete a temp zip no commit deleted; False (reported) if that fails."""
+    try:
+        _unlink_if_exists(claim.path)
+        _unlink_if_exists(claim.sidecar_path)
+        _sync_directory(os.path.dirname(claim.path))
+    except OSError as err:
+        # Its entries are committed: a later pass deletes it and skips them
+        # as duplicates.
+        stats.errors.append((claim.path, "could not delete it: %s" % err))
+        return False
+    return True
 
 
 class scavengerd:  # noqa: N801 -- the public name rear 0.1 users know
@@ -3049,11 +3302,13 @@ def status(base=None, rotation_span=None):
     for archive in _archives_under(base):
         info = {"path": os.path.relpath(archive, base), "size": os.path.getsize(archive)}
         try:
-            fd = os.open(archive, os.O_RDONLY | _O_CLOEXEC)
+            fd = _open_existing(archive, os.O_RDONLY | _O_CLOEXEC)
+            if fd is None:
+                continue    # rolled over by a scavenger since we listed it
             try:
-                info["entries"] = _read_tail(fd, info["size"], archive).count
+                info["entries"] = _read_end_records(fd, info["size"], archive).count
             finally:
-                os.close(fd)
+                _close_read_only(fd)
         except (ArchiveError, OSError) as err:
             info["entries"] = None
             info["error"] = str(err)
@@ -3086,11 +3341,12 @@ def _temp_status(path, grace):
     locked = own
     if not own:
         try:
-            fd = os.open(path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
-            try:
-                locked = not _lock(fd, path, blocking=False)
-            finally:
-                os.close(fd)
+            fd = _open_existing(path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+            if fd is not None:
+                try:
+                    locked = not _lock(fd, path, blocking=False)
+                finally:
+                    _close_read_only(fd)
         except (OSError, RearError):
             locked = False
     if locked:
@@ -3411,7 +3667,7 @@ def _configure_logging(args):
     return handler
 
 
-def _run(parser, args):
+def _run(args):
     handler = _configure_logging(args)
     try:
         return args.func(args)
@@ -3429,7 +3685,7 @@ def main(argv=None):
     """The ``rear`` command; returns the exit code (0 ok, 1 failures, 2 usage)."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    return _run(parser, args)
+    return _run(args)
 
 
 def legacy_main(argv=None):
@@ -3445,7 +3701,7 @@ def legacy_main(argv=None):
     args.watch = None
     args.max_size = DEFAULT_MAX_SIZE
     args.func = _cmd_scavenge
-    return _run(parser, args)
+    return _run(args)
 
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ def test_a_temp_zip_another_client_just_ingested_is_skipped_without_an_error(cli
     _wait_until(lambda: os.path.exists(path_b))      # client B has looked it up...
     assert rear.scavenge(base_a).files_moved == 1    # ...client A ingests and deletes it
     stats = rear.ScavengeStats()
-    assert rear._claim(path_b, True, 0.0, stats) is None   # B's cache still shows it
+    assert rear._claim(path_b, stats, flush=True, grace=0.0) is None   # B's cache still shows it
     assert stats.errors == []
     assert rear.scavenge(base_b, flush=True).errors == []
     COUNTS["fix checks"] += 1

@@ -962,10 +962,17 @@ def test_appending_to_an_indexed_archive_does_not_parse_its_central_directory(
     fill(base, {"a.zip/%d" % n: b"%d" % n for n in range(100)})
     rear.scavenge(base)
 
-    def no_rebuild(*args):
-        raise AssertionError("the central directory was parsed")
+    archive = os.path.join(base, "a.zip")
+    real = rear._central_records
 
-    monkeypatch.setattr(rear, "_central_records", no_rebuild)
+    def single_records_only(reader, directory, path, *args, **kwargs):
+        # The temp zips' central directories are read whole; the archive's
+        # only one record at a time, to confirm an index hit.
+        if path == archive and kwargs.get("count") != 1:
+            raise AssertionError("the central directory was parsed")
+        return real(reader, directory, path, *args, **kwargs)
+
+    monkeypatch.setattr(rear, "_central_records", single_records_only)
     fill(base, {"a.zip/new%d" % n: b"new" for n in range(100)})
     assert rear.scavenge(base).files_moved == 100
     assert refeed_is_all_duplicates(base, {"a.zip/5": b"5", "a.zip/new7": b"new"})
@@ -1244,53 +1251,24 @@ def test_a_failed_append_rolls_the_archive_back_and_keeps_the_temp_zip(base, mon
 SCAVENGER_CRASH_SCRIPT = """
     import os, signal, sys, rear
     base, step = sys.argv[1], sys.argv[2]
-    calls = {"n": 0}
 
-    def die():
-        os.kill(os.getpid(), signal.SIGKILL)
+    def checkpoint(name):
+        # rear's seam for crash tests: killed at the first pass of the step
+        if name == step:
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    def after(name):
-        real = getattr(rear, name)
-        def wrapped(*args, **kwargs):
-            result = real(*args, **kwargs)
-            die()
-        setattr(rear, name, wrapped)
-
-    def before(name, nth=1):
-        real = getattr(rear, name)
-        def wrapped(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == nth:
-                die()
-            return real(*args, **kwargs)
-        setattr(rear, name, wrapped)
-
-    if step == "journal-written":
-        after("_write_journal")
-    elif step == "central-directory":
-        before("_end_records")        # new entries over the old tail, no new end yet
-    elif step == "appended":
-        after("_append_entries")      # archive complete, journal not yet committed
-    elif step == "committed":
-        before("_finish_temps")       # commit point passed, temp zips not yet deleted
-    elif step == "temps-finished":
-        after("_finish_temps")        # temp zips gone, .commit not yet deleted
-    elif step == "mid-finish":
-        before("_unlink_if_exists", 2)
-    elif step == "rollover":
-        real = rear._ArchiveState._roll_over
-        def roll(self):
-            real(self)
-            die()
-        rear._ArchiveState._roll_over = roll
-    elif step == "salvage":
-        after("_salvage_entries")
+    rear._checkpoint = checkpoint
     rear.scavenge(base, flush=True, max_size=int(sys.argv[3]))
     sys.exit(3)   # the step was never reached
 """
 
-CRASH_STEPS = ["journal-written", "central-directory", "appended", "committed",
-               "temps-finished", "mid-finish", "rollover", "salvage"]
+# Every named step of rear's commit protocol (rear._checkpoint): journal
+# written; new entries over the old tail, no new end yet; archive complete,
+# journal not yet committed; commit point passed, temp zips not yet deleted;
+# a temp zip deleted but not its sidecar; temp zips gone, .commit not yet
+# deleted; an archive rolled over; a temp zip salvaged.
+CRASH_STEPS = ["journal-written", "entries-written", "appended", "committed",
+               "temp-zip-deleted", "temps-finished", "rolled-over", "salvaged"]
 
 
 @pytest.mark.parametrize("step", CRASH_STEPS)
@@ -1302,17 +1280,17 @@ def test_scavenger_killed_at_each_commit_step_then_rerun_loses_and_duplicates_no
         if n == 0:
             fill(base, batch)
             rear.scavenge(base)   # so that there is an old tail to overwrite
-        elif step == "salvage" and n == 2:
+        elif step == "salvaged" and n == 2:
             write_raw_temp_zip(base, batch.items())
         else:
             fill(base, batch)
         files.update(batch)
-    max_size = 10000 if step == "rollover" else rear.DEFAULT_MAX_SIZE
+    max_size = 10000 if step == "rolled-over" else rear.DEFAULT_MAX_SIZE
     child = run_child(SCAVENGER_CRASH_SCRIPT, base, step, str(max_size))
     assert child.wait(120) == -signal.SIGKILL, "the scavenger was not killed at %s" % step
     for archive in ("a.zip", "b.zip"):
         path = os.path.join(base, archive)
-        if os.path.exists(path) and step not in ("central-directory",):
+        if os.path.exists(path) and step != "entries-written":
             unzip_test(path)
     stats = rear.scavenge(base, flush=True, max_size=max_size)
     assert stats.errors == []

@@ -404,7 +404,7 @@ def archived_entries(base):
             path = os.path.join(base, name)
             fd = os.open(path, os.O_RDONLY)
             try:
-                total += rear._read_tail(fd, os.fstat(fd).st_size, path).count
+                total += rear._read_end_records(fd, os.fstat(fd).st_size, path).count
             finally:
                 os.close(fd)
     return total
