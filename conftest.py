@@ -1,10 +1,28 @@
-"""Shared pytest configuration: the torture suite's mode and the summary
-lines of the torture and network-filesystem suites."""
+"""Shared pytest configuration: the ``base`` fixture and ``fill`` helper every
+suite uses, the torture suite's mode, and the summary lines of the torture
+and network-filesystem suites."""
 
 import os
 import sys
 
 import pytest
+
+import rear
+
+
+@pytest.fixture
+def base(tmp_path):
+    """An empty base directory, removed with tmp_path."""
+    path = tmp_path / "base"
+    path.mkdir()
+    yield str(path)
+
+
+def fill(base, files, **fs_options):
+    """Write ``files`` ({archive path: bytes}) through one rear_fs on ``base``."""
+    with rear.rear_fs(base, **fs_options) as fs:
+        for name, data in files.items():
+            fs.write_bytes(name, data)
 
 
 def pytest_addoption(parser):

@@ -45,21 +45,62 @@ On-disk layout
 
 Every directory rear creates is made durable (its parent is fsynced), so a
 power loss cannot take a fsynced file away with its new directory.
+``<key>`` is the first 40 hex digits of the SHA-256 of the archive's path
+relative to BASE (``sub/name.zip``): short and flat whatever the path.
 
-The sidecar is JSON, always replaced whole (write temp, fsync, ``os.replace``,
-fsync the directory): ``{"format": "rear-manifest", "version": 1, "host",
-"pid", "created", "state": "open" | "sealed", "entries", "bytes", "done"}``.
-``entries``/``bytes`` are exact once sealed; ``done`` lists the archives a
-scavenger already committed this temp zip's entries to.  A sealed sidecar
-also has ``small_crc``: the CRC-32 of the bytes (local header and data), in
-file order, of the entries up to ``small_limit`` bytes compressed.
+**Temp zip.**  A plain zip: local header and data of each entry, appended
+in order, no data descriptors; once sealed, a central directory and end
+records.  Entry names are the full ``sub/name.zip/member`` paths, so a temp
+zip describes itself even without its sidecar.
 
-The name index is an open-addressing hash table of (64-bit name hash,
-offset of the name's record in the central directory), stamped with the
-archive state it describes; one that does not match is rebuilt.
+**Sidecar** (``<stem>.json``), JSON, always replaced whole (write temp,
+fsync, ``os.replace``, fsync the directory)::
 
-Entry names inside a temporary zip are the full ``sub/name.zip/member`` paths,
-so a temporary zip describes itself even without its sidecar.
+    {"format": "rear-manifest", "version": 1,
+     "host": str, "pid": int, "created": unix time,
+     "state": "open" | "sealed",
+     "entries": int, "bytes": int,     # exact once sealed
+     "done": [dest, ...],              # archives already committed to
+     "sealed": unix time,              # from here on, sealed sidecars only
+     "small_crc": int, "small_limit": int}
+
+``small_crc`` is the CRC-32 of the bytes (local header and data), in file
+order, of the entries up to ``small_limit`` bytes compressed; a scavenger
+checks it instead of decompressing each of them.
+
+**Journal** (``<key>.journal-new`` while written, then ``.journal``, then
+``.commit``): everything a rollback needs, little-endian::
+
+    magic      8 bytes  b"REARJNL2"
+    length     u32      of the JSON header
+    header     JSON     {"dest": "sub/name.zip", "archive": absolute path,
+                         "created": bool (the commit creates the archive),
+                         "old_size": int, "old_cd_offset": int,
+                         "temps": [{"zip": file name, "finish": bool}, ...],
+                         "tail_size": int}
+    crc        u32      CRC-32 of the JSON header
+    old tail   tail_size bytes: the archive's bytes from old_cd_offset to
+               old_size (its old central directory and end records)
+
+``temps`` lists the temp zips feeding the commit; ``finish`` is true for
+those this archive is the last destination of (deleted in step 7; the
+others get ``dest`` added to their sidecar's ``done``).
+
+**Name index** (``<key>.index``), a cache of which names an archive holds,
+little-endian::
+
+    header  64 bytes: magic b"REARIDX1", slots u64, used u64,
+            stamp (archive size u64, central directory offset u64 and
+            size u64, entry count u64, CRC-32 u32 of the archive's last
+            4096 bytes), CRC-32 u32 of the header bytes before it
+    slots   slots x 16 bytes: (name hash u64, record offset u64)
+
+It is an open-addressing hash table (linear probing, load at most 1/2,
+``slots`` a power of two, at least 1024).  The name hash is the 64-bit
+BLAKE2b of the name's UTF-8 bytes (0 marks an empty slot, so a hash of 0
+is stored as 1); the record offset is where the name's record starts
+within the central directory.  An index whose stamp does not match the
+archive is rebuilt, so losing or damaging it costs time, never an entry.
 
 Writer steps
 ============

@@ -177,7 +177,7 @@ def test_an_entry_and_an_archive_larger_than_4_gib(tmp_path, long_mode, compress
         reader_accepts(reader[0], archive)
 
 
-# ---------------------------------------------------------------- 4. Python 3.8 and platforms without fcntl
+# ---------------------------------------------------------------- 3. Python 3.8 and platforms without fcntl
 
 
 def test_rear_py_needs_nothing_newer_than_python_3_8():
@@ -211,7 +211,7 @@ def test_importing_rear_imports_no_async_library():
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
-# ---------------------------------------------------------------- 6. async callers
+# ---------------------------------------------------------------- 4. async callers
 
 
 def _record_seal_threads(monkeypatch):
@@ -287,7 +287,7 @@ def test_async_with_under_trio_runs_blocking_work_off_the_event_loop(tmp_path, m
         assert handle.read("relpath/to/file") == b"..."
 
 
-# ---------------------------------------------------------------- 7. schedulers (stubbed), examples run for real
+# ---------------------------------------------------------------- 5. schedulers (stubbed), examples run for real
 
 
 FAKE_SBATCH = """#!/usr/bin/env bash
@@ -390,7 +390,7 @@ def test_main_process_example_with_scavengerd_and_a_process_pool(tmp_path):
         assert len(handle.namelist()) == 1000
 
 
-# ---------------------------------------------------------------- 8. a CLI people like
+# ---------------------------------------------------------------- 6. a CLI people like
 
 
 class _Terminal(io.StringIO):

@@ -28,6 +28,7 @@ import pytest
 
 import gluster_harness
 import rear
+from conftest import fill
 from test_rear import (SCAVENGER_LOOP_SCRIPT, as_sets, check_archives, inbox_temp_zips,
                        run_child)
 from test_torture import WriterContents, start_torture_writer
@@ -69,12 +70,6 @@ def _wait_until(condition, timeout=10.0):
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
-
-
-def fill(base, files):
-    with rear.rear_fs(base) as fs:
-        for name, data in files.items():
-            fs.write_bytes(name, data)
 
 
 # ---------------------------------------------------------------- the invariant across clients

@@ -30,6 +30,7 @@ import zipfile
 import pytest
 
 import rear
+from conftest import fill
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UNZIP_UNSUPPORTED_METHOD = 81
@@ -173,13 +174,6 @@ def run_child(script, *args, **kwargs):
 def run_cli(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "rear"] + list(args), env=CHILD_ENV,
                           capture_output=True, text=True, **kwargs)
-
-
-@pytest.fixture
-def base(tmp_path):
-    path = tmp_path / "base"
-    path.mkdir()
-    yield str(path)
 
 
 @pytest.fixture(autouse=True)
@@ -570,7 +564,7 @@ def test_pickup_streams_a_large_file_with_bounded_memory(base, tmp_path):
     assert hashlib.sha256(data).hexdigest() == digest
 
 
-# ---------------------------------------------------------------- rotation and sealing
+# ---------------------------------------------------------------- rotation, sealing and durability
 
 
 def test_rotation_due_is_a_pure_function_of_age_and_size():
@@ -630,6 +624,22 @@ def test_idle_rear_fs_creates_no_files(base):
     with rear.rear_fs(base, rotation_span=0.1):
         time.sleep(0.3)
     assert inbox_temp_zips(base) == []
+
+
+def test_sync_file_fsyncs_every_file_before_its_block_returns(base, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(rear.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    with rear.rear_fs(base, sync="file") as fs:
+        fs.write_bytes("a.zip/1", b"1")
+        after_first = len(synced)
+        fs.write_bytes("a.zip/2", b"2")
+        assert len(synced) == after_first + 1
+    with rear.rear_fs(base) as fs:   # the default: no fsync per file
+        fs.write_bytes("a.zip/3", b"3")
+        before = len(synced)
+        fs.write_bytes("a.zip/4", b"4")
+        assert len(synced) == before
 
 
 # ---------------------------------------------------------------- processes and threads
@@ -807,6 +817,53 @@ def test_dead_writers_temp_zip_waits_for_the_grace_period_without_flush(base):
     assert stats.salvaged == 1 and inbox_temp_zips(base) == []
 
 
+def _pool_worker_writes(args):
+    base, number = args
+    global _POOL_FS
+    if "_POOL_FS" not in globals():
+        _POOL_FS = rear.rear_fs(base)
+    _POOL_FS.write_bytes("pool.zip/%d" % number, b"%d" % number)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("method", [m for m in ("fork", "spawn", "forkserver")
+                                    if m in multiprocessing.get_all_start_methods()])
+def test_pool_workers_seal_their_temp_zips_when_they_exit(base, method):
+    pool = multiprocessing.get_context(method).Pool(2)
+    pids = set(pool.map(_pool_worker_writes, [(base, n) for n in range(20)]))
+    pool.close()
+    pool.join()
+    states = {manifest["pid"]: manifest["state"] for manifest in sidecars(base)}
+    assert set(states) == pids and set(states.values()) == {"sealed"}
+    assert rear.scavenge(base).files_moved == 20
+
+
+def test_a_flush_while_a_writer_is_between_creating_and_locking_loses_nothing(base):
+    # The writer pauses right after creating its temp zip, before locking
+    # it; a flushing scavenger runs in that instant.  Were the new temp zip
+    # visible, it would look abandoned (unlocked, empty) and be deleted, and
+    # the writer would go on appending to an unlinked file.
+    writer = run_child("""
+        import sys, time, rear
+        real_lock = rear._lock
+        def paused_lock(fd, path, **kwargs):
+            if path.endswith(".zip"):
+                print("created", flush=True)
+                sys.stdin.readline()          # wait for the scavenger
+            return real_lock(fd, path, **kwargs)
+        rear._lock = paused_lock
+        with rear.rear_fs(sys.argv[1]) as fs:
+            fs.write_bytes("a.zip/x", b"survives")
+    """, base, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "created\n"
+    rear.scavenge(base, flush=True)
+    writer.stdin.write("go\n")
+    writer.stdin.close()
+    assert writer.wait(60) == 0
+    rear.scavenge(base, flush=True)
+    assert archives_of(base) == {"a.zip": {"x": b"survives"}}
+
+
 # ---------------------------------------------------------------- salvage
 
 
@@ -888,10 +945,7 @@ def test_temp_zip_without_sidecar_is_salvaged_once_its_lock_is_free(base):
 # ---------------------------------------------------------------- scavenger
 
 
-def fill(base, files, **fs_options):
-    with rear.rear_fs(base, **fs_options) as fs:
-        for name, data in files.items():
-            fs.write_bytes(name, data)
+# -- scavenger: appending
 
 
 def test_scavenge_returns_counts_and_empties_the_inbox(base):
@@ -945,6 +999,9 @@ def test_archive_is_rolled_over_at_max_size(base):
         rear.scavenge(base, max_size=20000)
     assert sorted(os.listdir(base)) == ["a-0.zip", "a-1.zip", "a.zip", "inbox"]
     assert_exactly_once(base, files)
+
+
+# -- scavenger: the name index
 
 
 def index_path(base, dest):
@@ -1067,6 +1124,55 @@ def test_an_index_left_half_replaced_is_removed(base):
     assert not os.path.exists(leftover) and os.path.exists(index)
 
 
+def test_an_index_whose_open_meets_estale_is_looked_up_again_not_rebuilt(base, monkeypatch):
+    # Another client's scavenger replaced the index (a rebuild) behind this
+    # client's cached handle: rule 1 of rear's "network filesystems".
+    fill(base, {"a.zip/%d" % n: b"%d" % n for n in range(10)})
+    rear.scavenge(base)
+    index = index_path(base, "a.zip")
+    real_open, stale = os.open, []
+
+    def stale_once(path, flags, *args):
+        if path == index and not stale:
+            stale.append(path)
+            raise OSError(errno.ESTALE, "Stale file handle", path)
+        return real_open(path, flags, *args)
+
+    real_rebuild, rebuilds = rear._NameIndex._rebuild, []
+    monkeypatch.setattr(rear.os, "open", stale_once)
+    monkeypatch.setattr(rear._NameIndex, "_rebuild",
+                        lambda index: rebuilds.append(1) or real_rebuild(index))
+    fill(base, {"a.zip/new": b"new"})
+    stats = rear.scavenge(base)
+    assert stale and stats.errors == [] and stats.files_moved == 1
+    assert rebuilds == []
+
+
+def test_an_index_gone_after_its_open_is_rebuilt_and_the_commit_goes_on(base, monkeypatch):
+    # A ghost entry: the open succeeds, the first call that asks the server
+    # fails (rule 2).  The index is a cache: rebuilt, never an error.
+    fill(base, {"a.zip/%d" % n: b"%d" % n for n in range(10)})
+    rear.scavenge(base)
+    index = index_path(base, "a.zip")
+    real_fchmod = os.fchmod
+
+    def gone(fd, mode):
+        if os.readlink("/proc/self/fd/%d" % fd) == index:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_fchmod(fd, mode)
+
+    monkeypatch.setattr(rear.os, "fchmod", gone)
+    fill(base, {"a.zip/new": b"new", "a.zip/3": b"3"})
+    stats = rear.scavenge(base)
+    assert stats.errors == [] and (stats.files_moved, stats.duplicates) == (1, 1)
+    monkeypatch.undo()
+    assert refeed_is_all_duplicates(base, {"a.zip/5": b"5", "a.zip/new": b"new"})
+    unzip_test(os.path.join(base, "a.zip"))
+
+
+# -- scavenger: journals
+
+
 def test_a_journal_left_half_written_is_removed_and_the_archive_kept(base):
     fill(base, {"a.zip/1": b"1"})
     rear.scavenge(base)
@@ -1091,6 +1197,9 @@ def test_a_damaged_journal_is_reported_and_kept_not_applied(base):
     assert any("rear verify" in reason for _path, reason in stats.errors)
     assert os.path.exists(journal)
     assert open(os.path.join(base, "a.zip"), "rb").read() == before
+
+
+# -- scavenger: hostile files
 
 
 def test_a_damaged_temp_zip_is_reported_left_in_place_and_the_rest_goes_on(base):
@@ -1209,6 +1318,9 @@ def test_without_fcntl_locks_the_scavenger_warns_and_uses_age_only(base, monkeyp
     assert stats.waiting == 1
 
 
+# -- scavenger: I/O errors and kills at each commit step
+
+
 def test_write_error_reaches_the_caller_and_earlier_files_are_kept(base, monkeypatch):
     real = rear._pwrite_all
     with rear.rear_fs(base) as fs:
@@ -1261,6 +1373,7 @@ SCAVENGER_CRASH_SCRIPT = """
     rear.scavenge(base, flush=True, max_size=int(sys.argv[3]))
     sys.exit(3)   # the step was never reached
 """
+
 
 # Every named step of rear's commit protocol (rear._checkpoint): journal
 # written; new entries over the old tail, no new end yet; archive complete,
@@ -1345,6 +1458,9 @@ def test_scavenger_killed_at_a_random_instant_then_rerun_loses_nothing(base, tri
     rear.scavenge(base)
     assert inbox_temp_zips(base) == []
     assert_exactly_once(base, files)
+
+
+# -- scavenger: scavengerd and zip64
 
 
 def test_scavengerd_collects_in_the_background_and_on_exit(base):
@@ -1505,6 +1621,15 @@ def test_recover_salvages_dead_writers_but_leaves_sealed_temp_zips(base):
     assert len(inbox_temp_zips(base)) == 1
 
 
+def test_status_and_the_scavenger_agree_on_what_is_stale(base):
+    # created long ago, but still being written to: neither calls it stale
+    path = write_raw_temp_zip(base, [("a.zip/x", b"x")])
+    os.utime(path)
+    (temp,) = rear.status(base, rotation_span=60)["temp_zips"]
+    assert temp["state"] == "open"
+    assert rear.scavenge(base, rotation_span=60).waiting == 1
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -1586,6 +1711,9 @@ def test_cli_demo_runs_end_to_end(tmp_path):
     unzip_test(str(tmp_path / "demo" / "demo.zip"))
 
 
+# ---------------------------------------------------------------- one file, standard library, Python 3.8, CI
+
+
 def test_a_copy_of_rear_py_alone_works_as_module_and_script(tmp_path, base):
     vendored = tmp_path / "vendored"
     vendored.mkdir()
@@ -1634,6 +1762,36 @@ def test_rear_runs_on_python_3_8(base):
     assert archives_of(base)["a.zip"] == {"x.txt": b"3.8"}
 
 
+def test_the_module_docstring_specifies_every_key_and_layout_rear_writes(base, monkeypatch):
+    # The docstring is the one spec of the on-disk format: every key rear
+    # actually writes into a journal and a sidecar is named there, and so
+    # are the journal's and the index's magic and the index header's size.
+    fill(base, {"a.zip/1": b"1"})
+    rear.scavenge(base)
+    with rear.rear_fs(base) as fs:
+        fs.write_bytes("a.zip/2", b"2")
+        fs.write_bytes("b.zip/2", b"2")
+    sidecar = sidecars(base)[0]
+    journals = []
+
+    def checkpoint(step):
+        if step == "journal-written":
+            path = rear._ArchivePaths(base, "a.zip").journal
+            fd = os.open(path, os.O_RDONLY)
+            journals.append(rear._read_journal(fd, path)[0])
+            os.close(fd)
+
+    monkeypatch.setattr(rear, "_checkpoint", checkpoint)
+    rear.scavenge(base)
+    spec = rear.__doc__
+    journal = journals[0]
+    for key in list(journal) + list(journal["temps"][0]) + list(sidecar):
+        assert '"%s"' % key in spec, key
+    assert rear._JOURNAL_MAGIC.decode() in spec and rear._INDEX_MAGIC.decode() in spec
+    assert "header  %d bytes" % rear._INDEX_HEADER.size in spec
+    assert "%d bytes" % rear._INDEX_STAMP_BYTES in spec
+
+
 def test_ci_runs_the_commands_at_the_top_of_the_readme():
     readme = open(os.path.join(HERE, "README.md")).read()
     commands = [line.split("  #")[0].strip()
@@ -1642,81 +1800,3 @@ def test_ci_runs_the_commands_at_the_top_of_the_readme():
     assert len(commands) == 2
     for command in commands:
         assert command in ci, "%r is in README.md but not run by .ci/run" % command
-
-
-def test_sync_file_fsyncs_every_file_before_its_block_returns(base, monkeypatch):
-    synced = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(rear.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
-    with rear.rear_fs(base, sync="file") as fs:
-        fs.write_bytes("a.zip/1", b"1")
-        after_first = len(synced)
-        fs.write_bytes("a.zip/2", b"2")
-        assert len(synced) == after_first + 1
-    with rear.rear_fs(base) as fs:   # the default: no fsync per file
-        fs.write_bytes("a.zip/3", b"3")
-        before = len(synced)
-        fs.write_bytes("a.zip/4", b"4")
-        assert len(synced) == before
-
-
-def test_without_fcntl_importing_works_and_locking_says_it_needs_posix(base, monkeypatch):
-    monkeypatch.setattr(rear, "_fcntl", None)
-    with pytest.raises(rear.LockingUnsupportedError, match="POSIX"):
-        rear._lock(0, "x")
-
-
-def _pool_worker_writes(args):
-    base, number = args
-    global _POOL_FS
-    if "_POOL_FS" not in globals():
-        _POOL_FS = rear.rear_fs(base)
-    _POOL_FS.write_bytes("pool.zip/%d" % number, b"%d" % number)
-    return os.getpid()
-
-
-@pytest.mark.parametrize("method", [m for m in ("fork", "spawn", "forkserver")
-                                    if m in multiprocessing.get_all_start_methods()])
-def test_pool_workers_seal_their_temp_zips_when_they_exit(base, method):
-    pool = multiprocessing.get_context(method).Pool(2)
-    pids = set(pool.map(_pool_worker_writes, [(base, n) for n in range(20)]))
-    pool.close()
-    pool.join()
-    states = {manifest["pid"]: manifest["state"] for manifest in sidecars(base)}
-    assert set(states) == pids and set(states.values()) == {"sealed"}
-    assert rear.scavenge(base).files_moved == 20
-
-
-def test_a_flush_while_a_writer_is_between_creating_and_locking_loses_nothing(base):
-    # The writer pauses right after creating its temp zip, before locking
-    # it; a flushing scavenger runs in that instant.  Were the new temp zip
-    # visible, it would look abandoned (unlocked, empty) and be deleted, and
-    # the writer would go on appending to an unlinked file.
-    writer = run_child("""
-        import sys, time, rear
-        real_lock = rear._lock
-        def paused_lock(fd, path, **kwargs):
-            if path.endswith(".zip"):
-                print("created", flush=True)
-                sys.stdin.readline()          # wait for the scavenger
-            return real_lock(fd, path, **kwargs)
-        rear._lock = paused_lock
-        with rear.rear_fs(sys.argv[1]) as fs:
-            fs.write_bytes("a.zip/x", b"survives")
-    """, base, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert writer.stdout.readline() == "created\n"
-    rear.scavenge(base, flush=True)
-    writer.stdin.write("go\n")
-    writer.stdin.close()
-    assert writer.wait(60) == 0
-    rear.scavenge(base, flush=True)
-    assert archives_of(base) == {"a.zip": {"x": b"survives"}}
-
-
-def test_status_and_the_scavenger_agree_on_what_is_stale(base):
-    # created long ago, but still being written to: neither calls it stale
-    path = write_raw_temp_zip(base, [("a.zip/x", b"x")])
-    os.utime(path)
-    (temp,) = rear.status(base, rotation_span=60)["temp_zips"]
-    assert temp["state"] == "open"
-    assert rear.scavenge(base, rotation_span=60).waiting == 1

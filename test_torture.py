@@ -370,7 +370,7 @@ def materialize(files, dirs, target):
             handle.write(data)
 
 
-# ---------------------------------------------------------------- 3. power-loss crash states
+# ---------------------------------------------------------------- 1. power-loss crash states
 
 
 def power_loss_workload(base, recorder, sync, rng):
@@ -536,7 +536,7 @@ def start_torture_writer(base, seed, threads, rotation):
                               stdout=subprocess.PIPE, text=True))
 
 
-# ---------------------------------------------------------------- 1. writer SIGKILL
+# ---------------------------------------------------------------- 2. writer SIGKILL
 
 
 def test_writers_killed_at_random_instants_lose_nothing_acknowledged(tmp_path, long_mode):
@@ -555,7 +555,7 @@ def test_writers_killed_at_random_instants_lose_nothing_acknowledged(tmp_path, l
         shutil.rmtree(base, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- 2. scavenger SIGKILL at every operation
+# ---------------------------------------------------------------- 3. scavenger SIGKILL at every operation
 
 
 def scavenger_scenario(base):
@@ -1010,7 +1010,7 @@ def test_hostile_files_are_reported_left_in_place_and_the_rest_goes_on(
     COUNTS["hostile inputs"] += 1
 
 
-# ---------------------------------------------------------------- fuzzing the zip parsers
+# ---------------------------------------------------------------- 7. fuzzing the zip parsers
 
 
 def _seed_zips():
