@@ -797,6 +797,12 @@ def _unlink_if_exists(path):
 # ---------------------------------------------------------------- zip format
 
 
+# Records follow one convention: internal ones are classes with __slots__
+# (a scavenger holds an _Entry per archived file, a million at a time); the
+# one public record, ScavengeStats, is a dataclass; dicts are used only for
+# what is JSON (sidecars, journal headers, the status report).
+
+
 class _Entry:
     """One member of a zip: what is needed to copy it raw and list it."""
 
