@@ -51,7 +51,20 @@ relative to BASE (``sub/name.zip``): short and flat whatever the path.
 **Temp zip.**  A plain zip: local header and data of each entry, appended
 in order, no data descriptors; once sealed, a central directory and end
 records.  Entry names are the full ``sub/name.zip/member`` paths, so a temp
-zip describes itself even without its sidecar.
+zip describes itself even without its sidecar.  A local header whose mode
+is not 0644 (a picked-up 0755 file, a symlink, a directory) also holds an
+ASi Unix extra field (0x756E) with that mode, for salvage, which has no
+central directory to read it from.
+
+**Entries**, in temp zips and final archives alike: the Info-ZIP
+extended-timestamp extra field (0x5455, flags 1, modification time in Unix
+seconds, unsigned 32 bits) in local and central headers where the time fits
+(1970-2106), and the MS-DOS time (local, clamped to 1980-2107); the mode in
+the external attributes (version made by: Unix).  A directory is a
+``name/`` entry (``S_IFDIR``, MS-DOS directory bit), a symlink an entry
+with ``S_IFLNK`` whose data is the link target, as Info-ZIP ``zip -y``
+stores them.  The scavenger copies data raw and writes headers anew: the
+UT field and the mode carry over, the ASi field does not.
 
 **Sidecar** (``<stem>.json``), JSON, always replaced whole (write temp,
 fsync, ``os.replace``, fsync the directory)::
@@ -176,6 +189,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -321,6 +335,22 @@ _ZIP64_LOCATOR_STRUCT = struct.Struct("<4sLQL")
 _ZIP64_LOCATOR_EOCD_OFFSET = 2
 _EXTRA_HEADER = struct.Struct("<HH")            # 4.5.1 id, size
 _ZIP64_EXTRA_ID = 0x0001                        # 4.5.3
+# Info-ZIP's extended timestamp ("UT", 4.6.x; Info-ZIP extrafld.txt): flags
+# (bit 0: the modification time follows), then that time in Unix seconds,
+# UTC, unsigned 32 bits (as Info-ZIP unzip and libarchive read it).  rear
+# writes only the modification time, so local and central fields are alike.
+_EXTENDED_TIMESTAMP_ID = 0x5455
+_EXTENDED_TIMESTAMP = struct.Struct("<HHBL")
+_UT_MTIME = 0x01
+# ASi Unix extra field (extrafld.txt): CRC-32 of what follows, mode, size
+# of a link name (0: none here), uid, gid.  Written only in the local
+# headers of temp zips whose entry's mode is not the default, so that a
+# salvage, which has no central directory, still knows a symlink or a
+# directory or a 0755 file; the scavenger turns it into the archive's
+# external attributes and does not copy it.
+_ASI_UNIX_ID = 0x756E
+_ASI_UNIX = struct.Struct("<HHLHLHH")
+_ASI_UNIX_CRC_OFFSET = 4                     # the CRC covers the bytes after it
 _MAX_COMMENT = 0xFFFF
 _MAX_NAME = 0xFFFF
 _U16_LIMIT = 0xFFFF          # a 16-bit count this large means "see zip64"
@@ -338,8 +368,13 @@ _VERSION_ZIP64 = 45
 _VERSION_BZIP2 = 46
 _VERSION_LZMA = 63
 _SYSTEM_UNIX = 3             # 4.4.2.2: external attributes hold st_mode
-_DEFAULT_FILE_MODE = 0o100644
-_DOS_EPOCH_YEAR = 1980
+_DEFAULT_FILE_MODE = 0o100644    # rear_open's files: -rw-r--r--
+_MSDOS_DIRECTORY = 0x10          # 4.4.15: low byte of external attributes
+_DOS_EPOCH_YEAR = 1980           # 4.4.6: the DOS date counts years from 1980
+_DOS_LAST_YEAR = 2107            # ... in 7 bits
+_DOS_FIRST = (0, (1 << 5) | 1)                                  # 1980-01-01 00:00:00
+_DOS_LAST = ((23 << 11) | (59 << 5) | 29,
+             ((_DOS_LAST_YEAR - _DOS_EPOCH_YEAR) << 9) | (12 << 5) | 31)  # 2107-12-31 23:59:58
 
 _COMPRESSION = {
     "stored": zipfile.ZIP_STORED,
@@ -808,11 +843,11 @@ class _Entry:
 
     __slots__ = ("name", "flags", "method", "dos_time", "dos_date", "crc",
                  "compressed_size", "file_size", "external_attr",
-                 "header_offset", "data_offset", "raw_name")
+                 "header_offset", "data_offset", "raw_name", "mtime")
 
     def __init__(self, name, flags, method, dos_time, dos_date, crc,
                  compressed_size, file_size, external_attr=_DEFAULT_FILE_MODE << 16,
-                 header_offset=0, data_offset=0):
+                 header_offset=0, data_offset=0, mtime=None):
         self.name = name
         self.flags = flags
         self.method = method
@@ -825,16 +860,53 @@ class _Entry:
         self.header_offset = header_offset
         self.data_offset = data_offset
         self.raw_name = None    # the name's bytes as read from a central directory
+        self.mtime = mtime      # Unix seconds (UTC) for the UT extra field, or None
 
 
 def _dos_datetime(timestamp):
-    """(time, date) in MS-DOS format, APPNOTE 4.4.6, local time like zipfile."""
-    tm = time.localtime(timestamp)
+    """(time, date) in MS-DOS format, APPNOTE 4.4.6, local time like zipfile,
+    clamped to the years the format holds (1980-2107); the UT extra field
+    keeps the exact time where it fits."""
+    try:
+        tm = time.localtime(timestamp)
+    except (OverflowError, OSError, ValueError):   # beyond what time_t holds
+        return _DOS_FIRST if timestamp < 0 else _DOS_LAST
     if tm.tm_year < _DOS_EPOCH_YEAR:
-        return 0, (1 << 5) | 1   # 1980-01-01 00:00
+        return _DOS_FIRST
+    if tm.tm_year > _DOS_LAST_YEAR:
+        return _DOS_LAST
     dos_time = (tm.tm_hour << 11) | (tm.tm_min << 5) | (tm.tm_sec // 2)
     dos_date = ((tm.tm_year - _DOS_EPOCH_YEAR) << 9) | (tm.tm_mon << 5) | tm.tm_mday
     return dos_time, dos_date
+
+
+def _unix_seconds(timestamp):
+    """Whole seconds of a time for the UT field; None where it does not fit
+    (before 1970 or after 2106-02-07)."""
+    seconds = math.floor(timestamp)
+    return seconds if 0 <= seconds <= _U32_LIMIT else None
+
+
+def _external_attr(mode):
+    """External attributes for a Unix ``st_mode`` (4.4.15; as Info-ZIP zip)."""
+    return ((mode & 0xFFFF) << 16) | (_MSDOS_DIRECTORY if stat.S_ISDIR(mode) else 0)
+
+
+def _timestamp_extra(entry):
+    if entry.mtime is None:
+        return b""
+    return _EXTENDED_TIMESTAMP.pack(_EXTENDED_TIMESTAMP_ID, _EXTENDED_TIMESTAMP.size - 4,
+                                    _UT_MTIME, entry.mtime)
+
+
+def _mode_extra(entry):
+    """The ASi Unix field for a temp zip's local header, b"" for the default."""
+    mode = entry.external_attr >> 16
+    if mode == _DEFAULT_FILE_MODE:
+        return b""
+    packed = _ASI_UNIX.pack(_ASI_UNIX_ID, _ASI_UNIX.size - 4, 0, mode, 0, 0, 0)
+    body = packed[_ASI_UNIX_CRC_OFFSET + 4:]
+    return packed[:_ASI_UNIX_CRC_OFFSET] + struct.pack("<L", zlib.crc32(body)) + body
 
 
 def _extract_version(method, zip64):
@@ -847,17 +919,18 @@ def _encode_name(name):
     return encoded, (0 if encoded.isascii() else _FLAG_UTF8)
 
 
-def _local_header(entry, encoded=None):
+def _local_header(entry, encoded=None, with_mode=False):
     """Local file header + name + extra for ``entry`` (sizes known up front),
-    under the name ``encoded`` (bytes, UTF-8 flag) if given."""
+    under the name ``encoded`` (bytes, UTF-8 flag) if given; ``with_mode``
+    (temp zips) adds the entry's mode for salvage."""
     name, utf8_flag = encoded or _encode_name(entry.name)
     zip64 = entry.file_size >= _U32_LIMIT or entry.compressed_size >= _U32_LIMIT
-    extra = b""
+    extra = _timestamp_extra(entry) + (_mode_extra(entry) if with_mode else b"")
     file_size, compressed_size = entry.file_size, entry.compressed_size
     if zip64:
         # 4.5.3: in a local header the zip64 extra holds both sizes.
         extra = _EXTRA_HEADER.pack(_ZIP64_EXTRA_ID, 16) + struct.pack(
-            "<QQ", entry.file_size, entry.compressed_size)
+            "<QQ", entry.file_size, entry.compressed_size) + extra
         file_size = compressed_size = _U32_LIMIT
     flags = (entry.flags & _FLAG_COMPRESSION_OPTIONS) | utf8_flag
     header = _LOCAL_STRUCT.pack(
@@ -883,10 +956,10 @@ def _central_record(entry, header_offset, encoded=None):
     if offset >= _U32_LIMIT:
         fields.append(offset)
         offset = _U32_LIMIT
-    extra = b""
+    extra = _timestamp_extra(entry)
     if fields:
         extra = _EXTRA_HEADER.pack(_ZIP64_EXTRA_ID, 8 * len(fields)) + struct.pack(
-            "<%dQ" % len(fields), *fields)
+            "<%dQ" % len(fields), *fields) + extra
     version = _extract_version(entry.method, bool(fields))
     flags = (entry.flags & _FLAG_COMPRESSION_OPTIONS) | utf8_flag
     record = _CENTRAL_STRUCT.pack(
@@ -971,17 +1044,41 @@ def _read_end_records(fd, size, path, error=ArchiveError):
     return _CentralDirectory(count, cd_offset, cd_size, comment)
 
 
-def _zip64_values(extra, wanted):
-    """The 64-bit values of the zip64 extra field, in APPNOTE order."""
+def _extra_field(extra, wanted_id):
+    """The body of the first extra field with id ``wanted_id`` (4.5.1), or None."""
     pos = 0
     while pos + _EXTRA_HEADER.size <= len(extra):
         field_id, field_size = _EXTRA_HEADER.unpack_from(extra, pos)
-        if field_id == _ZIP64_EXTRA_ID:
-            body = extra[pos + 4: pos + 4 + field_size]
-            count = min(wanted, len(body) // 8)
-            return list(struct.unpack_from("<%dQ" % count, body))
+        if field_id == wanted_id:
+            return extra[pos + _EXTRA_HEADER.size:pos + _EXTRA_HEADER.size + field_size]
         pos += _EXTRA_HEADER.size + field_size
-    return []
+    return None
+
+
+def _zip64_values(extra, wanted):
+    """The 64-bit values of the zip64 extra field, in APPNOTE order."""
+    body = _extra_field(extra, _ZIP64_EXTRA_ID) or b""
+    count = min(wanted, len(body) // 8)
+    return list(struct.unpack_from("<%dQ" % count, body))
+
+
+def _extra_mtime(extra):
+    """The modification time of a UT extra field, Unix seconds, or None."""
+    body = _extra_field(extra, _EXTENDED_TIMESTAMP_ID)
+    if body is None or len(body) < 5 or not body[0] & _UT_MTIME:
+        return None
+    return struct.unpack_from("<L", body, 1)[0]
+
+
+def _extra_mode(extra):
+    """The st_mode of an ASi Unix extra field whose CRC holds, or None."""
+    body = _extra_field(extra, _ASI_UNIX_ID)
+    if body is None or len(body) < _ASI_UNIX.size - 4:
+        return None
+    (crc,) = struct.unpack_from("<L", body)
+    if zlib.crc32(body[4:]) != crc:
+        return None
+    return struct.unpack_from("<H", body, 4)[0]
 
 
 def _decode_name(raw, flags):
@@ -1050,7 +1147,8 @@ def _central_entry(fields, raw_name, extra, path, where, error=ArchiveError):
     entry = _Entry(_decode_central_name(raw_name, flags, path, where, error), flags,
                    fields[_CD_COMPRESS_TYPE], fields[_CD_TIME], fields[_CD_DATE],
                    fields[_CD_CRC], compressed_size, file_size,
-                   fields[_CD_EXTERNAL_FILE_ATTRIBUTES], header_offset)
+                   fields[_CD_EXTERNAL_FILE_ATTRIBUTES], header_offset,
+                   mtime=_extra_mtime(extra))
     entry.raw_name = raw_name
     return entry
 
@@ -1088,8 +1186,15 @@ def _read_local_header(reader, offset, size):
         name = _decode_name(raw_name, flags)
     except UnicodeDecodeError:
         return None
+    # A local header has no external attributes: rear's writer puts a mode
+    # other than the default in an ASi Unix field; a name ending in "/" is
+    # a directory (the Info-ZIP convention) even without one.
+    mode = _extra_mode(extra)
+    if mode is None:
+        mode = (stat.S_IFDIR | 0o755) if name.endswith("/") else _DEFAULT_FILE_MODE
     return _Entry(name, flags, method, dos_time, dos_date, crc, compressed_size,
-                  file_size, header_offset=offset, data_offset=variable_end)
+                  file_size, _external_attr(mode), header_offset=offset,
+                  data_offset=variable_end, mtime=_extra_mtime(extra))
 
 
 def _get_decompressor(method):
@@ -1301,6 +1406,15 @@ def _split_known(path, known):
     if directory and member.endswith(last) and len(dest) <= len(directory):
         known[directory] = (dest, member[:-len(last) - 1] if member != last else "")
     return dest, member
+
+
+def _route_name(name, known):
+    """(dest, member) of a temp zip's entry name, as _split_known; a
+    directory entry keeps its trailing "/" (the zip convention)."""
+    if name.endswith("/"):
+        dest, member = _split_known(name[:-1], known)
+        return dest, member + "/"
+    return _split_known(name, known)
 
 
 def _entry_name(path, known):
@@ -1562,8 +1676,9 @@ class _TempZip:
         dos_time, dos_date = _dos_datetime(mtime)
         entry = _Entry(name, _FLAG_UTF8 | prepared.flags, prepared.method, dos_time,
                        dos_date, prepared.crc, prepared.compressed_size,
-                       prepared.file_size, (mode & 0xFFFF) << 16, self.size)
-        header = _local_header(entry)
+                       prepared.file_size, _external_attr(mode), self.size,
+                       mtime=_unix_seconds(mtime))
+        header = _local_header(entry, with_mode=True)
         start = self.size
         small = prepared.compressed_size <= _SMALL_ENTRY
         small_crc = zlib.crc32(header, self.small_crc) if small else self.small_crc
@@ -1917,26 +2032,34 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
             raise RearError("rear_pickup: %s was not created; nothing to archive as %r"
                             % (source, name), source) from err
         if stat.S_ISDIR(st.st_mode):
-            for directory, subdirs, files in os.walk(source):
-                subdirs.sort()
-                for file_name in sorted(files):
-                    full = os.path.join(directory, file_name)
-                    relative = os.path.relpath(full, source).replace(os.sep, "/")
-                    member = name + "/" + relative
-                    split_path(member)   # a file name may be unacceptable (e.g. '\\')
-                    self._archive_file(full, member)
+            # Walked and checked whole before anything is archived: a bad
+            # name or a fifo found halfway must not leave half the tree
+            # archived and all of it still in place.
+            for path, member, member_st in _pickup_members(source, name):
+                self._archive_member(path, member, member_st)
             shutil.rmtree(source)
         else:
-            self._archive_file(source, name)
+            self._archive_member(source, name, st)
             os.unlink(source)
 
-    def _archive_file(self, source, name):
-        st = os.stat(source)
-        if not stat.S_ISREG(st.st_mode):
-            raise RearError("rear_pickup: %s is not a regular file or directory" % source, source)
-        with open(source, "rb") as handle:
-            prepared = _prepare_stream(handle, self._method, self.compresslevel)
-            self._commit_prepared(name, prepared, st.st_mtime, st.st_mode)
+    def _archive_member(self, path, name, st):
+        """Archive one file, symlink or directory of a pickup as ``zip -y``
+        does: a symlink as a link (its target is the data; never followed),
+        a directory as a ``name/`` entry; mode and mtime kept."""
+        if stat.S_ISDIR(st.st_mode):
+            name += "/"
+            prepared = _prepare_bytes(b"", zipfile.ZIP_STORED, None)
+        elif stat.S_ISLNK(st.st_mode):
+            prepared = _prepare_bytes(os.fsencode(os.readlink(path)), zipfile.ZIP_STORED, None)
+        elif stat.S_ISREG(st.st_mode):
+            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+            with open(fd, "rb") as handle:
+                prepared = _prepare_stream(handle, self._method, self.compresslevel)
+                self._commit_prepared(name, prepared, st.st_mtime, st.st_mode)
+            return
+        else:
+            raise _not_archivable(path)
+        self._commit_prepared(name, prepared, st.st_mtime, st.st_mode)
 
     def _commit_spool(self, name, spool):
         data = spool.read_all_for_archive()
@@ -2005,6 +2128,42 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         self._reset_state()
         if temp is not None:
             temp.forget_after_fork()
+
+
+def _not_archivable(path):
+    return RearError("rear_pickup: %s is not a regular file, directory or symlink; "
+                     "remove it or archive what it holds" % path, path)
+
+
+def _raise(err):
+    raise err
+
+
+def _pickup_members(source, name):
+    """[(path, member name, lstat)] of the tree ``source`` picked up as
+    ``name``: each directory (named without its trailing "/") before what it
+    holds, every name validated and every file type checked."""
+    members = []
+    # onerror: an unreadable subdirectory must stop the pickup, not vanish
+    # from the archive and then from the disk with the tree.
+    for directory, subdirs, files in os.walk(source, onerror=_raise):
+        relative = os.path.relpath(directory, source)
+        prefix = name if relative == "." else name + "/" + relative.replace(os.sep, "/")
+        split_path(prefix + "/_")   # a directory name may be unacceptable (e.g. '\\')
+        members.append((directory, prefix, os.lstat(directory)))
+        # os.walk lists links to directories with the directories (without
+        # entering them): they are archived as links.
+        links = [sub for sub in subdirs if os.path.islink(os.path.join(directory, sub))]
+        subdirs[:] = sorted(sub for sub in subdirs if sub not in links)
+        for file_name in sorted(files + links):
+            path = os.path.join(directory, file_name)
+            st = os.lstat(path)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                raise _not_archivable(path)
+            member = prefix + "/" + file_name
+            split_path(member)   # a file name may be unacceptable (e.g. '\\')
+            members.append((path, member, st))
+    return members
 
 
 def _timer_interval(rotation_span):
@@ -3028,7 +3187,7 @@ def _route_entries(path, entries):
     known_directories = {}
     for entry in entries:
         try:
-            routes.append(_split_known(entry.name, known_directories) + (entry,))
+            routes.append(_route_name(entry.name, known_directories) + (entry,))
         except PathError as err:
             raise TempZipError("%s: entry %r is not a valid rear path (%s); the temp "
                                "zip is left in place" % (path, entry.name, err), path) from err
@@ -3544,21 +3703,36 @@ def _open_archive(path):
         raise RearError("cannot read %s: %s" % (path, err), path) from err
 
 
+def _member_time(info):
+    """(Unix mtime or None, local date_time) of a zipfile.ZipInfo: the exact
+    UT time where the member has one, shown in this reader's time zone, as
+    Info-ZIP unzip does; else the DOS time as stored."""
+    mtime = _extra_mtime(info.extra)
+    if mtime is None:
+        return None, info.date_time
+    return mtime, time.localtime(mtime)[:6]
+
+
 def _cmd_ls(args):
     with _open_archive(args.archive) as handle:
         infos = handle.infolist()
         if args.json:
-            json.dump([{"name": info.filename, "size": info.file_size,
-                        "compressed_size": info.compress_size, "crc": info.CRC,
-                        "date_time": "%04d-%02d-%02d %02d:%02d:%02d" % info.date_time}
-                       for info in infos], sys.stdout, indent=2)
+            listing = []
+            for info in infos:
+                mtime, date_time = _member_time(info)
+                listing.append({"name": info.filename, "size": info.file_size,
+                                "compressed_size": info.compress_size, "crc": info.CRC,
+                                "mode": info.external_attr >> 16, "mtime": mtime,
+                                "date_time": "%04d-%02d-%02d %02d:%02d:%02d" % date_time})
+            json.dump(listing, sys.stdout, indent=2)
             sys.stdout.write("\n")
             return 0
         sys.stdout.write("%12s %12s  %-16s  %s\n" % ("Length", "Compressed", "Date Time", "Name"))
         total = compressed = 0
         for info in infos:
+            date_time = _member_time(info)[1]
             sys.stdout.write("%12d %12d  %04d-%02d-%02d %02d:%02d  %s\n" % (
-                (info.file_size, info.compress_size) + info.date_time[:5] + (info.filename,)))
+                (info.file_size, info.compress_size) + tuple(date_time[:5]) + (info.filename,)))
             total += info.file_size
             compressed += info.compress_size
         sys.stdout.write("%12d %12d  %-16s  %d files\n" % (total, compressed, "", len(infos)))

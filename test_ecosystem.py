@@ -21,8 +21,8 @@ import zipfile
 import pytest
 
 import rear
-from test_rear import CHILD_ENV, HERE, NOT_IN_INFO_ZIP, UNZIP_UNSUPPORTED_METHOD, \
-    write_raw_temp_zip
+from test_rear import (CHILD_ENV, HERE, MTIME_ODD, NOT_IN_INFO_ZIP, SALVAGED_PICKUP,
+                       UNZIP_UNSUPPORTED_METHOD, make_faithful_tree, write_raw_temp_zip)
 
 EXAMPLES = os.path.join(HERE, "examples")
 
@@ -83,16 +83,33 @@ def zoo(tmp_path_factory):
         rear.scavenge(base, max_size=15000)
     with rear.rear_fs(base) as fs:
         fs.write_bytes("unicode.zip/é/ü ñ 東京.txt", "non-ASCII names\n".encode())
+    # Links, directories, modes and exact times: sealed, appended, salvaged.
+    tree = os.path.join(str(tmp_path_factory.mktemp("tree")), "tree")
+    make_faithful_tree(tree)
+    shutil.copytree(tree, tree + "-again", symlinks=True)
+    before = set(os.listdir(os.path.join(base, "inbox")))
+    with rear.rear_fs(base) as fs:
+        with fs.pickup(tree, "tree.zip/tree"):
+            pass
+    (temp,) = [name for name in set(os.listdir(os.path.join(base, "inbox"))) - before
+               if name.endswith(".zip")]
+    kinds["sealed temp zip, tree"] = os.path.join(base, "sealed-tree.zip")
+    shutil.copy(os.path.join(base, "inbox", temp), kinds["sealed temp zip, tree"])
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent(SALVAGED_PICKUP).replace(
+        '"t.zip/tree"', '"tree-salvaged.zip/tree"'), base, tree + "-again"], env=CHILD_ENV)
+    assert child.returncode == 0
     with rear.rear_fs(base, compression="stored") as fs:
         for n in range(70000):
             fs.write_bytes("many.zip/%05x" % n, b"")
-    rear.scavenge(base)
+    assert rear.scavenge(base, flush=True).salvaged == 1     # the tree's dead writer
     kinds.update({
         "salvaged": os.path.join(base, "salvaged.zip"),
         "renamed conflicts": os.path.join(base, "conflict.zip"),
         "rolled over (newest)": os.path.join(base, "rolled.zip"),
         "rolled over (first)": os.path.join(base, "rolled-0.zip"),
         "non-ASCII names": os.path.join(base, "unicode.zip"),
+        "tree: links, directories, times": os.path.join(base, "tree.zip"),
+        "tree, salvaged": os.path.join(base, "tree-salvaged.zip"),
         "zip64: 70,000 entries": os.path.join(base, "many.zip"),
     })
     with zipfile.ZipFile(kinds["renamed conflicts"]) as handle:
@@ -104,7 +121,8 @@ def zoo(tmp_path_factory):
 ZOO_KINDS = (["sealed temp zip, %s" % c for c in sorted(rear._COMPRESSION)]
              + ["archive, %s" % c for c in sorted(rear._COMPRESSION)]
              + ["salvaged", "renamed conflicts", "rolled over (newest)", "rolled over (first)",
-                "non-ASCII names", "zip64: 70,000 entries"])
+                "non-ASCII names", "zip64: 70,000 entries", "sealed temp zip, tree",
+                "tree: links, directories, times", "tree, salvaged"])
 
 
 @pytest.mark.parametrize("reader", [reader[0] for reader in READERS] + ["zipfile"])
@@ -141,6 +159,31 @@ def test_an_archive_mounted_read_only_with_fuse_zip_reads_back(zoo, tmp_path):
         with open(os.path.join(mount_point, "log.txt"), "rb") as handle:
             assert handle.read() == b"a log line\n" * 2000
         assert sorted(os.listdir(mount_point)) == ["empty", "log.txt", "noise.bin"]
+    finally:
+        subprocess.run(["fusermount", "-u", mount_point], capture_output=True)
+
+
+def test_fuse_zip_shows_links_as_links_and_empty_directories(zoo, tmp_path):
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("mounting with FUSE needs root and /dev/fuse")
+    if shutil.which("fuse-zip") is None or shutil.which("fusermount") is None:
+        pytest.skip("fuse-zip is not installed (apt-get install fuse-zip)")
+    mount_point = str(tmp_path / "mnt")
+    os.makedirs(mount_point)
+    result = subprocess.run(["fuse-zip", "-r", zoo["tree: links, directories, times"],
+                             mount_point], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip("fuse-zip cannot mount here: %s" % result.stderr.strip())
+    try:
+        tree = os.path.join(mount_point, "tree")
+        assert os.readlink(os.path.join(tree, "to-dir")) == "sub"
+        assert os.readlink(os.path.join(tree, "dangling")) == "no/such/file"
+        assert os.path.isdir(os.path.join(tree, "empty"))
+        assert os.listdir(os.path.join(tree, "empty")) == []
+        assert stat.S_IMODE(os.stat(os.path.join(tree, "run.sh")).st_mode) == 0o755
+        # (fuse-zip reads the UT field as signed: run.sh's 2050 shows as 1914,
+        # where Info-ZIP unzip and bsdtar read it right; see the README)
+        assert int(os.stat(os.path.join(tree, "sub", "odd.txt")).st_mtime) == MTIME_ODD
     finally:
         subprocess.run(["fusermount", "-u", mount_point], capture_output=True)
 

@@ -34,8 +34,8 @@ import pytest
 
 import rear
 from test_rear import (BAD_PATHS, COUNTS, SCAVENGER_LOOP_SCRIPT, Acknowledged, archives_of,
-                       as_sets, check_archives, inbox_temp_zips, read_archive, run_child,
-                       run_in_threads, write_raw_temp_zip)
+                       as_sets, check_archives, inbox_temp_zips, make_faithful_tree,
+                       read_archive, run_child, run_in_threads, write_raw_temp_zip)
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -480,8 +480,13 @@ def test_every_power_loss_crash_state_recovers_without_loss(tmp_path, monkeypatc
 # (the writer processes run this function's source), so a file whose with
 # block exited just before the kill, not yet reported, is still known.
 def torture_content(name):
-    """The content a torture writer writes as ``name``."""
+    """The content a torture writer writes as ``name``: a directory entry
+    (a name ending in "/") is empty, a symlink's (".lnk") is its target."""
     rng = random.Random(name)
+    if name.endswith("/"):
+        return b""
+    if name.endswith(".lnk"):
+        return ("../target-%08x" % rng.getrandbits(32)).encode()
     return rng.randbytes(rng.randint(0, 1500)) + b"y" * rng.randint(0, 5000)
 
 
@@ -499,13 +504,30 @@ rng = random.Random(seed)
 compression = rng.choice(["stored", "deflated", "bzip2", "lzma"])
 sync = rng.choice(["rotation", "file"])
 report = threading.Lock()
+# Picked-up symlinks and empty directories come from here (never followed,
+# removed once archived).
+scratch = os.path.join(base, "pickup-scratch-%d" % seed)
+os.makedirs(scratch, exist_ok=True)
 def work(fs, thread):
     local = random.Random(seed * 1000 + thread)
     n = 0
     while True:
         name = "%s/s%d/t%d/%06d" % (local.choice(["a.zip", "b.zip", "sub/c.zip"]), seed, thread, n)
         data = torture_content(name)
-        if local.random() < 0.5:
+        kind = local.random()
+        if kind < 0.03:       # a symlink, stored as a link (Info-ZIP convention)
+            source = os.path.join(scratch, "%d-%d" % (thread, n))
+            os.symlink(torture_content(name + ".lnk").decode(), source)
+            with fs.pickup(source, name + ".lnk"):
+                pass
+            name += ".lnk"
+        elif kind < 0.06:     # an empty directory, stored as "name/"
+            source = os.path.join(scratch, "%d-%d" % (thread, n))
+            os.mkdir(source)
+            with fs.pickup(source, name):
+                pass
+            name += "/"
+        elif kind < 0.5:
             with rear.rear_open(name, "wb") as handle:
                 handle.write(data[:100])
                 handle.write(data[100:])
@@ -1026,6 +1048,16 @@ def _seed_zips():
         seeds.append(open(os.path.join(base, "inbox", temp), "rb").read())
         rear.scavenge(base)
         seeds.append(open(os.path.join(base, "a.zip"), "rb").read())
+        # extra fields (UT, ASi Unix), directory and symlink entries
+        make_faithful_tree(os.path.join(base, "tree"))
+        with rear.rear_fs(base, rotation_span=3600) as fs:
+            with fs.pickup(os.path.join(base, "tree"), "t.zip/tree"):
+                pass
+        (temp,) = [name for name in os.listdir(os.path.join(base, "inbox"))
+                   if name.endswith(".zip")]
+        seeds.append(open(os.path.join(base, "inbox", temp), "rb").read())
+        rear.scavenge(base)
+        seeds.append(open(os.path.join(base, "t.zip"), "rb").read())
     for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2):
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", method) as handle:
