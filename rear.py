@@ -1251,10 +1251,13 @@ def _entry_data_is_intact(reader, entry):
 def _salvage_entries(fd, size, path):
     """Recover every complete, CRC-correct entry of a zip from its local headers.
 
-    Returns (entries, torn_bytes).  Scanning stops at the first header that is
-    missing, torn, encrypted, uses a data descriptor (its sizes cannot be
-    trusted before the data) or fails its CRC: a writer appends strictly in
-    order, so nothing acknowledged can follow a torn entry.
+    Returns (entries, what follows them: "" if nothing, else a description).
+    Scanning stops at the first header that is missing, torn, encrypted,
+    uses a data descriptor (its sizes cannot be trusted before the data) or
+    fails its CRC: a writer appends strictly in order, so nothing
+    acknowledged can follow a torn entry.  What follows must be what a
+    killed writer leaves, or the file is not a temp zip rear wrote (or it
+    is damaged) and TempZipError says so: rear deletes only what it wrote.
     """
     entries = []
     offset = 0
@@ -1268,7 +1271,31 @@ def _salvage_entries(fd, size, path):
             break
         entries.append(entry)
         offset = end
-    return entries, size - offset
+    return entries, _describe_rest(reader, offset, size, path, len(entries))
+
+
+def _describe_rest(reader, offset, size, path, good):
+    """What follows a temp zip's last complete entry, if a killed writer can
+    have left it: the start of an entry (torn), of the central directory a
+    seal was writing, or of a region never written (zeros: a power loss
+    dropped a write the file's size already covered)."""
+    rest = size - offset
+    if not rest:
+        return ""
+    head = reader.read(offset, 4)
+    if _CENTRAL_SIG.startswith(head):
+        return "its central directory (%d bytes, not needed)" % rest
+    if _LOCAL_SIG.startswith(head) or head == bytes(len(head)):
+        return "%d torn bytes dropped" % rest
+    if not offset:
+        raise TempZipError("%s does not start with a zip entry: it is not a temp zip rear "
+                           "wrote, or it is damaged; it is left in place: look at it, then "
+                           "move it out of inbox/" % path, path)
+    raise TempZipError("%s: the %d bytes after its last complete entry (at byte %d) are "
+                       "neither a torn entry nor a central directory: damaged, or not "
+                       "written by rear; it is left in place with its %d good entries: "
+                       "look at it, then move it out of inbox/"
+                       % (path, rest, offset, good), path)
 
 
 def _read_central_entries(fd, size, path, error, check_small=False, manifest=None):
@@ -2376,10 +2403,38 @@ def _read_journal(fd, path):
     (crc,) = _JOURNAL_HEAD_CRC.unpack_from(body, head_len)
     if zlib.crc32(body[:head_len]) != crc:
         raise damaged
-    header = json.loads(body[:head_len].decode("utf-8"))
-    if size != data_offset + header["tail_size"]:
+    try:
+        header = json.loads(body[:head_len].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise damaged from None
+    if not _journal_header_is_valid(header, path) or size != data_offset + header["tail_size"]:
         raise damaged
     return header, data_offset
+
+
+_JOURNAL_KEYS = {"dest": str, "archive": str, "created": bool, "old_size": int,
+                 "old_cd_offset": int, "temps": list, "tail_size": int}
+
+
+def _journal_header_is_valid(header, path):
+    """Every key the docstring specifies, of its type and consistent, and a
+    ``dest`` whose key is this journal's name: a header that passes its CRC
+    but was written by something else must never direct a rollback."""
+    if not isinstance(header, dict) or not all(
+            type(header.get(key)) is kind for key, kind in _JOURNAL_KEYS.items()):
+        return False
+    if not 0 <= header["old_cd_offset"] <= header["old_size"] or header["tail_size"] != (
+            header["old_size"] - header["old_cd_offset"]):
+        return False
+    if not all(isinstance(temp, dict) and type(temp.get("zip")) is str
+               and type(temp.get("finish")) is bool for temp in header["temps"]):
+        return False
+    key = os.path.basename(path).split(".", 1)[0]
+    try:
+        dest = split_path(header["dest"] + "/_")[0]
+    except PathError:
+        return False
+    return dest == header["dest"] and _archive_key(dest) == key
 
 
 def _load_journal(path):
@@ -2532,8 +2587,7 @@ def _recover_all_journals(base, stats):
                     for name in leftovers.get(key, []):
                         _unlink_if_exists(os.path.join(directory, name))
         except (OSError, RearError, ValueError, KeyError) as err:
-            stats.errors.append((paths.journal, "recovery failed: %s" % err))
-            _log.error("could not recover the commit journal %s: %s", paths.journal, err)
+            _report(stats, paths.journal, "recovery failed: %s" % err)
 
 
 # -- scavenger: name index (layout in the module docstring)
@@ -2880,9 +2934,8 @@ class _ArchiveState:
         try:
             self.index.update(positions, self.fd, cd, size)
         except OSError as err:
-            reason = "could not update the name index (%s); the next commit rebuilds it" % err
-            stats.errors.append((self.paths.index, reason))
-            _log.warning("%s: %s", self.paths.index, reason)
+            _report(stats, self.paths.index, "could not update the name index (%s); the "
+                    "next commit rebuilds it" % err, logging.WARNING)
 
     def close(self):
         if self.index is not None:
@@ -3101,7 +3154,11 @@ def _claim(path, stats, *, flush=False, grace=0.0, salvage_only=False):
         if read is not None:
             entries, salvaged = read
             done = manifest.get("done", []) if manifest is not None else []
-            claim = _Claim(path, fd, _route_entries(path, entries), salvaged, done)
+            claim = _Claim(path, fd, _route_entries(path, entries), salvaged is not None, done)
+            if salvaged is not None:   # said once the entries are known to be routable
+                _log.warning("salvaged %d entries from %s, an unsealed temp zip of a dead "
+                             "writer%s", len(entries), path,
+                             "; after them, %s" % salvaged if salvaged else "")
         return claim
     finally:
         if claim is None:
@@ -3156,15 +3213,16 @@ def _open_and_lock(path, stats):
 
 
 def _read_claimed_entries(fd, path, manifest, stats, *, flush, grace, salvage_only):
-    """(entries, salvaged) of a temp zip we hold the lock of; None if it
-    must wait (a dead writer's within the grace period) or is not ours to
-    take (a sealed one, when only salvaging)."""
+    """(entries, None) of a sealed temp zip we hold the lock of, (entries,
+    what followed them) of a salvaged one; None if it must wait (a dead
+    writer's within the grace period) or is not ours to take (a sealed one,
+    when only salvaging)."""
     if manifest is not None and manifest["state"] == _STATE_SEALED:
         if salvage_only:
             return None
         entries = _await_current_view(fd, path, lambda st: _read_central_entries(
             fd, st.st_size, path, TempZipError, check_small=True, manifest=manifest))
-        return entries, False
+        return entries, None
     # A writer on another client may have written more than this client's
     # cache shows; salvaging by the cached size would drop acknowledged
     # entries.  The lock keeps it still while we look.
@@ -3172,12 +3230,9 @@ def _read_claimed_entries(fd, path, manifest, stats, *, flush, grace, salvage_on
     if not flush and not _past_grace(manifest, st, grace):
         stats.waiting += 1
         return None
-    entries, torn = _salvage_entries(fd, st.st_size, path)
+    entries, rest = _salvage_entries(fd, st.st_size, path)
     _checkpoint("salvaged")
-    _log.warning("salvaged %d entries from %s, an unsealed temp zip of a dead "
-                 "writer%s", len(entries), path,
-                 "; dropped %d torn bytes" % torn if torn else "")
-    return entries, True
+    return entries, rest
 
 
 def _route_entries(path, entries):
@@ -3195,6 +3250,10 @@ def _route_entries(path, entries):
             raise TempZipError("%s: entry %r uses zip features rear does not copy "
                                "(general purpose flags 0x%04x)" % (path, entry.name,
                                                                    entry.flags), path)
+        if entry.name.endswith("/") and entry.file_size:
+            raise TempZipError("%s: entry %r is named as a directory but holds %d bytes; "
+                               "the temp zip is left in place" % (path, entry.name,
+                                                                   entry.file_size), path)
         if entry.method not in _COMPRESSION.values():
             raise TempZipError("%s: entry %r uses compression method %d, which this "
                                "Python cannot handle" % (path, entry.name, entry.method),
@@ -3226,7 +3285,7 @@ def _remove_orphans(inbox, grace, stats):
         except FileNotFoundError:
             continue
         except OSError as err:   # not worth failing the pass over
-            stats.errors.append((path, "could not remove this leftover: %s" % err))
+            _report(stats, path, "could not remove this leftover: %s" % err)
 
 
 # -- scavenger: the pass
@@ -3295,14 +3354,21 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     return stats
 
 
+def _report(stats, path, reason, level=logging.ERROR):
+    """Record a problem of the pass in ``stats.errors`` and log it once (the
+    CLI prints ``stats.errors`` itself, so its handler skips these records)."""
+    stats.errors.append((path, reason))
+    _log.log(level, "%s", reason if path in reason else "%s: %s" % (path, reason),
+             extra={"rear_reported": True})
+
+
 def _claim_or_report(path, stats, **options):
     """_claim, with a damaged temp zip reported in ``stats`` instead of raised."""
     try:
         return _claim(path, stats, **options)
     except (TempZipError, OSError) as err:
         if not _vanished(err, path):   # else ingested by a scavenger on another client
-            stats.errors.append((path, str(err)))
-            _log.error("skipping %s: %s", path, err)
+            _report(stats, path, str(err))
         return None
 
 
@@ -3334,12 +3400,17 @@ def _ingest(base, claims, max_size, stats, report=None):
         try:
             _commit_to_archive(base, dest, items, max_size, stats)
         except (RearError, OSError) as err:
-            path = getattr(err, "path", None) or os.path.join(base, dest)
-            stats.errors.append((path, str(err)))
-            _log.error("could not append to %s: %s; its temp zips stay in inbox/",
-                       os.path.join(base, dest), err)
-            for claim, _member, _entry in items:
-                claim.failed = True
+            # Only this archive failed: the claims' other archives are still
+            # committed (their sidecars record them as done), and every bad
+            # archive is reported in this same pass.  A temp zip that failed
+            # while being read is left out of the rest of the pass.
+            archive = os.path.join(base, dest)
+            reason = str(err) if archive in str(err) else "%s: %s" % (archive, err)
+            _report(stats, getattr(err, "path", None) or archive,
+                    "%s; its entries stay in their temp zips in inbox/ until then" % reason)
+            if isinstance(err, TempZipError):
+                for claim, _member, _entry in items:
+                    claim.failed = True
         if report is not None:
             report()
     for claim in claims:
@@ -3363,7 +3434,7 @@ def _delete_temp_zip(claim, stats):
     except OSError as err:
         # Its entries are committed: a later pass deletes it and skips them
         # as duplicates.
-        stats.errors.append((claim.path, "could not delete it: %s" % err))
+        _report(stats, claim.path, "could not delete it: %s" % err)
         return False
     return True
 
@@ -3630,9 +3701,16 @@ def _print_stats(stats, out):
 
 
 def _report_errors(stats):
+    """Print each of the pass's problems once, naming its file once."""
     for path, reason in stats.errors:
-        sys.stderr.write("rear: error: %s: %s\n" % (path, reason))
+        sys.stderr.write("rear: error: %s\n" % (reason if path in reason
+                                                 else "%s: %s" % (path, reason)))
     return 1 if stats.errors else 0
+
+
+def _not_reported(record):
+    """Logging filter of the CLI: what _report logged, _report_errors prints."""
+    return not getattr(record, "rear_reported", False)
 
 
 def _cmd_scavenge(args):
@@ -3883,6 +3961,7 @@ def _configure_logging(args):
         level = logging.ERROR
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("rear: %(levelname)s: %(message)s"))
+    handler.addFilter(_not_reported)
     _log.addHandler(handler)
     _log.setLevel(level)
     return handler

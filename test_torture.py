@@ -1000,6 +1000,8 @@ FS_CASES = [
      "compression method 99"),
     ("entry marked encrypted", _with(_flagged_temp_zip, 0x0001), "flags 0x0001"),
     ("entry marked as patched data", _with(_flagged_temp_zip, 0x0020), "flags 0x0020"),
+    ("directory entry holding data", lambda base, tmp: write_raw_temp_zip(
+        base, [("a.zip/dir/", b"not empty")], sealed=True), "named as a directory"),
 ]
 
 
@@ -1123,7 +1125,10 @@ def test_fuzzed_zips_never_crash_the_parsers_and_salvage_only_intact_entries(tmp
             handle.write(data)
         fd = os.open(path, os.O_RDONLY)
         try:
-            entries, _torn = rear._salvage_entries(fd, len(data), path)
+            try:
+                entries, _rest = rear._salvage_entries(fd, len(data), path)
+            except rear.TempZipError:    # not what a killed writer leaves: reported
+                entries = []
             for entry in entries:
                 assert _independent_crc(data, entry), "salvage returned a damaged entry"
             try:
