@@ -1573,6 +1573,39 @@ def test_without_fcntl_locks_the_scavenger_warns_and_uses_age_only(base, monkeyp
     assert stats.waiting == 1
 
 
+def test_a_bad_archive_blocks_none_of_the_others_and_all_bad_ones_are_reported_at_once(base):
+    files = {dest + "/x": dest.encode() for dest in ("a.zip", "b.zip", "c.zip", "d.zip")}
+    fill(base, files)                                        # one temp zip feeds all four
+    os.mkdir(os.path.join(base, "a.zip"))                    # a directory where one belongs
+    with open(os.path.join(base, "c.zip"), "w") as handle:   # a user's text file
+        handle.write("my notes\n")
+    stats = rear.scavenge(base)
+    reasons = [reason for _path, reason in stats.errors]
+    assert len(reasons) == 2 and stats.files_moved == 2
+    assert "a.zip is a directory, not an archive; move it away" in reasons[0]
+    assert "c.zip is not a zip archive" in reasons[1]
+    assert all("its entries stay in their temp zips in inbox/" in r for r in reasons)
+    assert read_archive(os.path.join(base, "b.zip")) == {"x": b"b.zip"}
+    assert read_archive(os.path.join(base, "d.zip")) == {"x": b"d.zip"}
+    (sidecar,) = sidecars(base)
+    assert sorted(sidecar["done"]) == ["b.zip", "d.zip"]
+    os.rmdir(os.path.join(base, "a.zip"))                    # the user fixes both
+    os.remove(os.path.join(base, "c.zip"))
+    stats = rear.scavenge(base)
+    assert stats.errors == [] and stats.files_moved == 2 and inbox_temp_zips(base) == []
+    assert_exactly_once(base, files)
+
+
+def test_the_cli_prints_each_problem_once_naming_its_file_once(base):
+    fill(base, {"a.zip/x": b"x"})
+    os.mkdir(os.path.join(base, "a.zip"))
+    result = run_cli("scavenge", base)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rear: error: ")
+    assert lines[0].count(os.path.join(base, "a.zip")) == 1, lines[0]
+
+
 # -- scavenger: I/O errors and kills at each commit step
 
 

@@ -957,8 +957,39 @@ def _zip_bytes(files):
     return buffer.getvalue()
 
 
-def _with(function, *args):
-    return lambda base, tmp_path: function(base, *args)
+def _raw_temp_zip(base, data):
+    """A file named like a temp zip, with no sidecar, its writer long gone."""
+    path = os.path.join(base, "inbox", "stray.zip")
+    with open(path, "wb") as handle:
+        handle.write(data)
+    an_hour_ago = time.time() - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
+    return path
+
+
+def _entries_then(data):
+    """Two complete entries as a writer appends them, then ``data``."""
+    zipped = _zip_bytes({"a.zip/one": b"1" * 100, "a.zip/two": b"2" * 100})
+    return zipped[:zipped.index(b"PK\x01\x02")] + data
+
+
+def _journal(base, named_for, **header):
+    """A journal whose header passes its CRC, for the archive ``named_for``."""
+    fields = {"dest": named_for, "archive": os.path.join(base, named_for), "created": False,
+              "old_size": 0, "old_cd_offset": 0, "temps": [], "tail_size": 0}
+    fields.update(header)
+    fields = {key: value for key, value in fields.items() if value is not None}
+    head = json.dumps(fields).encode()
+    path = rear._ArchivePaths(base, named_for).journal
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(rear._JOURNAL_HEAD.pack(rear._JOURNAL_MAGIC, len(head)) + head
+                     + rear._JOURNAL_HEAD_CRC.pack(zlib.crc32(head)))
+    return path
+
+
+def _with(function, *args, **kwargs):
+    return lambda base, tmp_path: function(base, *args, **kwargs)
 
 
 FS_CASES = [
@@ -1002,6 +1033,25 @@ FS_CASES = [
     ("entry marked as patched data", _with(_flagged_temp_zip, 0x0020), "flags 0x0020"),
     ("directory entry holding data", lambda base, tmp: write_raw_temp_zip(
         base, [("a.zip/dir/", b"not empty")], sealed=True), "named as a directory"),
+    # rear deletes only what it wrote: a salvage must find what a killed writer leaves
+    ("random bytes named like a temp zip, no sidecar", _with(_raw_temp_zip, os.urandom(5000)),
+     "does not start with a zip entry: it is not a temp zip rear wrote, or it is damaged; "
+     "it is left in place"),
+    ("a user's text file named like a temp zip", _with(_raw_temp_zip, b"my notes\n" * 100),
+     "does not start with a zip entry"),
+    ("entries followed by bytes no writer leaves", _with(_raw_temp_zip, _entries_then(
+        b"\x7fELF" + os.urandom(500))), "are neither a torn entry nor a central directory"),
+    ("a user's complete zip, no sidecar", _with(_raw_temp_zip, _zip_bytes(
+        {"data/results.csv": b"1,2\n"})), "entry 'data/results.csv' is not a valid rear path"),
+    # journals are on-disk input too: a header that passes its CRC is not enough
+    ("journal header without dest", _with(_journal, "j.zip", dest=None),
+     "is not a complete rear journal"),
+    ("journal naming another archive than its own", _with(_journal, "j.zip", dest="k.zip"),
+     "is not a complete rear journal"),
+    ("journal with inconsistent sizes", _with(_journal, "j.zip", old_size=10, tail_size=99),
+     "is not a complete rear journal"),
+    ("journal whose temps are not a list of temp zips", _with(_journal, "j.zip", temps=[7]),
+     "is not a complete rear journal"),
 ]
 
 
