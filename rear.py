@@ -183,6 +183,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import contextvars
 import dataclasses
 import errno
 import hashlib
@@ -1522,7 +1523,13 @@ def _read_manifest(path):
 # its descriptor, silently drop the writer's lock: it must skip them instead.
 _OWN_TEMP_ZIPS = set()
 _OWN_TEMP_ZIPS_LOCK = threading.Lock()
-# The stack of rear_fs instances entered in this process, innermost last.
+# The rear_fs the caller's context entered last: asyncio and trio tasks each
+# copy their context, so two tasks (or threads) inside their own rear_fs
+# never write into each other's base.
+_CURRENT_FS = contextvars.ContextVar("rear_fs", default=None)
+# The stack of rear_fs instances entered in this process, innermost last:
+# what rear_open uses in a thread that entered none itself (a worker
+# thread of a pool started inside the main thread's 'with rear_fs').
 _ACTIVE = []
 _ACTIVE_LOCK = threading.Lock()
 # Every rear_fs alive in this process, to reset after fork.
@@ -1946,6 +1953,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
             _compressor(self._method, compresslevel)   # fail now on a bad level
         self._reset_state()
         self._closed = False
+        self._context_token = None
         _LIVE.add(self)
 
     def _reset_state(self):
@@ -1961,22 +1969,35 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
     def __enter__(self):
         if self._closed:
             raise RearError("this rear_fs is closed; create a new one")
+        _check_writer_base(self.base)
         with _ACTIVE_LOCK:
+            if self._context_token is not None:
+                # Its inner 'with' would close it under the outer one.
+                raise RearError("this rear_fs is already entered; enter it once and "
+                                "use it (or rear_open) inside that one 'with' block")
+            self._context_token = _CURRENT_FS.set(self)
             _ACTIVE.append(self)
         return self
 
     def __exit__(self, exc_type, exc, traceback):
-        with _ACTIVE_LOCK:
-            if self in _ACTIVE:
-                # remove the innermost occurrence, contexts nest
-                del _ACTIVE[len(_ACTIVE) - 1 - _ACTIVE[::-1].index(self)]
+        self._leave()
         self.close()
+
+    def _leave(self):
+        """Stop being the current rear_fs of this context and of the process."""
+        with _ACTIVE_LOCK:
+            token, self._context_token = self._context_token, None
+            with contextlib.suppress(ValueError):   # a context other than the enterer's
+                _CURRENT_FS.reset(token)
+            if self in _ACTIVE:
+                _ACTIVE.remove(self)
 
     async def __aenter__(self):
         return self.__enter__()
 
     async def __aexit__(self, exc_type, exc, traceback):
-        await _off_the_event_loop(self.__exit__, exc_type, exc, traceback)
+        self._leave()     # in the task's own context; only the seal goes off the loop
+        await _off_the_event_loop(self.close)
 
     # -- writing -----------------------------------------------------------
 
@@ -2242,6 +2263,10 @@ atexit.register(_seal_all_at_exit)
 
 
 def _current_fs():
+    """The rear_fs this context entered last, else the process's innermost."""
+    fs = _CURRENT_FS.get()
+    if fs is not None and fs._context_token is not None:
+        return fs
     with _ACTIVE_LOCK:
         if _ACTIVE:
             return _ACTIVE[-1]
@@ -2257,6 +2282,23 @@ def rear_open(path, mode="w", encoding=None, newline=None, errors=None):
 def rear_pickup(source, path):
     """Archive ``source`` (file or directory) as ``path`` when the block exits."""
     return _current_fs().pickup(source, path)
+
+
+def _check_writer_base(base):
+    """Refuse, naming it, a base a writer cannot use, before any file is
+    written through it (else the error came from the first 'with' block's
+    close, as a bare NotADirectoryError)."""
+    for path in (base, os.path.join(base, _INBOX)):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return     # created with the first temp zip
+        if not stat.S_ISDIR(st.st_mode):
+            raise RearError("%s is not a directory; rear needs a directory as its base "
+                            "(it keeps temporary zips in BASE/inbox/)" % path, path)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise RearError("%s is not writable by this user; give rear a base "
+                            "directory the job can write to" % path, path)
 
 
 def _base_or_env(base):

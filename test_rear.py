@@ -287,6 +287,85 @@ def test_innermost_rear_fs_receives_the_files(tmp_path):
     assert archives_of(inner) == {"ar.zip": {"inner.txt": b"i"}}
 
 
+def test_threads_each_inside_their_own_rear_fs_write_into_their_own_base(tmp_path):
+    bases = [str(tmp_path / "a"), str(tmp_path / "b")]
+    both_inside = threading.Barrier(2)
+
+    def worker(number):
+        with rear.rear_fs(bases[number]):
+            both_inside.wait()          # each entered its own before either writes
+            for n in range(20):
+                with rear.rear_open("t.zip/%d-%d" % (number, n), "wb") as handle:
+                    handle.write(b"%d" % number)
+            both_inside.wait()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for number, base in enumerate(bases):
+        rear.scavenge(base)
+        assert archives_of(base) == {"t.zip": {"%d-%d" % (number, n): b"%d" % number
+                                               for n in range(20)}}
+
+
+def test_asyncio_tasks_each_inside_their_own_rear_fs_write_into_their_own_base(tmp_path):
+    bases = [str(tmp_path / "a"), str(tmp_path / "b")]
+
+    async def task(number):
+        async with rear.rear_fs(bases[number]):
+            for n in range(10):
+                await asyncio.sleep(0.001)     # the other task runs in between
+                with rear.rear_open("t.zip/%d-%d" % (number, n), "wb") as handle:
+                    handle.write(b"%d" % number)
+
+    async def both():
+        await asyncio.gather(task(0), task(1))
+
+    asyncio.run(both())
+    for number, base in enumerate(bases):
+        rear.scavenge(base)
+        assert archives_of(base) == {"t.zip": {"%d-%d" % (number, n): b"%d" % number
+                                               for n in range(10)}}
+
+
+def test_a_worker_thread_that_entered_no_rear_fs_writes_through_the_process_one(base):
+    with rear.rear_fs(base):
+        thread = threading.Thread(target=lambda: rear.rear_open("t.zip/w").close())
+        thread.start()
+        thread.join()
+    rear.scavenge(base)
+    assert archives_of(base) == {"t.zip": {"w": b""}}
+
+
+def test_entering_the_same_rear_fs_twice_raises_at_once_and_leaves_it_open(base):
+    with rear.rear_fs(base) as fs:
+        with pytest.raises(rear.RearError, match="already entered"):
+            with fs:
+                pass
+        fs.write_bytes("t.zip/after", b"still open")
+        with rear.rear_open("t.zip/current") as handle:
+            handle.write("still current")
+    rear.scavenge(base)
+    assert archives_of(base) == {"t.zip": {"after": b"still open",
+                                           "current": b"still current"}}
+
+
+@pytest.mark.parametrize("where", ["base", "inbox"])
+def test_a_file_where_the_base_belongs_is_refused_when_the_rear_fs_is_entered(tmp_path, where):
+    base = tmp_path / "base"
+    if where == "inbox":
+        base.mkdir()
+    obstacle = base / "inbox" if where == "inbox" else base
+    obstacle.write_text("a user's file")
+    with pytest.raises(rear.RearError, match="%s is not a directory; rear needs a directory "
+                       "as its base" % re.escape(str(obstacle))):
+        with rear.rear_fs(str(base)):
+            pass
+    assert obstacle.read_text() == "a user's file"
+
+
 def test_rear_puts_nothing_into_builtins():
     import builtins
 
