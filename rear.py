@@ -218,6 +218,7 @@ __all__ = [
     "status",
     "split_path",
     "ScavengeStats",
+    "VerifyReport",
     "RearError",
     "ArchiveError",
     "TempZipError",
@@ -237,6 +238,9 @@ _log.addHandler(logging.NullHandler())   # a library never prints by itself
 DEFAULT_ROTATION_SPAN = 300.0
 #: A final archive this large is rolled over to name-N.zip before appending.
 DEFAULT_MAX_SIZE = 50 * 1024 ** 3
+#: Longest rotation span accepted, seconds (a week): dead writers' temp zips
+#: wait twice the span, and a typo such as 1e9 would keep them forever.
+_MAX_ROTATION_SPAN = 7 * 24 * 3600
 #: An unsealed temp zip with a free lock is salvaged after this many spans.
 _GRACE_SPANS = 2.0
 #: rear_open keeps a file in memory up to this size, then spills to TMPDIR.
@@ -354,6 +358,9 @@ _ASI_UNIX = struct.Struct("<HHLHLHH")
 _ASI_UNIX_CRC_OFFSET = 4                     # the CRC covers the bytes after it
 _MAX_COMMENT = 0xFFFF
 _MAX_NAME = 0xFFFF
+#: Longest name component, UTF-8 bytes: NAME_MAX of Linux filesystems, past
+#: which unzip cannot extract a member ("File name too long").
+_MAX_COMPONENT = 255
 _U16_LIMIT = 0xFFFF          # a 16-bit count this large means "see zip64"
 _U32_LIMIT = 0xFFFFFFFF      # a 32-bit size/offset this large means "see zip64"
 _FLAG_LZMA_EOS = 0x0002      # 4.4.4 bit 1: LZMA stream has an end marker
@@ -1386,8 +1393,7 @@ def split_path(path):
     try:
         encoded = path.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise PathError("archive path %r cannot be encoded as UTF-8 (lone surrogate?)"
-                        % (path,)) from err
+        raise _not_utf8(path) from err
     if len(encoded) > _MAX_NAME:
         raise PathError("archive path is %d UTF-8 bytes long; zip names are limited to %d"
                         % (len(encoded), _MAX_NAME))
@@ -1404,6 +1410,8 @@ def split_path(path):
         if component in ("", ".", ".."):
             raise PathError("archive path %r has a %r component; components must be "
                             "non-empty and not '.' or '..'" % (path, component))
+        if len(component.encode("utf-8")) > _MAX_COMPONENT:
+            raise _component_too_long(path, component)
     if components[0] == _INBOX:
         raise PathError("archive path %r starts with %r, which rear reserves for its "
                         "temporary files" % (path, _INBOX))
@@ -1419,6 +1427,30 @@ def split_path(path):
                     "like 'name.zip/member/path'" % (path,))
 
 
+def _not_utf8(path):
+    """PathError naming the component of ``path`` that is not UTF-8 text (a
+    lone surrogate: a file name in another encoding, as os.listdir gives it)."""
+    bad = next((component for component in path.split("/")
+                if not _encodes(component)), path)
+    return PathError("archive path %r: component %r is not valid UTF-8 (a file name in "
+                     "another encoding?); rename it, zip names are UTF-8" % (path, bad))
+
+
+def _encodes(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _component_too_long(path, component):
+    return PathError("archive path %r...: component %r... is %d UTF-8 bytes; unzip and "
+                     "most filesystems cannot extract a name longer than %d"
+                     % (path[:60], component[:40], len(component.encode("utf-8")),
+                        _MAX_COMPONENT))
+
+
 def _split_known(path, known):
     """split_path(path), reusing what ``known`` (a dict this fills) holds
     about the directory part: of 100,000 files most share a few directories,
@@ -1427,7 +1459,8 @@ def _split_known(path, known):
     directory, _slash, last = path.rpartition("/")
     split = known.get(directory)
     if (split is not None and last not in ("", ".", "..") and "\x00" not in last
-            and "\\" not in last and len(path.encode("utf-8")) <= _MAX_NAME):
+            and "\\" not in last and _encodes(path) and len(path.encode("utf-8")) <= _MAX_NAME
+            and len(last.encode("utf-8")) <= _MAX_COMPONENT):
         dest, prefix = split
         return dest, (prefix + "/" + last if prefix else last)
     dest, member = split_path(path)
@@ -1950,7 +1983,12 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         self.sync = sync
         self._method = _COMPRESSION[compression]
         if self._method != zipfile.ZIP_STORED:
-            _compressor(self._method, compresslevel)   # fail now on a bad level
+            try:
+                _compressor(self._method, compresslevel)   # fail now on a bad level
+            except (ValueError, TypeError, zlib.error) as err:
+                raise ValueError("compresslevel %r does not suit %s compression (%s): use "
+                                 "0-9 for deflated, 1-9 for bzip2, or None for the default"
+                                 % (compresslevel, compression, err)) from None
         self._reset_state()
         self._closed = False
         self._context_token = None
@@ -2319,10 +2357,45 @@ def _rotation_or_env(rotation_span):
                 raise ValueError("REAR_ROTATION=%r is not a number of seconds" % raw) from err
         else:
             rotation_span = DEFAULT_ROTATION_SPAN
-    if not rotation_span > 0:
-        raise ValueError("rotation_span must be a positive number of seconds, not %r"
-                         % (rotation_span,))
+    if isinstance(rotation_span, bool) or not isinstance(rotation_span, (int, float)):
+        raise ValueError("rotation_span must be a number of seconds, not %r" % (rotation_span,))
+    if not 0 < rotation_span <= _MAX_ROTATION_SPAN:   # also refuses nan and inf
+        raise ValueError("rotation_span must be more than 0 and at most %d seconds (a week), "
+                         "not %r: a dead writer's temp zip waits twice the span before it "
+                         "is salvaged" % (_MAX_ROTATION_SPAN, rotation_span))
     return float(rotation_span)
+
+
+def _max_size(value):
+    """max_size as a positive number of bytes; a size string like the CLI's
+    ("50G", "512M") is accepted too."""
+    if isinstance(value, str):
+        try:
+            return _parse_size(value)
+        except argparse.ArgumentTypeError as err:
+            raise ValueError("max_size %s" % err) from None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("max_size must be a positive number of bytes or a size like '50G', "
+                         "not %r" % (value,))
+    return value
+
+
+def _existing_base(base):
+    """The absolute path of an existing base directory, else RearError
+    saying what is wrong with it."""
+    base = os.path.abspath(_base_or_env(base))
+    try:
+        st = os.stat(base)
+    except FileNotFoundError:
+        raise RearError("base directory %s does not exist; check the path (or $REAR_BASE)"
+                        % base, base) from None
+    except PermissionError as err:
+        raise RearError("base directory %s cannot be reached by this user: %s"
+                        % (base, err.strerror), base) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RearError("%s is not a directory; give the base directory, the one that "
+                        "holds inbox/" % base, base)
+    return base
 
 
 # ---------------------------------------------------------------- scavenger
@@ -3364,12 +3437,11 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     ``progress(stats, done, total)`` is called after each commit, where done
     and total count the temp zips this pass looked at.
     """
-    base = os.path.abspath(_base_or_env(base))
+    base = _existing_base(base)
     grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
+    max_size = _max_size(max_size)
     inbox = os.path.join(base, _INBOX)
     stats = ScavengeStats()
-    if not os.path.isdir(base):
-        raise RearError("base directory %s does not exist" % base, base)
     with _SCAVENGE_LOCK:
         _recover_all_journals(base, stats)
         _remove_orphans(inbox, grace, stats)
@@ -3488,7 +3560,7 @@ class scavengerd:  # noqa: N801 -- the public name rear 0.1 users know
     def __init__(self, base=None, rotation_span=None, max_size=DEFAULT_MAX_SIZE):
         self.base = os.path.abspath(_base_or_env(base))
         self.rotation_span = _rotation_or_env(rotation_span)
-        self.max_size = max_size
+        self.max_size = _max_size(max_size)
         self.stats = ScavengeStats()
         self._stop = threading.Event()
         self._thread = None
@@ -3531,9 +3603,19 @@ def recover(base=None, rotation_span=None):
 # ---------------------------------------------------------------- inspection
 
 
-def _archives_under(base):
+def _archives_under(base, unreadable=None):
+    """Every final archive under ``base`` (not in inbox/), in sorted order.
+    Directories that cannot be listed are appended to ``unreadable`` as
+    (path, reason) when given, else raise: nothing is skipped silently."""
     inbox = os.path.join(base, _INBOX)
-    for directory, subdirs, files in os.walk(base):
+
+    def cannot_list(err):
+        if unreadable is None:
+            raise err
+        unreadable.append((err.filename, "cannot list this directory (%s); the archives "
+                           "in it were not checked" % err.strerror))
+
+    for directory, subdirs, files in os.walk(base, onerror=cannot_list):
         if directory == base and _INBOX in subdirs:
             subdirs.remove(_INBOX)
         subdirs.sort()
@@ -3567,45 +3649,96 @@ def _reader_lock(base, dest):
         os.close(fd)
 
 
+class VerifyReport(list):
+    """What ``verify`` found: a list of (path, problem), empty when every
+    archive read back with its CRCs, and how much was read: ``archives``
+    and ``entries`` checked.  A report with nothing checked is not a pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.archives = 0
+        self.entries = 0
+
+
 def verify(path):
     """CRC-check every member of an archive, or of every archive under a base.
 
-    Under a base, each archive is read under its shared lock, so a commit in
-    progress is waited for.  Returns a list of (archive, problem); empty
-    means everything is intact.
+    Returns a VerifyReport (a list of (path, problem), plus the counts of
+    archives and entries checked).  Under a base, each archive is read under
+    its shared lock, so a commit in progress is waited for; directories and
+    archives that cannot be read are problems, never skipped.  Raises
+    RearError if ``path`` does not exist.
     """
-    path = os.fspath(path)
+    path = os.path.abspath(os.fspath(path))
+    report = VerifyReport()
     if not os.path.isdir(path):
-        return _verify_archive(path)
-    base = os.path.abspath(path)
-    problems = []
+        if not os.path.lexists(path):
+            raise RearError("%s does not exist; give an archive or a base directory" % path,
+                            path)
+        _verify_archive(path, report, _journal_of(path))
+        return report
+    base = _existing_base(path)
     # Lock files are locked per process: keep out of an in-process
     # scavenger's way, as status() does.
     with _SCAVENGE_LOCK:
-        for archive in _archives_under(base):
-            with _reader_lock(base, os.path.relpath(archive, base).replace(os.sep, "/")):
-                problems += _verify_archive(archive)
-    return problems
+        for archive in _archives_under(base, unreadable=report):
+            dest = os.path.relpath(archive, base).replace(os.sep, "/")
+            with _reader_lock(base, dest):
+                _verify_archive(archive, report, _pending_journal(_ArchivePaths(base, dest)))
+    return report
 
 
-def _verify_archive(archive):
-    """[(archive, problem)] if any member fails to read back with its CRC."""
+def _pending_journal(paths):
+    """The journal of an interrupted commit to the archive, or None."""
+    for journal in (paths.journal, paths.commit):
+        if _stat_existing(journal) is not None:
+            return journal
+    return None
+
+
+def _journal_of(archive):
+    """_pending_journal for an archive given alone: its base is the nearest
+    directory above it that has inbox/archives/."""
+    directory = os.path.dirname(archive)
+    while True:
+        if os.path.isdir(os.path.join(directory, _INBOX, _ARCHIVES_DIR)):
+            dest = os.path.relpath(archive, directory).replace(os.sep, "/")
+            return _pending_journal(_ArchivePaths(directory, dest))
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
+
+
+def _verify_archive(archive, report, journal=None):
+    """Read every member of ``archive`` with its CRC; count it in ``report``
+    or add the problem."""
+    if journal is not None:
+        report.append((archive, "a commit to it was interrupted (journal %s): run 'rear "
+                       "recover BASE' to roll it back or finish it, then verify again"
+                       % journal))
+        return
     try:
         with zipfile.ZipFile(archive) as handle:
             for info in handle.infolist():
                 with handle.open(info) as member:
                     while member.read(_CHUNK):
                         pass
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError,
-            zlib.error, NotImplementedError, RuntimeError, ValueError) as err:
-        return [(archive, "%s: %s" % (type(err).__name__, err))]
-    return []
+                report.entries += 1
+    except OSError as err:
+        report.append((archive, "cannot read it: %s" % (err.strerror or err)))
+        return
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,
+            NotImplementedError, RuntimeError, ValueError) as err:
+        report.append((archive, "%s: %s" % (type(err).__name__, err)))
+        return
+    report.archives += 1
 
 
 def status(base=None, rotation_span=None):
-    """A dict describing the temp zips (open/sealed/stale/damaged), pending
-    journals and final archives under ``base``."""
-    base = os.path.abspath(_base_or_env(base))
+    """A dict describing the temp zips (open/sealed/dead/stale/damaged),
+    pending journals and final archives under ``base``."""
+    base = _existing_base(base)
     grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
     inbox = os.path.join(base, _INBOX)
     # Probing a lock opens and closes a descriptor, which would drop the lock
@@ -3617,25 +3750,40 @@ def status(base=None, rotation_span=None):
     if os.path.isdir(directory):
         journals = sorted(name for name in os.listdir(directory)
                           if name.endswith(_PENDING_JOURNAL_SUFFIXES))
-    archives = []
-    for archive in _archives_under(base):
-        info = {"path": os.path.relpath(archive, base), "size": os.path.getsize(archive)}
+    unreadable = []
+    archives = [_archive_status(base, archive)
+                for archive in _archives_under(base, unreadable=unreadable)]
+    return {"base": base, "temp_zips": temps, "journals": journals,
+            "archives": [info for info in archives if info is not None],
+            "unreadable": [{"path": path, "error": reason} for path, reason in unreadable]}
+
+
+def _archive_status(base, archive):
+    """{path, size, entries} of a final archive (entries None and an error
+    if it cannot be read); None if it was rolled over since it was listed."""
+    info = {"path": os.path.relpath(archive, base)}
+    try:
+        fd = _open_existing(archive, os.O_RDONLY | _O_CLOEXEC)
+        if fd is None:
+            return None
         try:
-            fd = _open_existing(archive, os.O_RDONLY | _O_CLOEXEC)
-            if fd is None:
-                continue    # rolled over by a scavenger since we listed it
-            try:
-                info["entries"] = _read_end_records(fd, info["size"], archive).count
-            finally:
-                _close_read_only(fd)
-        except (ArchiveError, OSError) as err:
-            info["entries"] = None
-            info["error"] = str(err)
-        archives.append(info)
-    return {"base": base, "temp_zips": temps, "journals": journals, "archives": archives}
+            info["size"] = os.fstat(fd).st_size
+            info["entries"] = _read_end_records(fd, info["size"], archive).count
+        finally:
+            _close_read_only(fd)
+    except (ArchiveError, OSError) as err:
+        info.setdefault("size", None)
+        info["entries"] = None
+        info["error"] = str(err)
+    return info
 
 
 def _temp_status(path, grace):
+    """What a temp zip is: "sealed"; "open" (a live writer holds its lock);
+    "dead" (unsealed, its writer gone, salvaged once the grace period
+    passes, ``salvage_after``); "stale" (the same, past it: the next pass
+    salvages it); "damaged".  ``entries`` counts the complete entries a
+    salvage would find in an unsealed one."""
     info = {"path": os.path.basename(path)}
     try:
         st = os.lstat(path)
@@ -3655,26 +3803,53 @@ def _temp_status(path, grace):
         if manifest["state"] == _STATE_SEALED:
             info["state"] = "sealed"
             return info
-    with _OWN_TEMP_ZIPS_LOCK:
-        own = path in _OWN_TEMP_ZIPS
-    locked = own
-    if not own:
-        try:
-            fd = _open_existing(path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
-            if fd is not None:
-                try:
-                    locked = not _lock(fd, path, blocking=False)
-                finally:
-                    _close_read_only(fd)
-        except (OSError, RearError):
-            locked = False
-    if locked:
+    if _held_by_a_writer(path):
         info["state"] = "open"
-    elif _past_grace(manifest, st, grace):
-        info["state"] = "stale"
-    else:
-        info["state"] = "open"
+        return info
+    info["entries"] = _count_complete_entries(path, st.st_size)
+    info["salvage_after"] = max(manifest["created"] if manifest else st.st_mtime,
+                                st.st_mtime) + grace
+    info["state"] = "stale" if _past_grace(manifest, st, grace) else "dead"
     return info
+
+
+def _held_by_a_writer(path):
+    """Is the temp zip's lock held (by a writer in this or another process)?"""
+    with _OWN_TEMP_ZIPS_LOCK:
+        if path in _OWN_TEMP_ZIPS:
+            return True
+    try:
+        fd = _open_existing(path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+        if fd is None:
+            return False
+        try:
+            return not _lock(fd, path, blocking=False)
+        finally:
+            _close_read_only(fd)
+    except (OSError, RearError):
+        return False
+
+
+def _count_complete_entries(path, size):
+    """How many complete entries an unsealed temp zip holds, by walking its
+    local headers (no data is read: this is status, not salvage)."""
+    try:
+        fd = _open_existing(path, os.O_RDONLY | _O_CLOEXEC)
+    except OSError:
+        return None
+    if fd is None:
+        return None
+    try:
+        reader = _ChunkReader(fd, path)
+        count = offset = 0
+        while True:
+            entry = _read_local_header(reader, offset, size)
+            if entry is None or entry.data_offset + entry.compressed_size > size:
+                return count
+            count += 1
+            offset = entry.data_offset + entry.compressed_size
+    finally:
+        _close_read_only(fd)
 
 
 # ---------------------------------------------------------------- CLI
@@ -3696,6 +3871,25 @@ def _parse_size(text):
         raise argparse.ArgumentTypeError("%r is not a size like 50G, 512M or 1000000" % text)
     if value <= 0:
         raise argparse.ArgumentTypeError("size must be positive, not %r" % text)
+    return value
+
+
+_EXIT_CODES = """exit codes:
+  0  done (verify: every archive read back with its CRCs)
+  1  some work failed or was not done; each problem is one line on stderr, e.g.
+       rear: error: base directory /scratch/run4 does not exist; check the path (or $REAR_BASE)
+       rear: error: /scratch/run42/a.zip is a directory, not an archive; move it away; ...
+       rear: error: no archives under /scratch: nothing was verified; ...
+  2  usage error (an unknown option, a missing argument, no base and no $REAR_BASE)"""
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a whole number" % text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be at least 1, not %r" % text)
     return value
 
 
@@ -3740,6 +3934,18 @@ def _print_stats(stats, out):
               % (stats.files_moved, stats.temp_zips_done, stats.archives_touched,
                  stats.duplicates, stats.conflicts, stats.salvaged, stats.busy,
                  stats.waiting, len(stats.errors)))
+    if stats.busy:
+        out.write("  %d busy: held by a live writer or another scavenger; a later pass "
+                  "takes them\n" % stats.busy)
+    if stats.waiting:
+        out.write("  %d waiting: unsealed temp zips of writers that died, kept until the "
+                  "grace period (2 x rotation span) has passed; 'rear scavenge --flush' "
+                  "salvages them now\n" % stats.waiting)
+
+
+def _did_something(stats):
+    return bool(stats.files_moved or stats.temp_zips_done or stats.salvaged or stats.errors
+                or stats.recovered_journals or stats.duplicates)
 
 
 def _report_errors(stats):
@@ -3768,8 +3974,10 @@ def _cmd_scavenge(args):
             finally:
                 if progress is not None:
                     progress.finish()
-            if not args.quiet:
+            # Under --watch an idle pass prints nothing (-v: every pass).
+            if not args.quiet and (not args.watch or args.verbose or _did_something(stats)):
                 _print_stats(stats, sys.stdout)
+                sys.stdout.flush()
             code = _report_errors(stats)
             if not args.watch:
                 return code
@@ -3794,26 +4002,48 @@ def _cmd_status(args):
     if args.json:
         json.dump(report, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
-        return 0
+        return 1 if report["unreadable"] else 0
     counts = {}
     for temp in report["temp_zips"]:
         counts[temp["state"]] = counts.get(temp["state"], 0) + 1
-    sys.stdout.write("base %s\n" % report["base"])
-    sys.stdout.write("temp zips: %s\n" % (", ".join(
+    out = sys.stdout
+    out.write("base %s\n" % report["base"])
+    out.write("temp zips: %s\n" % (", ".join(
         "%d %s" % (counts.get(state, 0), state)
-        for state in ("open", "sealed", "stale", "damaged"))))
+        for state in ("open", "sealed", "dead", "stale", "damaged"))))
     for temp in report["temp_zips"]:
-        if temp["state"] == "damaged":
-            sys.stdout.write("  damaged %s: %s\n" % (temp["path"], temp["error"]))
+        _print_temp_status(temp, out)
     if report["journals"]:
-        sys.stdout.write("interrupted commits: %d (run 'rear recover')\n"
-                         % len(report["journals"]))
-    sys.stdout.write("archives: %d\n" % len(report["archives"]))
+        out.write("interrupted commits: %d (run 'rear recover %s')\n"
+                  % (len(report["journals"]), report["base"]))
+    out.write("archives: %d\n" % len(report["archives"]))
     for archive in report["archives"]:
         entries = archive["entries"]
-        sys.stdout.write("  %10s entries %14d bytes  %s\n" % (
-            "?" if entries is None else entries, archive["size"], archive["path"]))
-    return 0
+        out.write("  %10s entries %14s bytes  %s%s\n" % (
+            "?" if entries is None else entries,
+            "?" if archive["size"] is None else archive["size"], archive["path"],
+            "  (%s)" % archive["error"] if "error" in archive else ""))
+    for unreadable in report["unreadable"]:
+        sys.stderr.write("rear: error: %s: %s\n" % (unreadable["path"], unreadable["error"]))
+    return 1 if report["unreadable"] else 0
+
+
+def _print_temp_status(temp, out):
+    """One line for a temp zip that needs explaining: damaged or a dead writer's."""
+    if temp["state"] == "damaged":
+        out.write("  damaged %s: %s\n" % (temp["path"], temp["error"]))
+    elif temp["state"] in ("dead", "stale"):
+        when = ("by the next pass" if temp["state"] == "stale" else "by a pass after %s"
+                % time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(temp["salvage_after"])))
+        out.write("  %s %s: its writer%s died; %s complete entries, salvaged %s, or now "
+                  "with 'rear scavenge --flush'\n"
+                  % (temp["state"], temp["path"], _writer_name(temp),
+                     "?" if temp["entries"] is None else temp["entries"], when))
+
+
+def _writer_name(temp):
+    host, pid = temp.get("host"), temp.get("pid")
+    return " (pid %s on %s)" % (pid, host) if host else ""
 
 
 def _open_archive(path):
@@ -3873,12 +4103,23 @@ def _cmd_cat(args):
 
 
 def _cmd_verify(args):
-    problems = verify(args.path)
-    for archive, problem in problems:
+    report = verify(args.path)
+    for archive, problem in report:
         sys.stderr.write("rear: error: %s: %s\n" % (archive, problem))
-    if not problems and not args.quiet:
-        sys.stdout.write("all archives under %s are intact\n" % args.path)
-    return 1 if problems else 0
+    what = "%d archives, %d entries" % (report.archives, report.entries)
+    if report:
+        sys.stderr.write("rear: error: %d problems under %s; checked %s intact\n"
+                         % (len(report), args.path, what))
+        return 1
+    if not report.archives:
+        # Nothing read is nothing verified: never "intact".
+        sys.stderr.write("rear: error: no archives under %s: nothing was verified; give the "
+                         "base directory (the one that holds inbox/) or an archive\n"
+                         % args.path)
+        return 1
+    if not args.quiet:
+        sys.stdout.write("verified %s under %s: every CRC matches\n" % (what, args.path))
+    return 0
 
 
 def _demo_worker(base, worker, count, rotation_span):
@@ -3892,39 +4133,49 @@ def _demo_worker(base, worker, count, rotation_span):
 
 
 def _cmd_demo(args):
+    directory = args.dir or tempfile.mkdtemp(prefix="rear-demo-")
+    try:
+        return _run_demo(directory, args.workers, args.files)
+    finally:
+        if args.dir is None:    # a directory of our own: leave nothing behind
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run_demo(directory, workers, files):
     import multiprocessing
 
-    directory = args.dir or tempfile.mkdtemp(prefix="rear-demo-")
     os.makedirs(directory, exist_ok=True)
     started = time.monotonic()
     processes = [multiprocessing.Process(target=_demo_worker,
-                                         args=(directory, worker, args.files, 0.5))
-                 for worker in range(args.workers)]
+                                         args=(directory, worker, files, 0.5))
+                 for worker in range(workers)]
     with scavengerd(directory, rotation_span=0.5) as daemon:
         for process in processes:
             process.start()
         for process in processes:
             process.join()
     failed = [process.exitcode for process in processes if process.exitcode != 0]
-    stats = daemon.stats
-    problems = verify(directory)
+    report = verify(directory)
     with zipfile.ZipFile(os.path.join(directory, "demo.zip")) as handle:
         archived = len(handle.namelist())
-    expected = args.workers * args.files
-    sys.stdout.write("demo: %d workers wrote %d files in %.1f s; the scavenger moved %d "
-                     "entries from %d temp zips; demo.zip holds %d of %d; %s\n"
-                     "demo: archives are in %s\n"
-                     % (args.workers, expected, time.monotonic() - started, stats.files_moved,
-                        stats.temp_zips_done, archived, expected,
-                        "all CRCs verified" if not problems else "%d PROBLEMS" % len(problems),
-                        directory))
-    return 0 if archived == expected and not problems and not failed else 1
+    expected = workers * files
+    logs = workers * ((files + 99) // 100)
+    sys.stdout.write("demo: %d workers wrote %d files (and %d progress logs) in %.1f s; the "
+                     "scavenger moved %d entries from %d temp zips into demo.zip and logs/; "
+                     "demo.zip holds %d of %d; %s\n"
+                     % (workers, expected, logs, time.monotonic() - started,
+                        daemon.stats.files_moved, daemon.stats.temp_zips_done, archived,
+                        expected, "verified %d archives, %d entries" % (
+                            report.archives, report.entries) if not report
+                        else "%d PROBLEMS" % len(report)))
+    return 0 if archived == expected and not report and not failed else 1
 
 
 def _build_parser():
     parser = argparse.ArgumentParser(
         prog="rear", description="Remote Archiver: safely collect many small output files "
-        "into zip archives on a shared filesystem.")
+        "into zip archives on a shared filesystem.", epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version="rear " + __version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -3965,19 +4216,19 @@ def _build_parser():
 
     sub = add("ls", "list an archive's members like 'unzip -l'",
               "rear ls /scratch/run42/logs.zip")
-    sub.add_argument("archive")
+    sub.add_argument("archive", help="path of a zip archive, e.g. BASE/logs.zip")
     sub.add_argument("--json", action="store_true", help="machine-readable output")
     sub.set_defaults(func=_cmd_ls)
 
     sub = add("cat", "write one member of an archive to stdout",
               "rear cat /scratch/run42/logs.zip task-17/out.txt")
-    sub.add_argument("archive")
-    sub.add_argument("member")
+    sub.add_argument("archive", help="path of a zip archive, e.g. BASE/logs.zip")
+    sub.add_argument("member", help="name of the member inside it, as 'rear ls' lists it")
     sub.set_defaults(func=_cmd_cat)
 
     sub = add("verify", "CRC-check every member of an archive or of every archive "
               "under a base", "rear verify /scratch/run42")
-    sub.add_argument("path")
+    sub.add_argument("path", help="a base directory (every archive under it) or one archive")
     sub.set_defaults(func=_cmd_verify)
 
     sub = add("recover", "roll back interrupted commits and salvage temp zips of dead "
@@ -3988,9 +4239,12 @@ def _build_parser():
     sub = add("demo", "several workers write thousands of files, a scavenger collects "
               "them, everything is verified", "rear demo /tmp/rear-demo")
     sub.add_argument("dir", nargs="?", default=None,
-                     help="where to put the demo base (default: a new temp directory)")
-    sub.add_argument("--workers", type=int, default=4)
-    sub.add_argument("--files", type=int, default=2000, help="files per worker")
+                     help="where to put the demo base and keep its archives (default: a "
+                     "temporary directory, removed at the end)")
+    sub.add_argument("--workers", type=_positive_int, default=4, metavar="N",
+                     help="worker processes (default 4)")
+    sub.add_argument("--files", type=_positive_int, default=2000, metavar="N",
+                     help="files per worker (default 2000)")
     sub.set_defaults(func=_cmd_demo)
     return parser
 
@@ -4027,7 +4281,15 @@ def main(argv=None):
     """The ``rear`` command; returns the exit code (0 ok, 1 failures, 2 usage)."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    _require_base(parser, args)
     return _run(args)
+
+
+def _require_base(parser, args):
+    """No base and no $REAR_BASE is a usage error (exit 2), said before anything runs."""
+    if getattr(args, "base", "") is None and not os.environ.get("REAR_BASE"):
+        parser.error("%s: no base directory given and REAR_BASE is not set; give the base "
+                     "directory" % (getattr(args, "command", None) or parser.prog))
 
 
 def legacy_main(argv=None):
@@ -4036,11 +4298,16 @@ def legacy_main(argv=None):
                                      description="Run one scavenger pass (rear 0.1 style).")
     parser.add_argument("-d", "--directory", dest="base", default=None,
                         help="base directory (default: $REAR_BASE)")
-    parser.add_argument("--flush", action="store_true")
-    parser.add_argument("--rotation", type=_positive_float, default=None)
-    parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("--flush", action="store_true",
+                        help="also salvage unsealed temp zips of dead writers now")
+    parser.add_argument("--rotation", type=_positive_float, default=None, metavar="S",
+                        help="workers' rotation span in seconds (default: $REAR_ROTATION "
+                        "or 300)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     args = parser.parse_args(argv)
+    _require_base(parser, args)
     args.watch = None
+    args.verbose = False
     args.max_size = DEFAULT_MAX_SIZE
     args.func = _cmd_scavenge
     return _run(args)
