@@ -2001,6 +2001,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         self._timer = None
         self._timer_stop = threading.Event()
         self._pid = os.getpid()
+        self._no_timed_rotation = False
 
     # -- context management ------------------------------------------------
 
@@ -2118,15 +2119,50 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
             raise RearError("rear_pickup: %s was not created; nothing to archive as %r"
                             % (source, name), source) from err
         if stat.S_ISDIR(st.st_mode):
-            # Walked and checked whole before anything is archived: a bad
-            # name or a fifo found halfway must not leave half the tree
-            # archived and all of it still in place.
-            for path, member, member_st in _pickup_members(source, name):
-                self._archive_member(path, member, member_st)
+            # All or nothing: walked and checked whole before anything is
+            # archived, then archived under the lock, with no rotation on
+            # time, so that a failure halfway (a read error) can be cut off
+            # the temp zip again.  Half a tree archived and all of it left
+            # in place would be archived twice by a retry.
+            members = _pickup_members(source, name)
+            with self._lock:
+                mark = self._mark()
+                self._no_timed_rotation = True
+                try:
+                    for path, member, member_st in members:
+                        self._archive_member(path, member, member_st)
+                except BaseException:
+                    self._undo_to(mark)
+                    raise
+                finally:
+                    self._no_timed_rotation = False
             shutil.rmtree(source)
         else:
             self._archive_member(source, name, st)
             os.unlink(source)
+
+    def _mark(self):
+        """Where the current temp zip ends now, for _undo_to."""
+        temp = self._temp
+        if temp is None:
+            return None
+        return temp, temp.size, len(temp.entries), temp.small_crc
+
+    def _undo_to(self, mark):
+        """Cut off what was appended since ``mark`` (with the lock held)."""
+        temp = self._temp
+        if temp is None:
+            return
+        if mark is None or mark[0] is not temp:
+            if mark is not None:   # sealed in between (the temp zip's size cap)
+                _log.warning("part of a failed pickup was sealed already and will be "
+                             "archived; the source is left in place")
+                return
+            mark = (temp, 0, 0, 0)   # the temp zip was started by the pickup
+        _temp, size, count, small_crc = mark
+        temp._cut_back(size)
+        del temp.entries[count:]
+        temp.size, temp.small_crc = size, small_crc
 
     def _archive_member(self, path, name, st):
         """Archive one file, symlink or directory of a pickup as ``zip -y``
@@ -2191,9 +2227,9 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
     def _should_rotate(self):
         """Is the current temp zip due for sealing?  Called under the lock."""
         temp = self._temp
+        span = float("inf") if self._no_timed_rotation else self.rotation_span
         return temp is not None and _rotation_due(temp.created_monotonic, time.monotonic(),
-                                                  self.rotation_span, temp.size,
-                                                  _TEMP_ZIP_MAX_BYTES)
+                                                  span, temp.size, _TEMP_ZIP_MAX_BYTES)
 
     def _rotate_if_due(self):
         with self._lock:
@@ -2221,8 +2257,10 @@ def _not_archivable(path):
                      "remove it or archive what it holds" % path, path)
 
 
-def _raise(err):
-    raise err
+def _cannot_list(err):
+    """os.walk's onerror for a pickup: an unreadable subdirectory stops it."""
+    raise RearError("rear_pickup: cannot list %s (%s); nothing of the tree was archived"
+                    % (err.filename, err.strerror), err.filename) from err
 
 
 def _pickup_members(source, name):
@@ -2232,7 +2270,7 @@ def _pickup_members(source, name):
     members = []
     # onerror: an unreadable subdirectory must stop the pickup, not vanish
     # from the archive and then from the disk with the tree.
-    for directory, subdirs, files in os.walk(source, onerror=_raise):
+    for directory, subdirs, files in os.walk(source, onerror=_cannot_list):
         relative = os.path.relpath(directory, source)
         prefix = name if relative == "." else name + "/" + relative.replace(os.sep, "/")
         split_path(prefix + "/_")   # a directory name may be unacceptable (e.g. '\\')
@@ -2246,6 +2284,9 @@ def _pickup_members(source, name):
             st = os.lstat(path)
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
                 raise _not_archivable(path)
+            if stat.S_ISREG(st.st_mode) and not os.access(path, os.R_OK):
+                raise RearError("rear_pickup: %s cannot be read by this user; nothing of %s "
+                                "was archived" % (path, source), path)
             member = prefix + "/" + file_name
             split_path(member)   # a file name may be unacceptable (e.g. '\\')
             members.append((path, member, st))
@@ -2380,9 +2421,9 @@ def _max_size(value):
     return value
 
 
-def _existing_base(base):
-    """The absolute path of an existing base directory, else RearError
-    saying what is wrong with it."""
+def _existing_base(base, writing=False):
+    """The absolute path of an existing base directory this user can read
+    (and write, for ``writing``), else RearError saying what is wrong."""
     base = os.path.abspath(_base_or_env(base))
     try:
         st = os.stat(base)
@@ -2395,6 +2436,11 @@ def _existing_base(base):
     if not stat.S_ISDIR(st.st_mode):
         raise RearError("%s is not a directory; give the base directory, the one that "
                         "holds inbox/" % base, base)
+    needed = os.R_OK | os.X_OK | (os.W_OK if writing else 0)
+    if not os.access(base, needed):
+        raise RearError("base directory %s cannot be %s by this user; run as its owner or "
+                        "fix its permissions" % (base, "read and written" if writing
+                                                  else "read"), base)
     return base
 
 
@@ -3437,9 +3483,10 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     ``progress(stats, done, total)`` is called after each commit, where done
     and total count the temp zips this pass looked at.
     """
-    base = _existing_base(base)
     grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
     max_size = _max_size(max_size)
+    base = _existing_base(base, writing=True)
+    _check_writer_base(base)       # inbox/ too: a file there, or not ours to write
     inbox = os.path.join(base, _INBOX)
     stats = ScavengeStats()
     with _SCAVENGE_LOCK:

@@ -22,6 +22,7 @@ import signal
 import stat
 import struct
 import subprocess
+import tempfile
 import sys
 import textwrap
 import threading
@@ -517,7 +518,11 @@ BAD_PATHS = [
     ("ar.zip/", "''"),
     ("inbox/ar.zip/x", "reserves"),
     ("ar.zip/" + "x" * 65536, "65535"),
-    ("ar.zip/\udcff", "UTF-8"),
+    ("ar.zip/\udcff", "component '\\udcff' is not valid UTF-8 (a file name in another "
+     "encoding?); rename it"),
+    ("ar.zip/d/\udcffname", "component '\\udcffname' is not valid UTF-8"),
+    ("ar.zip/" + "n" * 256, "is 256 UTF-8 bytes; unzip and most filesystems cannot extract "
+     "a name longer than 255"),
     (b"ar.zip/\xff", "UTF-8"),
     (42, "must be a str"),
     ("", "''"),
@@ -859,6 +864,34 @@ def test_a_tree_with_something_rear_cannot_archive_is_refused_before_any_of_it_i
                 pass
     assert (source / "a" / "first.txt").read_text() == "1"    # the source stays whole
     assert rear.scavenge(base).files_moved == 0                # and nothing was archived
+
+
+def test_a_tree_whose_archiving_fails_halfway_is_cut_off_and_earlier_files_kept(
+        base, tmp_path, monkeypatch):
+    source = tmp_path / "tree"
+    source.mkdir()
+    for name in ("a", "b", "c"):
+        (source / name).write_text(name)
+    real, calls = rear._prepare_stream, []
+
+    def fails_on_the_second_file(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(*args)
+
+    with rear.rear_fs(base) as fs:
+        fs.write_bytes("t.zip/before", b"acknowledged before the pickup")
+        monkeypatch.setattr(rear, "_prepare_stream", fails_on_the_second_file)
+        with pytest.raises(OSError, match="Input/output error"):
+            with fs.pickup(str(source), "t.zip/tree"):
+                pass
+        monkeypatch.undo()
+        fs.write_bytes("t.zip/after", b"acknowledged after it")
+    assert sorted(os.listdir(str(source))) == ["a", "b", "c"]     # all of it still there
+    assert rear.scavenge(base).errors == []
+    assert archives_of(base) == {"t.zip": {"before": b"acknowledged before the pickup",
+                                           "after": b"acknowledged after it"}}
 
 
 SALVAGED_PICKUP = """
@@ -2170,3 +2203,82 @@ def test_ci_runs_the_commands_at_the_top_of_the_readme():
     assert len(commands) == 2
     for command in commands:
         assert command in ci, "%r is in README.md but not run by .ci/run" % command
+
+
+# ---------------------------------------------------------------- careless use, as an unprivileged user
+
+UNPRIVILEGED_PYTHON = "/usr/bin/python3"     # outside /root, so 'nobody' can run it
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A directory 'nobody' can reach, holding a vendored rear.py; removed after."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run rear as 'nobody'")
+    if not os.access(UNPRIVILEGED_PYTHON, os.X_OK):
+        pytest.skip("no system python3 outside /root for 'nobody' to run")
+    directory = tempfile.mkdtemp(prefix="rear-nobody-", dir="/tmp")
+    try:
+        os.chmod(directory, 0o755)
+        shutil.copy(os.path.join(HERE, "rear.py"), directory)
+        yield directory
+    finally:
+        for path, subdirs, _files in os.walk(directory):
+            for name in subdirs:
+                os.chmod(os.path.join(path, name), 0o755)
+        shutil.rmtree(directory)
+
+
+def as_nobody(world, *args):
+    """Run ``python3 rear.py ARGS`` (or ``-c`` code) as the user nobody."""
+    command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+               UNPRIVILEGED_PYTHON] + (list(args) if args[0] == "-c" else
+                                       [os.path.join(world, "rear.py")] + list(args))
+    return subprocess.run(command, cwd=world, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": world})
+
+
+def owned_base(world, mode):
+    """A base owned by root, with an archive and a sealed temp zip, at ``mode``."""
+    base = os.path.join(world, "base-%o" % mode)
+    fill(base, {"a.zip/1": b"1"})
+    rear.scavenge(base)
+    fill(base, {"a.zip/2": b"2"})
+    os.chmod(base, mode)
+    return base
+
+
+@pytest.mark.parametrize("command", ["scavenge", "status", "verify"])
+def test_a_base_this_user_cannot_read_is_an_error_naming_it(world, command):
+    base = owned_base(world, 0o700)
+    result = as_nobody(world, command, base)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("rear: error: ") and base in result.stderr
+    assert "cannot be read" in result.stderr and "intact" not in result.stdout
+
+
+def test_a_subdirectory_this_user_cannot_read_fails_verify_and_status_naming_it(world):
+    base = owned_base(world, 0o755)
+    fill(base, {"hidden/b.zip/x": b"x"})
+    rear.scavenge(base)
+    os.chmod(os.path.join(base, "hidden"), 0o700)
+    for command in ("verify", "status"):
+        result = as_nobody(world, command, base)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert "%s: cannot list this directory (Permission denied)" % os.path.join(
+            base, "hidden") in result.stderr, result.stderr
+
+
+def test_a_read_only_base_can_be_verified_but_not_scavenged_or_written(world):
+    base = owned_base(world, 0o755)
+    verified = as_nobody(world, "verify", base)
+    assert verified.returncode == 0, verified.stderr
+    assert "verified 1 archives, 1 entries under %s" % base in verified.stdout
+    scavenged = as_nobody(world, "scavenge", base)
+    assert scavenged.returncode == 1
+    assert "base directory %s cannot be read and written by this user" % base \
+        in scavenged.stderr
+    written = as_nobody(world, "-c", "import rear\nwith rear.rear_fs(%r):\n    pass" % base)
+    assert written.returncode == 1
+    assert "rear.RearError: %s is not writable by this user" % base in written.stderr
+    assert rear.scavenge(base).files_moved == 1       # nothing of it was lost meanwhile

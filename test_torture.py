@@ -853,7 +853,24 @@ def _api_cases():
         ("pickup path traversal", lambda fs: fs.pickup("/etc/passwd", "../a.zip/x").__enter__(),
          ValueError, "'..'"),
         ("write_bytes of a str", lambda fs: fs.write_bytes("a.zip/x", "text"), TypeError, ""),
+        ("the same rear_fs entered twice", lambda fs: fs.__enter__(), rear.RearError,
+         "this rear_fs is already entered; enter it once"),
     ]
+    # Settings refused when given, not when they first bite.
+    cases += [("rear_fs(%s)" % text, lambda fs, kwargs=kwargs: rear.rear_fs(fs.base, **kwargs),
+               ValueError, message) for text, kwargs, message in [
+        ("compresslevel=99", {"compresslevel": 99},
+         "compresslevel 99 does not suit deflated compression"),
+        ("rotation_span=inf", {"rotation_span": float("inf")},
+         "at most 604800 seconds (a week), not inf"),
+        ("rotation_span=1e9", {"rotation_span": 1e9}, "at most 604800 seconds (a week)"),
+        ("rotation_span=0", {"rotation_span": 0}, "more than 0"),
+        ("sync='always'", {"sync": "always"}, "sync must be 'rotation' or 'file'"),
+    ]]
+    cases += [("scavenge(max_size=%r)" % size, lambda fs, size=size: rear.scavenge(
+        fs.base, max_size=size), ValueError, message) for size, message in [
+        (0, "max_size must be a positive number of bytes or a size like '50G', not 0"),
+        (-1, "not -1"), ("10 gallons", "max_size '10 gallons' is not a size like 50G")]]
     return cases
 
 
