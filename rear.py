@@ -3775,8 +3775,11 @@ def _verify_archive(archive, report, journal=None):
     except OSError as err:
         report.append((archive, "cannot read it: %s" % (err.strerror or err)))
         return
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,
-            NotImplementedError, RuntimeError, ValueError) as err:
+    except zipfile.BadZipFile as err:
+        report.append((archive, "not a zip archive, or a damaged one (%s)" % err))
+        return
+    except (zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError,
+            ValueError) as err:
         report.append((archive, "%s: %s" % (type(err).__name__, err)))
         return
     report.archives += 1
@@ -3928,6 +3931,14 @@ _EXIT_CODES = """exit codes:
        rear: error: /scratch/run42/a.zip is a directory, not an archive; move it away; ...
        rear: error: no archives under /scratch: nothing was verified; ...
   2  usage error (an unknown option, a missing argument, no base and no $REAR_BASE)"""
+
+
+def _rotation_arg(text):
+    """--rotation: checked as rear_fs checks rotation_span, as a usage error."""
+    try:
+        return _rotation_or_env(_positive_float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
 
 
 def _positive_int(text):
@@ -4094,10 +4105,19 @@ def _writer_name(temp):
 
 
 def _open_archive(path):
+    """zipfile.ZipFile(path), or RearError saying what ``path`` is instead."""
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise RearError("cannot read %s: %s" % (path, err), path) from err
+    except FileNotFoundError:
+        raise RearError("%s does not exist; 'rear status BASE' lists the archives"
+                        % path, path) from None
+    except IsADirectoryError:
+        raise RearError("%s is a directory, not an archive; give one of the archives in it "
+                        "('rear status BASE' lists them)" % path, path) from None
+    except OSError as err:
+        raise RearError("cannot read %s: %s" % (path, err.strerror or err), path) from None
+    except zipfile.BadZipFile as err:
+        raise RearError("%s is not a zip archive (%s)" % (path, err), path) from None
 
 
 def _member_time(info):
@@ -4153,10 +4173,10 @@ def _cmd_verify(args):
     report = verify(args.path)
     for archive, problem in report:
         sys.stderr.write("rear: error: %s: %s\n" % (archive, problem))
-    what = "%d archives, %d entries" % (report.archives, report.entries)
+    what = "%s, %s" % (_count(report.archives, "archive"), _count(report.entries, "entry"))
     if report:
-        sys.stderr.write("rear: error: %d problems under %s; checked %s intact\n"
-                         % (len(report), args.path, what))
+        sys.stderr.write("rear: error: %s under %s; checked %s intact\n"
+                         % (_count(len(report), "problem"), args.path, what))
         return 1
     if not report.archives:
         # Nothing read is nothing verified: never "intact".
@@ -4167,6 +4187,13 @@ def _cmd_verify(args):
     if not args.quiet:
         sys.stdout.write("verified %s under %s: every CRC matches\n" % (what, args.path))
     return 0
+
+
+def _count(number, noun):
+    """'1 archive', '2 archives', '1 entry', '0 entries'."""
+    if number == 1:
+        return "1 " + noun
+    return "%d %s" % (number, noun[:-1] + "ies" if noun.endswith("y") else noun + "s")
 
 
 def _demo_worker(base, worker, count, rotation_span):
@@ -4239,7 +4266,7 @@ def _build_parser():
     def add_base(sub):
         sub.add_argument("base", nargs="?", default=None,
                          help="base directory (default: $REAR_BASE)")
-        sub.add_argument("--rotation", type=_positive_float, default=None, metavar="S",
+        sub.add_argument("--rotation", type=_rotation_arg, default=None, metavar="S",
                          help="workers' rotation span in seconds (default: $REAR_ROTATION "
                          "or 300); unsealed temp zips of dead writers are salvaged "
                          "after twice this")
@@ -4318,7 +4345,8 @@ def _run(args):
         sys.stderr.write("rear: error: %s\n" % err)
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("rear: interrupted\n")
+        sys.stderr.write("rear: interrupted; a commit in progress was rolled back and "
+                         "nothing acknowledged is lost: run the command again to finish\n")
         return 1
     finally:
         _log.removeHandler(handler)
@@ -4347,7 +4375,7 @@ def legacy_main(argv=None):
                         help="base directory (default: $REAR_BASE)")
     parser.add_argument("--flush", action="store_true",
                         help="also salvage unsealed temp zips of dead writers now")
-    parser.add_argument("--rotation", type=_positive_float, default=None, metavar="S",
+    parser.add_argument("--rotation", type=_rotation_arg, default=None, metavar="S",
                         help="workers' rotation span in seconds (default: $REAR_ROTATION "
                         "or 300)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")

@@ -2086,6 +2086,117 @@ def test_every_subcommand_has_help_with_an_example(command):
     assert result.returncode == 0 and "example: rear %s" % command in result.stdout
 
 
+@pytest.mark.parametrize("command", ["scavenge", "status", "ls", "cat", "verify",
+                                     "recover", "demo"])
+def test_every_argument_and_option_has_help_text(command):
+    parser = rear._build_parser()
+    subparser = parser._subparsers._group_actions[0].choices[command]
+    for action in subparser._actions:
+        assert action.help, "%s %s has no help" % (command, action.dest)
+
+
+def test_no_base_and_no_rear_base_is_a_usage_error(monkeypatch):
+    env = {key: value for key, value in CHILD_ENV.items() if key != "REAR_BASE"}
+    for args in (["scavenge"], ["status"], ["recover"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 2, result.stderr
+        assert "no base directory given and REAR_BASE is not set" in result.stderr
+
+
+@pytest.mark.parametrize("what", ["missing", "file", "empty"])
+def test_status_and_verify_of_a_base_that_is_not_one_exit_1_saying_why(tmp_path, what):
+    path = tmp_path / "base"
+    if what == "file":
+        path.write_text("a user's file")
+    elif what == "empty":
+        path.mkdir()
+    expected = {"missing": "base directory %s does not exist" % path,
+                "file": "%s is not a directory" % path,
+                "empty": "no archives under %s: nothing was verified" % path}[what]
+    verified = run_cli("verify", str(path))     # a base or an archive
+    assert verified.returncode == 1 and verified.stdout == ""
+    assert {"missing": "%s does not exist; give an archive or a base directory" % path,
+            "file": "%s: not a zip archive, or a damaged one" % path,
+            "empty": expected}[what] in verified.stderr, verified.stderr
+    if what != "empty":
+        listed = run_cli("status", str(path))
+        assert listed.returncode == 1 and expected in listed.stderr, listed.stderr
+
+
+def test_verify_of_an_archive_mid_commit_points_to_recover(base):
+    fill(base, {"a.zip/1": b"1"})
+    rear.scavenge(base)
+    fill(base, {"a.zip/2": b"2"})
+    child = run_child(SCAVENGER_CRASH_SCRIPT, base, "entries-written", str(rear.DEFAULT_MAX_SIZE))
+    assert child.wait(60) == -signal.SIGKILL
+    for path in (base, os.path.join(base, "a.zip")):
+        result = run_cli("verify", path)
+        assert result.returncode == 1
+        assert "a commit to it was interrupted" in result.stderr
+        assert "run 'rear recover BASE'" in result.stderr and "BadZipFile" not in result.stderr
+    assert run_cli("recover", base).returncode == 0
+    assert run_cli("verify", base).returncode == 0
+
+
+def test_status_names_a_dead_writers_temp_zip_with_its_entries_and_when_salvaged(base):
+    writer = run_child(WRITER_DIES_AFTER_WRITING, base)
+    assert writer.wait(60) == 0
+    report = rear.status(base, rotation_span=60)
+    (temp,) = report["temp_zips"]
+    assert temp["state"] == "dead" and temp["entries"] == 100
+    listed = run_cli("status", base, "--rotation", "60")
+    assert "temp zips: 0 open, 0 sealed, 1 dead" in listed.stdout
+    assert "its writer (pid %d on " % writer.pid in listed.stdout
+    assert "100 complete entries, salvaged by a pass after" in listed.stdout
+    assert "or now with 'rear scavenge --flush'" in listed.stdout
+    scavenged = run_cli("scavenge", base, "--rotation", "60")
+    assert "1 waiting: unsealed temp zips of writers that died" in scavenged.stdout
+    assert "'rear scavenge --flush' salvages them now" in scavenged.stdout
+
+
+WRITER_DIES_AFTER_WRITING = """
+    import os, sys, rear
+    fs = rear.rear_fs(sys.argv[1])
+    for n in range(100):
+        fs.write_bytes("a.zip/%d" % n, b"%d" % n)
+    os._exit(0)      # never sealed
+"""
+
+
+def test_scavenge_watch_prints_only_passes_that_did_something(base):
+    fill(base, {"a.zip/1": b"1"})
+    child = subprocess.Popen([sys.executable, "-m", "rear", "scavenge", base, "--watch", "0.1"],
+                             env=CHILD_ENV, stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)                  # one busy pass, then a dozen idle ones
+    child.send_signal(signal.SIGINT)
+    out, _err = child.communicate(timeout=60)
+    assert child.returncode == 0
+    assert out.count("moved ") == 1, out
+
+
+def test_demo_refuses_zero_workers_and_leaves_no_temporary_directory(tmp_path):
+    refused = run_cli("demo", "--workers", "0")
+    assert refused.returncode == 2 and "--workers: must be at least 1" in refused.stderr
+    env = dict(CHILD_ENV, TMPDIR=str(tmp_path))
+    result = run_cli("demo", "--workers", "1", "--files", "50", env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_pickup_of_a_file_named_in_another_encoding_names_it(base, tmp_path):
+    source = os.path.join(str(tmp_path).encode(), b"tree")
+    os.makedirs(source)
+    with open(os.path.join(source, b"caf\xe9.txt"), "wb") as handle:    # Latin-1 name
+        handle.write(b"x")
+    with rear.rear_fs(base) as fs:
+        with pytest.raises(rear.PathError, match=re.escape(
+                "component 'caf\\udce9.txt' is not valid UTF-8 (a file name in another "
+                "encoding?); rename it")):
+            with fs.pickup(os.fsdecode(source), "t.zip/tree"):
+                pass
+    assert os.path.exists(os.path.join(source, b"caf\xe9.txt"))
+
+
 def test_cli_takes_the_base_from_rear_base(base):
     fill(base, {"a.zip/x": b"x"})
     result = subprocess.run([sys.executable, "-m", "rear", "scavenge"], capture_output=True,
@@ -2273,7 +2384,7 @@ def test_a_read_only_base_can_be_verified_but_not_scavenged_or_written(world):
     base = owned_base(world, 0o755)
     verified = as_nobody(world, "verify", base)
     assert verified.returncode == 0, verified.stderr
-    assert "verified 1 archives, 1 entries under %s" % base in verified.stdout
+    assert "verified 1 archive, 1 entry under %s" % base in verified.stdout
     scavenged = as_nobody(world, "scavenge", base)
     assert scavenged.returncode == 1
     assert "base directory %s cannot be read and written by this user" % base \
