@@ -7,6 +7,7 @@ Info-ZIP unzip, 7-Zip, bsdtar (libarchive) and fuse-zip.
 """
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -144,37 +145,34 @@ def test_zipfile_path_reads_an_archive_like_a_folder(zoo):
     assert member.read_text(encoding="utf-8") == "non-ASCII names\n"
 
 
-def test_an_archive_mounted_read_only_with_fuse_zip_reads_back(zoo, tmp_path):
+@contextlib.contextmanager
+def fuse_zip_mount(archive, tmp_path):
+    """``archive`` mounted read-only with fuse-zip; skips where that cannot be."""
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         pytest.skip("mounting with FUSE needs root and /dev/fuse")
     if shutil.which("fuse-zip") is None or shutil.which("fusermount") is None:
         pytest.skip("fuse-zip is not installed (apt-get install fuse-zip)")
     mount_point = str(tmp_path / "mnt")
     os.makedirs(mount_point)
-    result = subprocess.run(["fuse-zip", "-r", zoo["archive, deflated"], mount_point],
-                            capture_output=True, text=True)
+    result = subprocess.run(["fuse-zip", "-r", archive, mount_point], capture_output=True,
+                            text=True)
     if result.returncode != 0:
         pytest.skip("fuse-zip cannot mount here: %s" % result.stderr.strip())
     try:
-        with open(os.path.join(mount_point, "log.txt"), "rb") as handle:
-            assert handle.read() == b"a log line\n" * 2000
-        assert sorted(os.listdir(mount_point)) == ["empty", "log.txt", "noise.bin"]
+        yield mount_point
     finally:
         subprocess.run(["fusermount", "-u", mount_point], capture_output=True)
 
 
+def test_an_archive_mounted_read_only_with_fuse_zip_reads_back(zoo, tmp_path):
+    with fuse_zip_mount(zoo["archive, deflated"], tmp_path) as mount_point:
+        with open(os.path.join(mount_point, "log.txt"), "rb") as handle:
+            assert handle.read() == b"a log line\n" * 2000
+        assert sorted(os.listdir(mount_point)) == ["empty", "log.txt", "noise.bin"]
+
+
 def test_fuse_zip_shows_links_as_links_and_empty_directories(zoo, tmp_path):
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        pytest.skip("mounting with FUSE needs root and /dev/fuse")
-    if shutil.which("fuse-zip") is None or shutil.which("fusermount") is None:
-        pytest.skip("fuse-zip is not installed (apt-get install fuse-zip)")
-    mount_point = str(tmp_path / "mnt")
-    os.makedirs(mount_point)
-    result = subprocess.run(["fuse-zip", "-r", zoo["tree: links, directories, times"],
-                             mount_point], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip("fuse-zip cannot mount here: %s" % result.stderr.strip())
-    try:
+    with fuse_zip_mount(zoo["tree: links, directories, times"], tmp_path) as mount_point:
         tree = os.path.join(mount_point, "tree")
         assert os.readlink(os.path.join(tree, "to-dir")) == "sub"
         assert os.readlink(os.path.join(tree, "dangling")) == "no/such/file"
@@ -184,8 +182,6 @@ def test_fuse_zip_shows_links_as_links_and_empty_directories(zoo, tmp_path):
         # (fuse-zip reads the UT field as signed: run.sh's 2050 shows as 1914,
         # where Info-ZIP unzip and bsdtar read it right; see the README)
         assert int(os.stat(os.path.join(tree, "sub", "odd.txt")).st_mtime) == MTIME_ODD
-    finally:
-        subprocess.run(["fusermount", "-u", mount_point], capture_output=True)
 
 
 # ---------------------------------------------------------------- 2. zip64 beyond 4 GiB (long mode)

@@ -728,6 +728,18 @@ def pickup_in_zone(base, source, path, zone):
     assert child.wait(60) == 0
 
 
+def picked_up_file(base, tmp_path, mtime, zone, data=b"x"):
+    """A file of ``data`` with ``mtime`` picked up as t.zip/f.txt in ``zone``
+    and scavenged; the archive's path."""
+    source = str(tmp_path / "f.txt")
+    with open(source, "wb") as handle:
+        handle.write(data)
+    os.utime(source, (mtime, mtime))
+    pickup_in_zone(base, source, "t.zip/f.txt", zone)
+    assert rear.scavenge(base).errors == []
+    return os.path.join(base, "t.zip")
+
+
 def extract(reader, archive, target, zone):
     """Extract ``archive`` into ``target`` with Info-ZIP unzip or bsdtar, in ``zone``."""
     command = {"unzip": ["unzip", "-q", archive, "-d", target],
@@ -755,13 +767,7 @@ def test_a_picked_up_tree_comes_back_exactly_in_every_time_zone(base, tmp_path, 
 
 
 def test_zipfile_reads_the_exact_utc_time_and_the_writers_local_dos_time(base, tmp_path):
-    source = str(tmp_path / "f.txt")
-    with open(source, "wb") as handle:
-        handle.write(b"x")
-    os.utime(source, (MTIME_ODD, MTIME_ODD))
-    pickup_in_zone(base, source, "t.zip/f.txt", "Asia/Tokyo")
-    rear.scavenge(base)
-    with zipfile.ZipFile(os.path.join(base, "t.zip")) as handle:
+    with zipfile.ZipFile(picked_up_file(base, tmp_path, MTIME_ODD, "Asia/Tokyo")) as handle:
         (info,) = handle.infolist()
     # 4.4.6: local time of the writer (Tokyo, UTC+9), seconds rounded down to even
     assert info.date_time == (2023, 11, 15, 7, 13, 20)
@@ -772,15 +778,7 @@ def test_zipfile_reads_the_exact_utc_time_and_the_writers_local_dos_time(base, t
 
 def test_the_scavengers_raw_copy_keeps_the_time_field_in_local_and_central_headers(
         base, tmp_path):
-    source = str(tmp_path / "f.txt")
-    with open(source, "wb") as handle:
-        handle.write(b"x" * 100)
-    os.utime(source, (MTIME_2050, MTIME_2050))
-    with rear.rear_fs(base) as fs:
-        with fs.pickup(source, "t.zip/f.txt"):
-            pass
-    rear.scavenge(base)
-    archive = os.path.join(base, "t.zip")
+    archive = picked_up_file(base, tmp_path, MTIME_2050, "UTC", data=b"x" * 100)
     with zipfile.ZipFile(archive) as handle:
         (info,) = handle.infolist()
     data = open(archive, "rb").read()
@@ -792,13 +790,7 @@ def test_the_scavengers_raw_copy_keeps_the_time_field_in_local_and_central_heade
 
 @pytest.mark.parametrize("mtime", [MTIME_1970, MTIME_2200, -86400], ids=["1970", "2200", "1969"])
 def test_a_date_outside_the_dos_range_is_clamped_never_a_crash(base, tmp_path, mtime):
-    source = str(tmp_path / "f.txt")
-    with open(source, "wb") as handle:
-        handle.write(b"x")
-    os.utime(source, (mtime, mtime))
-    pickup_in_zone(base, source, "t.zip/f.txt", "UTC")
-    assert rear.scavenge(base).errors == []
-    archive = os.path.join(base, "t.zip")
+    archive = picked_up_file(base, tmp_path, mtime, "UTC")
     unzip_test(archive)
     with zipfile.ZipFile(archive) as handle:
         (info,) = handle.infolist()
@@ -918,13 +910,7 @@ def test_a_salvaged_temp_zip_keeps_links_directories_modes_and_times(base, tmp_p
 
 
 def test_rear_ls_shows_the_exact_time_in_the_readers_time_zone(base, tmp_path):
-    source = str(tmp_path / "f.txt")
-    with open(source, "wb") as handle:
-        handle.write(b"x")
-    os.utime(source, (MTIME_ODD, MTIME_ODD))
-    pickup_in_zone(base, source, "t.zip/f.txt", "America/New_York")
-    rear.scavenge(base)
-    archive = os.path.join(base, "t.zip")
+    archive = picked_up_file(base, tmp_path, MTIME_ODD, "America/New_York")
     listing = run_cli("ls", archive, env=dict(CHILD_ENV, TZ="Asia/Tokyo"))
     assert "2023-11-15 07:13  f.txt" in listing.stdout
     (entry,) = json.loads(run_cli("ls", "--json", archive).stdout)
