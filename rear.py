@@ -219,12 +219,17 @@ __all__ = [
     "split_path",
     "ScavengeStats",
     "VerifyReport",
+    "open_archive",
+    "read_bytes",
+    "ArchiveReader",
+    "MemberInfo",
     "RearError",
     "ArchiveError",
     "TempZipError",
     "LockingUnsupportedError",
     "PathError",
     "DEFAULT_MAX_SIZE",
+    "DEFAULT_MAX_ENTRIES",
     "DEFAULT_ROTATION_SPAN",
     "main",
 ]
@@ -238,6 +243,11 @@ _log.addHandler(logging.NullHandler())   # a library never prints by itself
 DEFAULT_ROTATION_SPAN = 300.0
 #: A final archive this large is rolled over to name-N.zip before appending.
 DEFAULT_MAX_SIZE = 50 * 1024 ** 3
+#: An archive holding this many entries is rolled over too: each commit
+#: copies the old central directory twice (about 100 bytes per entry), so
+#: this bounds what a commit costs at any point of a campaign (measured by
+#: bench/bench.py; see README "Performance").
+DEFAULT_MAX_ENTRIES = 1000000
 #: Longest rotation span accepted, seconds (a week): dead writers' temp zips
 #: wait twice the span, and a typo such as 1e9 would keep them forever.
 _MAX_ROTATION_SPAN = 7 * 24 * 3600
@@ -1572,7 +1582,7 @@ _LIVE = weakref.WeakSet()
 _UNSEALED = set()
 # POSIX locks cannot keep two threads of one process apart: scavenger passes
 # (and status/verify, which probe locks) are serialized by this.
-_SCAVENGE_LOCK = threading.Lock()
+_SCAVENGE_LOCK = threading.RLock()
 # The pid for which _seal_at_multiprocessing_exit registered its finalizer.
 _FINALIZER_PID = None
 # Directories whose filesystem refuses locks, warned about once each.
@@ -1585,7 +1595,7 @@ def _after_fork_in_child():
     _OWN_TEMP_ZIPS.clear()
     _OWN_TEMP_ZIPS_LOCK = threading.Lock()
     _ACTIVE_LOCK = threading.Lock()
-    _SCAVENGE_LOCK = threading.Lock()
+    _SCAVENGE_LOCK = threading.RLock()
     _UNSEALED.clear()
     for fs in list(_LIVE):
         fs._forget_after_fork()
@@ -2407,6 +2417,20 @@ def _rotation_or_env(rotation_span):
     return float(rotation_span)
 
 
+class _Limits:
+    """When an archive is rolled over: at ``max_size`` bytes or
+    ``max_entries`` entries, whichever comes first."""
+
+    __slots__ = ("max_size", "max_entries")
+
+    def __init__(self, max_size, max_entries):
+        self.max_size = _max_size(max_size)
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError("max_entries must be a positive number of entries, not %r"
+                             % (max_entries,))
+        self.max_entries = max_entries
+
+
 def _max_size(value):
     """max_size as a positive number of bytes; a size string like the CLI's
     ("50G", "512M") is accepted too."""
@@ -2453,6 +2477,11 @@ def _existing_base(base, writing=False):
 
 
 # -- scavenger: archive paths and lock
+
+
+def _dest_of(base, archive):
+    """The dest path ("sub/name.zip") of an archive file under ``base``."""
+    return os.path.relpath(archive, base).replace(os.sep, "/")
 
 
 def _archive_key(dest):
@@ -2761,7 +2790,105 @@ def _name_hash(encoded_name):
     return int.from_bytes(digest, "little") or 1
 
 
-class _NameIndex:
+class _IndexReader:
+    """Lookups in an archive's name index, read-only (readers use this; the
+    scavenger's _NameIndex adds updates and rebuilds).  ``find`` returns the
+    _Entry of a name, confirmed by reading its one central record."""
+
+    def __init__(self, path, archive_fd, archive_path, cd):
+        self.path = path
+        self.archive_fd = archive_fd
+        self.archive_path = archive_path
+        self.cd = cd
+        # One record per lookup: read ahead only what a typical one needs.
+        self.records = _ChunkReader(archive_fd, archive_path,
+                                    readahead=_CENTRAL_STRUCT.size + _TYPICAL_NAME)
+        self.table = None      # the whole table in memory (_NameIndex, rebuilt)
+        self.fd = -1
+        self.slots = _INDEX_MIN_SLOTS
+        self.used = 0
+
+    def open_matching(self, size, writable=False):
+        """Open the index file if its stamp matches the archive; else False.
+
+        Another client's scavenger replaces the file (a rebuild) or updates
+        it in place (a commit), always under the archive lock: it is opened
+        by rule 1 of "network filesystems" and, by a scavenger, read by rule
+        3, or stale slots under a fresh header would hide names (and
+        duplicate them).  One that turns out to be gone does not match: it
+        is a cache.
+        """
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | _O_CLOEXEC | _O_NOFOLLOW
+        fd = _open_existing(self.path, flags)
+        if fd is None:
+            return False
+        try:
+            if writable:
+                _refresh_view(fd)
+            fields = _index_header_fields(os.pread(fd, _INDEX_HEADER.size, 0))
+            matches = (fields is not None
+                       and fields[_INDEX_HEADER_STAMP] == _archive_stamp(
+                           self.archive_fd, size, self.cd)
+                       and os.fstat(fd).st_size == (_INDEX_HEADER.size + fields[
+                           _INDEX_HEADER_SLOTS] * _INDEX_SLOT.size))
+        except OSError as err:
+            _close_read_only(fd)
+            if err.errno in _GONE_ERRNOS:
+                return False
+            raise
+        if not matches:
+            _close_read_only(fd)
+            return False
+        self.fd = fd
+        self.slots, self.used = fields[_INDEX_HEADER_SLOTS], fields[_INDEX_HEADER_USED]
+        return True
+
+    def _probe(self, name_hash, taken=()):
+        """(slot number, hash, position) from the name's home slot on, up to
+        and including the first empty slot; slots in ``taken`` are skipped."""
+        mask = self.slots - 1
+        slot = name_hash & mask
+        while True:
+            start = slot * _INDEX_SLOT.size
+            end = min(slot + _INDEX_PROBE_SLOTS, self.slots) * _INDEX_SLOT.size
+            if self.table is not None:
+                window = self.table[start:end]
+            else:
+                window = _pread_exact(self.fd, end - start, _INDEX_HEADER.size + start,
+                                      self.path)
+            for slot_hash, position in _INDEX_SLOT.iter_unpack(window):
+                if slot not in taken:
+                    yield slot, slot_hash, position
+                    if not slot_hash:
+                        return
+                slot = (slot + 1) & mask
+
+    def find(self, name):
+        """The archived _Entry called ``name``, or None."""
+        if not self.used:
+            return None
+        name_hash = _name_hash(name.encode("utf-8"))
+        for _slot, slot_hash, position in self._probe(name_hash):
+            if slot_hash == name_hash:
+                entry = self._record_at(position)
+                if entry.name == name:
+                    return entry
+        return None
+
+    def _record_at(self, position):
+        for _position, fields, raw_name, extra in _central_records(
+                self.records, self.cd, self.archive_path, start=position, count=1):
+            return _central_entry(fields, raw_name, extra, self.archive_path,
+                                  self.cd.cd_offset + position)
+        raise AssertionError("_central_records yields one record")   # pragma: no cover
+
+    def close(self):
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            _close_read_only(fd)
+
+
+class _NameIndex(_IndexReader):
     """Which names an archive holds, found without parsing its central directory.
 
     An open-addressing hash table in ``inbox/archives/<key>.index`` whose
@@ -2780,58 +2907,17 @@ class _NameIndex:
     """
 
     def __init__(self, path, archive_fd, archive_path, cd, size):
-        self.path = path
-        self.archive_fd = archive_fd
-        self.archive_path = archive_path
-        self.cd = cd
-        # One record per lookup: read ahead only what a typical one needs.
-        self.records = _ChunkReader(archive_fd, archive_path,
-                                    readahead=_CENTRAL_STRUCT.size + _TYPICAL_NAME)
+        super().__init__(path, archive_fd, archive_path, cd)
         self.pending = {}      # name -> (crc, file_size) of this commit's additions
-        self.table = None      # the whole table in memory, when rebuilt
-        self.fd = -1
-        self.slots = _INDEX_MIN_SLOTS
-        self.used = 0
         self.rebuilt = False   # rebuilt from the central directory: worth saving
-        if size and self._open_matching(size):
+        if size and self.open_matching(size, writable=True):
             return
+        if size:
+            _log.info("rebuilding the name index of %s", self.archive_path)
         self.table = bytearray(self.slots * _INDEX_SLOT.size)
         self.rebuilt = bool(cd.count)
         if self.rebuilt:
             self._rebuild()
-
-    def _open_matching(self, size):
-        """Open the index file if its stamp matches the archive; else False.
-
-        Another client's scavenger replaces the file (a rebuild) or updates
-        it in place (a commit), always under the archive lock we hold: it is
-        opened by rule 1 of "network filesystems" and read by rule 3, or
-        stale slots under a fresh header would hide names (and duplicate
-        them).  One that turns out to be gone is rebuilt: it is a cache.
-        """
-        fd = _open_existing(self.path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
-        if fd is None:
-            return False
-        try:
-            _refresh_view(fd)
-            fields = _index_header_fields(os.pread(fd, _INDEX_HEADER.size, 0))
-            matches = (fields is not None
-                       and fields[_INDEX_HEADER_STAMP] == _archive_stamp(
-                           self.archive_fd, size, self.cd)
-                       and os.fstat(fd).st_size == (_INDEX_HEADER.size + fields[
-                           _INDEX_HEADER_SLOTS] * _INDEX_SLOT.size))
-        except OSError as err:
-            _close_read_only(fd)
-            if err.errno in _GONE_ERRNOS:
-                return False
-            raise
-        if not matches:
-            os.close(fd)
-            _log.info("rebuilding the name index of %s", self.archive_path)
-            return False
-        self.fd = fd
-        self.slots, self.used = fields[_INDEX_HEADER_SLOTS], fields[_INDEX_HEADER_USED]
-        return True
 
     def _rebuild(self):
         self.slots = _INDEX_MIN_SLOTS
@@ -2855,46 +2941,12 @@ class _NameIndex:
         _INDEX_SLOT.pack_into(self.table, slot * _INDEX_SLOT.size, name_hash, position)
         self.used += 1
 
-    def _probe(self, name_hash, taken=()):
-        """(slot number, hash, position) from the name's home slot on, up to
-        and including the first empty slot; slots in ``taken`` are skipped."""
-        mask = self.slots - 1
-        slot = name_hash & mask
-        while True:
-            start = slot * _INDEX_SLOT.size
-            end = min(slot + _INDEX_PROBE_SLOTS, self.slots) * _INDEX_SLOT.size
-            if self.table is not None:
-                window = self.table[start:end]
-            else:
-                window = _pread_exact(self.fd, end - start, _INDEX_HEADER.size + start,
-                                      self.path)
-            for slot_hash, position in _INDEX_SLOT.iter_unpack(window):
-                if slot not in taken:
-                    yield slot, slot_hash, position
-                    if not slot_hash:
-                        return
-                slot = (slot + 1) & mask
-
     def lookup(self, name):
         """(crc, file_size) of the archived ``name``, or None."""
         if name in self.pending:
             return self.pending[name]
-        if not self.used:
-            return None
-        name_hash = _name_hash(name.encode("utf-8"))
-        for _slot, slot_hash, position in self._probe(name_hash):
-            if slot_hash == name_hash:
-                entry = self._record_at(position)
-                if entry.name == name:
-                    return entry.crc, entry.file_size
-        return None
-
-    def _record_at(self, position):
-        for _position, fields, raw_name, extra in _central_records(
-                self.records, self.cd, self.archive_path, start=position, count=1):
-            return _central_entry(fields, raw_name, extra, self.archive_path,
-                                  self.cd.cd_offset + position)
-        raise AssertionError("_central_records yields one record")   # pragma: no cover
+        entry = self.find(name)
+        return None if entry is None else (entry.crc, entry.file_size)
 
     def add(self, name, crc, file_size):
         """Note a name this commit adds (indexed by update() once committed)."""
@@ -2945,12 +2997,6 @@ class _NameIndex:
             if slot_hash:
                 self._insert_in_table(slot_hash, position)
 
-    def close(self):
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-
 def _archive_stamp(fd, size, cd):
     """What ties an index to one state of its archive."""
     window = min(size, _INDEX_STAMP_BYTES)
@@ -2983,10 +3029,13 @@ def _index_header_fields(header):
 
 class _ArchiveState:
     """An archive opened for appending: its descriptor, central directory
-    (``cd``, a _CentralDirectory) and name index."""
+    (``cd``, a _CentralDirectory) and name index, and the name indexes of
+    the series' rolled-over archives (``name-N.zip``), which duplicate and
+    conflict decisions take into account too."""
 
-    def __init__(self, paths, max_size):
+    def __init__(self, paths, limits):
         self.paths = paths
+        self.rolled = None        # [_RolledArchive], opened at the first lookup
         archive = paths.archive
         if not _inside(paths.base, archive):
             raise ArchiveError("%s resolves outside the base directory (a symlinked "
@@ -3012,12 +3061,12 @@ class _ArchiveState:
         if fd is not None:
             self.fd = fd
         try:
-            self._load(max_size)
+            self._load(limits)
         except BaseException:
             self.close()
             raise
 
-    def _load(self, max_size):
+    def _load(self, limits):
         if self.created:
             self._start_empty()
             return
@@ -3027,14 +3076,14 @@ class _ArchiveState:
 
         def read(st):
             size = st.st_size
-            if size == 0 or size >= max_size:
+            if size == 0 or size >= limits.max_size:
                 return size, None
             return size, _read_end_records(self.fd, size, self.paths.archive)
 
         # Sizes come from the locked descriptor, never from before the lock,
         # and only as the server has them (rule 3 of "network filesystems").
         self.size, cd = _await_current_view(self.fd, self.paths.archive, read)
-        if self.size and self.size >= max_size:
+        if self.size and (self.size >= limits.max_size or cd.count >= limits.max_entries):
             self._roll_over()
             return
         if self.size == 0:
@@ -3052,7 +3101,13 @@ class _ArchiveState:
         rolled = "%s-%d.zip" % (stem, number)
         os.rename(archive, rolled)
         _sync_directory(os.path.dirname(archive))
-        _log.info("%s reached its size cap; rolled over to %s", archive, rolled)
+        # Its name index goes with it (the bytes, and so the stamp, are the
+        # same): readers of the series and series-wide duplicate checks use
+        # it.  Lost in a crash right here, it is rebuilt when needed.
+        rolled_paths = _ArchivePaths(self.paths.base, _dest_of(self.paths.base, rolled))
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.paths.index, rolled_paths.index)
+        _log.info("%s reached its size or entry cap; rolled over to %s", archive, rolled)
         _checkpoint("rolled-over")
         self.close()
         self.created = True
@@ -3069,36 +3124,63 @@ class _ArchiveState:
                           | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
 
     def name_for(self, name, crc, file_size, stats):
-        """The name to add ``name`` under, or None if it is already archived."""
-        existing = self.index.lookup(name)
-        if existing is None:
+        """The name to add ``name`` under, or None if the series already holds
+        it (same name, CRC and size, in this archive or a rolled-over one)."""
+        found = self._found(name)
+        if not found:
             return name
-        if existing == (crc, file_size):
+        if (crc, file_size) in found:
             return None
         number = 1
         while True:
             candidate = "%s.~%d~" % (name, number)
-            existing = self.index.lookup(candidate)
-            if existing is None:
+            found = self._found(candidate)
+            if not found:
                 stats.conflicts += 1
                 _log.warning("%s already holds %r with other content; keeping the new "
                              "one as %r", self.paths.archive, name, candidate)
                 return candidate
-            if existing == (crc, file_size):
+            if (crc, file_size) in found:
                 return None
             number += 1
+
+    def _found(self, name):
+        """{(crc, size)} of ``name`` across the series."""
+        found = set()
+        for index in [self.index] + [rolled.index for rolled in self._rolled()]:
+            existing = index.lookup(name)
+            if existing is not None:
+                found.add(existing)
+        return found
+
+    def _rolled(self):
+        """The series' rolled-over archives, opened once per commit.  Under
+        this archive's lock: only a rollover, made under it, changes them."""
+        if self.rolled is None:
+            self.rolled = []
+            for path in _series(self.paths.base, self.paths.dest):
+                if path != self.paths.archive:
+                    self.rolled.append(_RolledArchive(self.paths.base, path))
+        return self.rolled
 
     def update_index(self, positions, cd, size, stats):
         """After the commit point.  A failure here loses no data (the index
         is a cache, rebuilt when stale), so it is reported, not raised: the
-        commit stands and its temp zips are still finished."""
-        try:
-            self.index.update(positions, self.fd, cd, size)
-        except OSError as err:
-            _report(stats, self.paths.index, "could not update the name index (%s); the "
-                    "next commit rebuilds it" % err, logging.WARNING)
+        commit stands and its temp zips are still finished.  Indexes of
+        rolled-over archives rebuilt for this commit are saved too."""
+        updates = [(self.index, positions, self.fd, cd, size)] + [
+            (rolled.index, [], rolled.fd, rolled.cd, rolled.size)
+            for rolled in self.rolled or () if rolled.index.rebuilt]
+        for index, new, fd, index_cd, index_size in updates:
+            try:
+                index.update(new, fd, index_cd, index_size)
+            except OSError as err:
+                _report(stats, index.path, "could not update the name index (%s); the "
+                        "next commit rebuilds it" % err, logging.WARNING)
 
     def close(self):
+        for rolled in self.rolled or ():
+            rolled.close()
         if self.index is not None:
             self.index.close()
         if self.fd >= 0:
@@ -3106,16 +3188,40 @@ class _ArchiveState:
             os.close(fd)
 
 
+class _RolledArchive:
+    """A rolled-over archive of a series, open read-only for its name index."""
+
+    def __init__(self, base, path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+        self.index = None
+        try:
+            self.size = os.fstat(self.fd).st_size
+            self.cd = _read_end_records(self.fd, self.size, path)
+            self.index = _NameIndex(_ArchivePaths(base, _dest_of(base, path)).index,
+                                    self.fd, path, self.cd, self.size)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        if self.index is not None:
+            self.index.close()
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            _close_read_only(fd)
+
+
 # -- scavenger: the commit (steps 1-8 of the module docstring)
 
 
-def _commit_to_archive(base, dest, items, max_size, stats):
+def _commit_to_archive(base, dest, items, limits, stats):
     """Append (claim, member, entry) items to one archive atomically (steps 1-8)."""
     paths = _ArchivePaths(base, dest)
     with _archive_lock(paths):                                # step 1
         _recover_locked(paths, stats)
         paths.set_dest(dest)
-        archive = _ArchiveState(paths, max_size)              # step 2
+        archive = _ArchiveState(paths, limits)                # step 2
         try:
             additions = _additions(archive, items, stats)      # step 3
             claims = {id(claim): claim for claim, _member, _entry in items}.values()
@@ -3473,7 +3579,7 @@ class ScavengeStats:
 
 
 def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SIZE,
-             salvage_only=False, progress=None):
+             salvage_only=False, progress=None, max_entries=DEFAULT_MAX_ENTRIES):
     """One scavenger pass over ``base/inbox``; returns a ScavengeStats.
 
     Sealed temp zips are ingested.  Unsealed ones whose lock is free (their
@@ -3484,7 +3590,7 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     and total count the temp zips this pass looked at.
     """
     grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
-    max_size = _max_size(max_size)
+    limits = _Limits(max_size, max_entries)
     base = _existing_base(base, writing=True)
     _check_writer_base(base)       # inbox/ too: a file there, or not ours to write
     inbox = os.path.join(base, _INBOX)
@@ -3507,7 +3613,7 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                     if claim is not None:
                         claims.append(claim)
                 if claims:
-                    _ingest(base, claims, max_size, stats,
+                    _ingest(base, claims, limits, stats,
                             _progress_report(progress, stats, looked_at, claims, len(paths)))
             finally:
                 for claim in claims:
@@ -3546,7 +3652,7 @@ def _progress_report(progress, stats, looked_at, claims, total):
     return report
 
 
-def _ingest(base, claims, max_size, stats, report=None):
+def _ingest(base, claims, limits, stats, report=None):
     """Commit the claims' entries, one archive at a time; then count (and
     delete, where no commit did) the temp zips that are done."""
     by_dest = {}
@@ -3559,7 +3665,7 @@ def _ingest(base, claims, max_size, stats, report=None):
         if not items:
             continue
         try:
-            _commit_to_archive(base, dest, items, max_size, stats)
+            _commit_to_archive(base, dest, items, limits, stats)
         except (RearError, OSError) as err:
             # Only this archive failed: the claims' other archives are still
             # committed (their sidecars record them as done), and every bad
@@ -3604,10 +3710,11 @@ class scavengerd:  # noqa: N801 -- the public name rear 0.1 users know
     """Run scavenger passes in a background thread every ``rotation_span``
     seconds, and a final flushing pass when the block exits."""
 
-    def __init__(self, base=None, rotation_span=None, max_size=DEFAULT_MAX_SIZE):
+    def __init__(self, base=None, rotation_span=None, max_size=DEFAULT_MAX_SIZE,
+                 max_entries=DEFAULT_MAX_ENTRIES):
         self.base = os.path.abspath(_base_or_env(base))
         self.rotation_span = _rotation_or_env(rotation_span)
-        self.max_size = _max_size(max_size)
+        self.limits = _Limits(max_size, max_entries)
         self.stats = ScavengeStats()
         self._stop = threading.Event()
         self._thread = None
@@ -3636,7 +3743,8 @@ class scavengerd:  # noqa: N801 -- the public name rear 0.1 users know
     def _pass(self, flush):
         try:
             self.stats.add(scavenge(self.base, flush=flush, rotation_span=self.rotation_span,
-                                    max_size=self.max_size))
+                                    max_size=self.limits.max_size,
+                                    max_entries=self.limits.max_entries))
         except Exception:
             _log.exception("scavenger pass over %s failed", self.base)
 
@@ -3645,6 +3753,542 @@ def recover(base=None, rotation_span=None):
     """Roll back or finish interrupted commits and salvage dead writers' temp
     zips at once (sealed temp zips are left to the normal scavenger)."""
     return scavenge(base, flush=True, rotation_span=rotation_span, salvage_only=True)
+
+
+# ---------------------------------------------------------------- reading
+#
+# A reader finds one member of a million-entry archive without parsing its
+# central directory: through the archive's name index when its stamp
+# matches, else in one streaming pass over the records (a foreign or stale
+# archive), never holding them all.  Each look at the central directory is
+# made under the archive's shared lock, because a commit overwrites the old
+# central directory in place (step 5); member data lies before it and is
+# never rewritten, so it is read without the lock.  Every read is checked
+# against the member's CRC-32 and size.
+
+
+class MemberInfo:
+    """What a reader knows of a member: ``name``, ``size``,
+    ``compressed_size``, ``crc``, ``mtime`` (Unix seconds), ``mode``
+    (st_mode bits), ``archive`` (the file that holds it) and ``pending``
+    (True for a member still in a temp zip in ``inbox/``)."""
+
+    __slots__ = ("name", "size", "compressed_size", "crc", "mtime", "mode", "archive",
+                 "pending")
+
+    def __init__(self, entry, name, archive, pending=False):
+        self.name = name
+        self.size = entry.file_size
+        self.compressed_size = entry.compressed_size
+        self.crc = entry.crc
+        self.mtime = entry.mtime if entry.mtime is not None else _dos_to_unix(
+            entry.dos_date, entry.dos_time)
+        self.mode = entry.external_attr >> 16
+        self.archive = archive
+        self.pending = pending
+
+    def __repr__(self):
+        return "<MemberInfo %r %d bytes in %s%s>" % (self.name, self.size, self.archive,
+                                                     " (pending)" if self.pending else "")
+
+
+def _dos_to_unix(dos_date, dos_time):
+    """Unix seconds of an MS-DOS date and time, read as local time (4.4.6)."""
+    try:
+        return int(time.mktime(((dos_date >> 9) + _DOS_EPOCH_YEAR, (dos_date >> 5) & 0xF,
+                                dos_date & 0x1F, dos_time >> 11, (dos_time >> 5) & 0x3F,
+                                (dos_time & 0x1F) * 2, 0, 0, -1)))
+    except (OverflowError, ValueError):
+        return 0
+
+
+def _locate_base(archive):
+    """(base, dest) of an archive under a rear base (the nearest directory
+    above it that has inbox/archives/), or (None, None)."""
+    directory = os.path.dirname(os.path.abspath(archive))
+    while True:
+        if os.path.isdir(os.path.join(directory, _INBOX, _ARCHIVES_DIR)):
+            return directory, _dest_of(directory, os.path.abspath(archive))
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None, None
+        directory = parent
+
+
+def _wait_for(acquire, timeout, what, path):
+    """Call ``acquire()`` until it returns True, for up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not acquire():
+        if time.monotonic() >= deadline:
+            raise ArchiveError("%s is busy: %s for more than %g s; try again, or wait for "
+                               "the scavenger" % (path, what, timeout), path)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+@contextlib.contextmanager
+def _shared_lock(lock_path, archive, timeout=None):
+    """Hold the archive's lock file shared, so that no commit is half-way
+    through its central directory while we read it.  Waits ``timeout``
+    seconds at most (None: for ever).  Where the lock file cannot be opened
+    (no scavenger ever committed here, a read-only base), reads without it:
+    readers then retry a view that does not parse (_retry_unparsed)."""
+    # POSIX locks belong to the process: closing our descriptor would drop
+    # an in-process scavenger's lock on the same file.  Keep out of its way.
+    if timeout is None:
+        _SCAVENGE_LOCK.acquire()
+    else:
+        _wait_for(lambda: _SCAVENGE_LOCK.acquire(blocking=False), timeout,
+                  "a scavenger pass in this process is running", archive)
+    try:
+        fd = None
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+            # O_RDWR where we may: NFSv4 refuses locks that do not match
+            # the open mode; O_RDONLY for a read-only base.
+            with contextlib.suppress(OSError):
+                fd = os.open(lock_path, flags | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+                break
+        if fd is None:
+            yield
+            return
+        try:
+            with contextlib.suppress(LockingUnsupportedError):
+                if timeout is None:
+                    _lock(fd, lock_path, exclusive=False)
+                else:
+                    _wait_for(lambda: _lock(fd, lock_path, exclusive=False, blocking=False),
+                              timeout, "a scavenger is committing to it", archive)
+            yield
+        finally:
+            os.close(fd)
+    finally:
+        _SCAVENGE_LOCK.release()
+
+
+def _retry_unparsed(read, attempts=5):
+    """``read()``, again (up to ``attempts`` times, 0.1 s apart) while it
+    raises ArchiveError: without the lock a commit may be under way."""
+    for attempt in range(attempts):
+        try:
+            return read()
+        except ArchiveError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+
+
+class _ArchiveView:
+    """One zip file open for reading, with its name index when that matches."""
+
+    def __init__(self, path, base=None, dest=None, lock_timeout=None):
+        self.path = path
+        if base is None:
+            base, dest = _locate_base(path)
+        self.paths = _ArchivePaths(base, dest) if base is not None else None
+        self.lock_timeout = lock_timeout
+        try:
+            self.fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        except FileNotFoundError:
+            raise ArchiveError("%s does not exist; 'rear status BASE' lists the archives"
+                               % path, path) from None
+        except IsADirectoryError:
+            raise ArchiveError("%s is a directory, not an archive" % path, path) from None
+        except OSError as err:
+            raise ArchiveError("cannot read %s: %s" % (path, err.strerror), path) from None
+        self.index = None
+        try:
+            with self._locked():
+                self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _locked(self):
+        if self.paths is None:
+            return contextlib.nullcontext()
+        return _shared_lock(self.paths.lock, self.path, self.lock_timeout)
+
+    def _load(self):
+        def read():
+            size = os.fstat(self.fd).st_size
+            return size, _read_end_records(self.fd, size, self.path)
+
+        size, self.cd = _retry_unparsed(read)
+        if self.paths is not None:
+            index = _IndexReader(self.paths.index, self.fd, self.path, self.cd)
+            if index.open_matching(size):
+                self.index = index
+
+    def find(self, name):
+        """The _Entry of member ``name``, or None."""
+        with self._locked():
+            if self.index is not None:
+                return self.index.find(name)
+            return self._scan_for(name)
+
+    def _scan_for(self, name):
+        """One streaming pass for ``name``: a foreign archive or a stale index.
+        Names are compared as bytes; only non-ASCII ones are decoded."""
+        encoded = name.encode("utf-8")
+        reader = _ChunkReader(self.fd, self.path)
+        for position, fields, raw_name, extra in _central_records(reader, self.cd, self.path):
+            if raw_name == encoded or (not raw_name.isascii() and _decode_central_name(
+                    raw_name, fields[_CD_FLAG_BITS], self.path, position,
+                    ArchiveError) == name):
+                return _central_entry(fields, raw_name, extra, self.path,
+                                      self.cd.cd_offset + position)
+        return None
+
+    def _entries(self):
+        return _central_entries(_ChunkReader(self.fd, self.path), self.cd, self.path)
+
+    def entries(self, prefix=""):
+        """Every _Entry in archive order whose name starts with ``prefix``,
+        read a chunk at a time under the lock (commits wait)."""
+        with self._locked():
+            for entry in self._entries():
+                if entry.name.startswith(prefix):
+                    yield entry
+
+    def open_member(self, entry):
+        return _MemberReader(self.fd, self.path, entry)
+
+    def close(self):
+        if self.index is not None:
+            self.index.close()
+            self.index = None
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            _close_read_only(fd)
+
+
+def _data_offset(fd, path, entry):
+    """Where ``entry``'s data starts, from its local header (4.3.7)."""
+    header = os.pread(fd, _LOCAL_STRUCT.size, entry.header_offset)
+    if len(header) < _LOCAL_STRUCT.size or header[:4] != _LOCAL_SIG:
+        raise ArchiveError("%s: member %r has no local header at byte %d; the archive is "
+                           "damaged ('rear verify' tells more)"
+                           % (path, entry.name, entry.header_offset), path)
+    name_len, extra_len = _LOCAL_NAME_EXTRA.unpack_from(header, _LOCAL_NAME_EXTRA_OFFSET)
+    return entry.header_offset + _LOCAL_STRUCT.size + name_len + extra_len
+
+
+class _MemberReader(io.RawIOBase):
+    """A member's bytes, decompressed a chunk at a time: memory stays
+    bounded for any size.  The CRC-32 and size are checked when the end is
+    reached; a mismatch raises ArchiveError instead of returning the last
+    chunk, so bytes that fail their check are never all delivered."""
+
+    def __init__(self, fd, path, entry):
+        super().__init__()
+        self._fd = fd
+        self._path = path
+        self._entry = entry
+        self._offset = entry.data_offset or _data_offset(fd, path, entry)
+        self._left = entry.compressed_size
+        try:
+            self._decompressor = _get_decompressor(entry.method)
+        except (NotImplementedError, RuntimeError) as err:
+            raise ArchiveError("%s: member %r uses compression method %d, which this "
+                               "Python cannot read (%s)" % (path, entry.name, entry.method,
+                                                            err), path) from None
+        self._crc = 0
+        self._produced = 0
+        self._pending = b""
+        self._done = False
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        while not self._pending and not self._done:
+            self._pending = self._next_chunk()
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def _next_chunk(self):
+        if self._left:
+            raw = os.pread(self._fd, min(self._left, _CHUNK), self._offset)
+            if not raw:
+                raise self._damaged("ends early")
+            self._offset += len(raw)
+            self._left -= len(raw)
+            data = raw if self._decompressor is None else self._decompress(raw)
+        else:
+            data = self._flush()
+            self._done = True
+        self._crc = zlib.crc32(data, self._crc)
+        self._produced += len(data)
+        if self._produced > self._entry.file_size:
+            raise self._damaged("is longer than its size")
+        if self._done and (self._produced, self._crc) != (self._entry.file_size,
+                                                          self._entry.crc):
+            raise self._damaged("fails its CRC-32 or size check")
+        return data
+
+    def _decompress(self, raw):
+        try:
+            return self._decompressor.decompress(raw)
+        except (zlib.error, EOFError, OSError, ValueError, LookupError) as err:
+            raise self._damaged("does not decompress (%s)" % err) from None
+
+    def _flush(self):
+        if self._decompressor is None or not hasattr(self._decompressor, "flush"):
+            return b""
+        try:
+            return self._decompressor.flush()
+        except (zlib.error, EOFError, OSError, ValueError) as err:
+            raise self._damaged("does not decompress (%s)" % err) from None
+
+    def _damaged(self, what):
+        return ArchiveError("%s: member %r %s; the archive is damaged ('rear verify' tells "
+                            "more)" % (self._path, self._entry.name, what), self._path)
+
+
+class _PendingView:
+    """Entries for one archive that are still in temp zips in ``inbox/``:
+    sealed temp zips through their central directory, unsealed ones (live
+    or dead writers') through their local headers.  Only entries whose
+    bytes are all on disk are listed, and each read checks its CRC, so a
+    torn last entry is never returned."""
+
+    def __init__(self, base, dest):
+        self.base = base
+        self.dest = dest
+        self.entries = {}      # member -> (temp zip path, _Entry), newest last
+        for path in _list_temp_zips(os.path.join(base, _INBOX)):
+            with contextlib.suppress(OSError, RearError):   # gone or damaged: not readable
+                self._add_temp_zip(path)
+
+    def _add_temp_zip(self, path):
+        fd = _open_existing(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+        if fd is None:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            manifest = _read_manifest(_sidecar_path(path))
+            if manifest is not None and manifest["state"] == _STATE_SEALED:
+                entries = _central_entries(_ChunkReader(fd, path),
+                                           _read_end_records(fd, size, path), path)
+            else:
+                entries = _complete_local_entries(fd, path, size)
+            known = {}
+            for entry in entries:
+                with contextlib.suppress(PathError):
+                    dest, member = _route_name(entry.name, known)
+                    if dest == self.dest:
+                        self.entries[member] = (path, entry)
+        finally:
+            _close_read_only(fd)
+
+    def open_member(self, member):
+        """A _MemberReader of the pending ``member``; None if its temp zip
+        was scavenged meanwhile (look in the archives again)."""
+        path, entry = self.entries[member]
+        fd = _open_existing(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+        if fd is None:
+            return None
+        try:
+            reader = _MemberReader(fd, path, entry)
+        except BaseException:
+            _close_read_only(fd)
+            raise
+        reader.owned_fd = fd
+        return reader
+
+
+def _complete_local_entries(fd, path, size):
+    """The entries of an unsealed temp zip whose bytes are all on disk, from
+    its local headers (their data is checked when read)."""
+    reader = _ChunkReader(fd, path)
+    offset = 0
+    while True:
+        entry = _read_local_header(reader, offset, size)
+        if entry is None or entry.data_offset + entry.compressed_size > size:
+            return
+        yield entry
+        offset = entry.data_offset + entry.compressed_size
+
+
+def _series(base, dest):
+    """The files of an archive series, oldest first: name-0.zip, name-1.zip,
+    ... (rolled over), then name.zip.  Only those that exist."""
+    archive = _ArchivePaths(base, dest).archive
+    directory, file_name = os.path.split(archive)
+    stem = file_name[:-len(".zip")]
+    numbered = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for name in os.listdir(directory):
+            number = name[len(stem) + 1:-len(".zip")]
+            if (name.startswith(stem + "-") and name.lower().endswith(".zip")
+                    and number.isdigit() and str(int(number)) == number):
+                numbered.append((int(number), os.path.join(directory, name)))
+    paths = [path for _number, path in sorted(numbered)]
+    if os.path.lexists(archive):
+        paths.append(archive)
+    return paths
+
+
+class ArchiveReader:
+    """Read-only access to an archive, or to a whole series and, with
+    ``pending``, to the files not yet scavenged; see open_archive."""
+
+    def __init__(self, views, pending=None, name=None):
+        self._views = views          # oldest first
+        self._pending = pending
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        self.close()
+
+    def close(self):
+        for view in self._views:
+            view.close()
+        self._views = []
+
+    def _find(self, member):
+        """(view or None, _Entry) of ``member``, newest archive first, then
+        pending; (None, None) if absent."""
+        for view in reversed(self._views):
+            entry = view.find(member)
+            if entry is not None:
+                return view, entry
+        if self._pending is not None and member in self._pending.entries:
+            return None, self._pending.entries[member][1]
+        return None, None
+
+    def __contains__(self, member):
+        return self._find(member)[1] is not None
+
+    def info(self, member):
+        """MemberInfo of ``member``; KeyError if it is not there."""
+        view, entry = self._find(member)
+        if entry is None:
+            raise self._missing(member)
+        if view is None:
+            return MemberInfo(entry, member, self._pending.entries[member][0], True)
+        return MemberInfo(entry, member, view.path)
+
+    def open(self, member):
+        """A binary file object streaming ``member``'s bytes, CRC-checked at
+        the end; KeyError if it is not there."""
+        view, entry = self._find(member)
+        if entry is None:
+            raise self._missing(member)
+        if view is not None:
+            return io.BufferedReader(view.open_member(entry), _CHUNK)
+        reader = self._pending.open_member(member)
+        if reader is None:     # scavenged since we looked: it is in an archive now
+            self._refresh()
+            return self.open(member)
+        return io.BufferedReader(_OwningReader(reader), _CHUNK)
+
+    def read(self, member):
+        """The bytes of ``member``, CRC-checked; KeyError if it is not there."""
+        with self.open(member) as handle:
+            return handle.read()
+
+    def infos(self, prefix=""):
+        """MemberInfo of every member whose name starts with ``prefix``, in
+        archive order (oldest archive of a series first; pending ones last)."""
+        for view in self._views:
+            for entry in view.entries(prefix):
+                yield MemberInfo(entry, entry.name, view.path)
+        if self._pending is not None:
+            for member, (path, entry) in self._pending.entries.items():
+                if member.startswith(prefix):
+                    yield MemberInfo(entry, member, path, True)
+
+    def names(self, prefix=""):
+        """Names of the members that start with ``prefix``, in archive order."""
+        for info in self.infos(prefix):
+            yield info.name
+
+    def __iter__(self):
+        return self.names()
+
+    def _refresh(self):
+        for view in self._views:
+            view.close()
+        fresh = open_archive(*self._reopen_args)
+        self._views, self._pending = fresh._views, fresh._pending
+
+    def _missing(self, member):
+        return KeyError("%s has no member %r%s" % (
+            self.name, member, "" if self._pending is not None else
+            " (files not scavenged yet are not looked for: pass pending=True)"))
+
+
+class _OwningReader(io.RawIOBase):
+    """A _MemberReader that closes the descriptor it was given."""
+
+    def __init__(self, reader):
+        super().__init__()
+        self._reader = reader
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        return self._reader.readinto(buffer)
+
+    def close(self):
+        if not self.closed:
+            _close_read_only(self._reader.owned_fd)
+        super().close()
+
+
+#: How long a reader waits for a commit to finish before saying so.
+_READ_LOCK_TIMEOUT = 30.0
+
+
+def open_archive(path, dest=None, pending=False, lock_timeout=_READ_LOCK_TIMEOUT):
+    """A read-only ArchiveReader (a context manager) for any zip.
+
+    ``open_archive("/scratch/run42/logs.zip")`` reads one archive.
+    ``open_archive("/scratch/run42", "logs.zip")`` reads the series
+    ``logs.zip``, ``logs-0.zip``, ... as one, and with ``pending=True`` also
+    the files still in temp zips in ``inbox/`` (read-your-writes).  Opening
+    it and reading one member uses the archive's name index, not its central
+    directory.  Raises ArchiveError if there is nothing to read.
+    """
+    if dest is None:
+        path = os.path.abspath(os.fspath(path))
+        return ArchiveReader([_ArchiveView(path, lock_timeout=lock_timeout)], name=path)
+    base = _existing_base(path)
+    if split_path(dest + "/_")[0] != dest:
+        raise PathError("%r is not an archive path; give one like 'sub/name.zip'" % (dest,))
+    views = []
+    try:
+        for archive in _series(base, dest):
+            views.append(_ArchiveView(archive, base, _dest_of(base, archive), lock_timeout))
+    except BaseException:
+        for view in views:
+            view.close()
+        raise
+    reader = ArchiveReader(views, _PendingView(base, dest) if pending else None,
+                           os.path.join(base, dest))
+    if not views and (reader._pending is None or not reader._pending.entries):
+        raise ArchiveError("%s has no archive %s yet%s" % (
+            base, dest, "" if pending else " (files not scavenged yet: pass pending=True)"),
+            os.path.join(base, dest))
+    reader._reopen_args = (base, dest, pending, lock_timeout)
+    return reader
+
+
+def read_bytes(base, path, lock_timeout=_READ_LOCK_TIMEOUT):
+    """The bytes of ``"sub/name.zip/member"`` under ``base``: from the
+    archive series, or failing that from the temp zips not yet scavenged.
+    KeyError if it is nowhere (yet)."""
+    dest, member = split_path(path)
+    with open_archive(base, dest, pending=True, lock_timeout=lock_timeout) as reader:
+        return reader.read(member)
 
 
 # ---------------------------------------------------------------- inspection
@@ -3671,29 +4315,6 @@ def _archives_under(base, unreadable=None):
                 path = os.path.join(directory, name)
                 if not path.startswith(inbox + os.sep):
                     yield path
-
-
-@contextlib.contextmanager
-def _reader_lock(base, dest):
-    """A shared lock on an archive, so that it is not read in the middle of a
-    commit (its old central directory overwritten, the new one not yet
-    written).  Read without it where the base does not let us take one."""
-    paths = _ArchivePaths(base, dest)
-    try:
-        # O_RDWR even for a shared lock: NFSv4 refuses locks that do not
-        # match the open mode.
-        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
-    except OSError:   # no scavenger ever ran here, or read-only for this user
-        yield
-        return
-    try:
-        try:
-            _lock(fd, paths.lock, exclusive=False)
-        except LockingUnsupportedError:
-            pass
-        yield
-    finally:
-        os.close(fd)
 
 
 class VerifyReport(list):
@@ -3729,9 +4350,9 @@ def verify(path):
     # scavenger's way, as status() does.
     with _SCAVENGE_LOCK:
         for archive in _archives_under(base, unreadable=report):
-            dest = os.path.relpath(archive, base).replace(os.sep, "/")
-            with _reader_lock(base, dest):
-                _verify_archive(archive, report, _pending_journal(_ArchivePaths(base, dest)))
+            paths = _ArchivePaths(base, _dest_of(base, archive))
+            with _shared_lock(paths.lock, archive):
+                _verify_archive(archive, report, _pending_journal(paths))
     return report
 
 
@@ -3744,17 +4365,9 @@ def _pending_journal(paths):
 
 
 def _journal_of(archive):
-    """_pending_journal for an archive given alone: its base is the nearest
-    directory above it that has inbox/archives/."""
-    directory = os.path.dirname(archive)
-    while True:
-        if os.path.isdir(os.path.join(directory, _INBOX, _ARCHIVES_DIR)):
-            dest = os.path.relpath(archive, directory).replace(os.sep, "/")
-            return _pending_journal(_ArchivePaths(directory, dest))
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return None
-        directory = parent
+    """_pending_journal for an archive given alone (its base located)."""
+    base, dest = _locate_base(archive)
+    return None if base is None else _pending_journal(_ArchivePaths(base, dest))
 
 
 def _verify_archive(archive, report, journal=None):
@@ -4028,7 +4641,8 @@ def _cmd_scavenge(args):
                 progress = _ProgressLine(sys.stderr)
             try:
                 stats = scavenge(args.base, flush=args.flush, rotation_span=args.rotation,
-                                 max_size=args.max_size, progress=progress)
+                                 max_size=args.max_size, max_entries=args.max_entries,
+                                 progress=progress)
             finally:
                 if progress is not None:
                     progress.finish()
@@ -4104,67 +4718,68 @@ def _writer_name(temp):
     return " (pid %s on %s)" % (pid, host) if host else ""
 
 
-def _open_archive(path):
-    """zipfile.ZipFile(path), or RearError saying what ``path`` is instead."""
-    try:
-        return zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise RearError("%s does not exist; 'rear status BASE' lists the archives"
-                        % path, path) from None
-    except IsADirectoryError:
-        raise RearError("%s is a directory, not an archive; give one of the archives in it "
-                        "('rear status BASE' lists them)" % path, path) from None
-    except OSError as err:
-        raise RearError("cannot read %s: %s" % (path, err.strerror or err), path) from None
-    except zipfile.BadZipFile as err:
-        raise RearError("%s is not a zip archive (%s)" % (path, err), path) from None
+def _reader_for(target, dest=None, pending=False):
+    """open_archive for the CLI's two forms: an ARCHIVE, or a BASE and an
+    archive path in it (the whole series, and the inbox with ``pending``)."""
+    if os.path.isdir(target):
+        if dest is None:
+            raise RearError("%s is a directory: give the archive path in it too, like "
+                            "'rear ls %s logs.zip', or the archive's own path"
+                            % (target, target), target)
+        return open_archive(target, dest, pending=pending)
+    if pending:
+        raise RearError("--pending needs the base and the archive path, like 'rear ls "
+                        "BASE logs.zip --pending': files not yet scavenged are in "
+                        "BASE/inbox/", target)
+    return open_archive(target)
 
 
-def _member_time(info):
-    """(Unix mtime or None, local date_time) of a zipfile.ZipInfo: the exact
-    UT time where the member has one, shown in this reader's time zone, as
-    Info-ZIP unzip does; else the DOS time as stored."""
-    mtime = _extra_mtime(info.extra)
-    if mtime is None:
-        return None, info.date_time
-    return mtime, time.localtime(mtime)[:6]
+def _local_time(mtime):
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime))
 
 
 def _cmd_ls(args):
-    with _open_archive(args.archive) as handle:
-        infos = handle.infolist()
-        if args.json:
-            listing = []
-            for info in infos:
-                mtime, date_time = _member_time(info)
-                listing.append({"name": info.filename, "size": info.file_size,
-                                "compressed_size": info.compress_size, "crc": info.CRC,
-                                "mode": info.external_attr >> 16, "mtime": mtime,
-                                "date_time": "%04d-%02d-%02d %02d:%02d:%02d" % date_time})
-            json.dump(listing, sys.stdout, indent=2)
-            sys.stdout.write("\n")
+    out = sys.stdout
+    with _reader_for(args.target, args.archive, args.pending) as reader:
+        if args.json:     # one object per line: streams, and greps
+            for info in reader.infos(args.prefix):
+                out.write(json.dumps({
+                    "name": info.name, "size": info.size,
+                    "compressed_size": info.compressed_size, "crc": info.crc,
+                    "mode": info.mode, "mtime": info.mtime,
+                    "date_time": time.strftime("%Y-%m-%d %H:%M:%S",
+                                               time.localtime(info.mtime)),
+                    "archive": info.archive, "pending": info.pending}) + "\n")
             return 0
-        sys.stdout.write("%12s %12s  %-16s  %s\n" % ("Length", "Compressed", "Date Time", "Name"))
-        total = compressed = 0
-        for info in infos:
-            date_time = _member_time(info)[1]
-            sys.stdout.write("%12d %12d  %04d-%02d-%02d %02d:%02d  %s\n" % (
-                (info.file_size, info.compress_size) + tuple(date_time[:5]) + (info.filename,)))
-            total += info.file_size
-            compressed += info.compress_size
-        sys.stdout.write("%12d %12d  %-16s  %d files\n" % (total, compressed, "", len(infos)))
+        out.write("%12s %12s  %-16s  %s\n" % ("Length", "Compressed", "Date Time", "Name"))
+        total = compressed = count = 0
+        for info in reader.infos(args.prefix):
+            out.write("%12d %12d  %s  %s%s\n" % (
+                info.size, info.compressed_size, _local_time(info.mtime), info.name,
+                "  (pending: not scavenged yet)" if info.pending else ""))
+            total += info.size
+            compressed += info.compressed_size
+            count += 1
+        out.write("%12d %12d  %-16s  %s\n" % (total, compressed, "", _count(count, "file")))
     return 0
 
 
 def _cmd_cat(args):
-    with _open_archive(args.archive) as handle:
+    if os.path.isdir(args.target):
+        dest, member = split_path(args.member)
+        reader = _reader_for(args.target, dest, pending=True)
+    else:
+        member, reader = args.member, _reader_for(args.target)
+    with reader:
         try:
-            member = handle.open(args.member)
+            handle = reader.open(member)
         except KeyError as err:
-            raise RearError("%s has no member %r; list them with 'rear ls %s'"
-                            % (args.archive, args.member, args.archive), args.archive) from err
-        with member:
-            shutil.copyfileobj(member, sys.stdout.buffer, _CHUNK)
+            raise RearError("%s; list the members with 'rear ls %s'"
+                            % (err.args[0], " ".join(
+                                [args.target] + ([dest] if os.path.isdir(args.target)
+                                                 else []))), args.target) from None
+        with handle:
+            shutil.copyfileobj(handle, sys.stdout.buffer, _CHUNK)
     sys.stdout.buffer.flush()
     return 0
 
@@ -4280,6 +4895,9 @@ def _build_parser():
                      help="repeat every S seconds until interrupted")
     sub.add_argument("--max-size", type=_parse_size, default=DEFAULT_MAX_SIZE, metavar="SIZE",
                      help="roll an archive over to name-N.zip at this size (default 50G)")
+    sub.add_argument("--max-entries", type=_positive_int, default=DEFAULT_MAX_ENTRIES,
+                     metavar="N", help="... or at this many entries (default %d)"
+                     % DEFAULT_MAX_ENTRIES)
     sub.set_defaults(func=_cmd_scavenge)
 
     sub = add("status", "show temp zips, interrupted commits and archives",
@@ -4288,16 +4906,28 @@ def _build_parser():
     sub.add_argument("--json", action="store_true", help="machine-readable output")
     sub.set_defaults(func=_cmd_status)
 
-    sub = add("ls", "list an archive's members like 'unzip -l'",
-              "rear ls /scratch/run42/logs.zip")
-    sub.add_argument("archive", help="path of a zip archive, e.g. BASE/logs.zip")
-    sub.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = add("ls", "list an archive's members like 'unzip -l', streaming; given a base "
+              "and an archive path, the whole series name.zip, name-0.zip, ...",
+              "rear ls /scratch/run42 logs.zip --pending")
+    sub.add_argument("target", help="an archive (BASE/logs.zip), or a base directory")
+    sub.add_argument("archive", nargs="?", default=None,
+                     help="with a base: the archive path in it, like 'logs.zip' or "
+                     "'sub/name.zip'")
+    sub.add_argument("--prefix", default="", metavar="P",
+                     help="only members whose names start with P")
+    sub.add_argument("--pending", action="store_true",
+                     help="with a base: also list files still in temp zips in inbox/")
+    sub.add_argument("--json", action="store_true",
+                     help="one JSON object per line (name, size, compressed_size, crc, "
+                     "mode, mtime, date_time, archive, pending)")
     sub.set_defaults(func=_cmd_ls)
 
-    sub = add("cat", "write one member of an archive to stdout",
-              "rear cat /scratch/run42/logs.zip task-17/out.txt")
-    sub.add_argument("archive", help="path of a zip archive, e.g. BASE/logs.zip")
-    sub.add_argument("member", help="name of the member inside it, as 'rear ls' lists it")
+    sub = add("cat", "write one member to stdout, CRC-checked: from an archive, or from "
+              "a base's series and, failing that, its inbox (not scavenged yet)",
+              "rear cat /scratch/run42 logs.zip/task-17/out.txt")
+    sub.add_argument("target", help="an archive (BASE/logs.zip), or a base directory")
+    sub.add_argument("member", help="the member's name in the archive, as 'rear ls' "
+                     "lists it; with a base: its full path, like 'logs.zip/task-17/out.txt'")
     sub.set_defaults(func=_cmd_cat)
 
     sub = add("verify", "CRC-check every member of an archive or of every archive "
@@ -4341,6 +4971,10 @@ def _run(args):
     handler = _configure_logging(args)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # 'rear ls | head': the reader went away; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (RearError, ValueError, OSError) as err:
         sys.stderr.write("rear: error: %s\n" % err)
         return 1
@@ -4384,6 +5018,7 @@ def legacy_main(argv=None):
     args.watch = None
     args.verbose = False
     args.max_size = DEFAULT_MAX_SIZE
+    args.max_entries = DEFAULT_MAX_ENTRIES
     args.func = _cmd_scavenge
     return _run(args)
 

@@ -492,7 +492,7 @@ def test_ls_lists_sizes_dates_and_names_like_unzip_l(tmp_path):
     length, compressed, day, clock, name = row.split()
     assert (int(length), name) == (5000, "dir/log.txt") and int(compressed) < 5000
     assert len(day) == 10 and len(clock) == 5
-    assert total.split()[-2:] == ["1", "files"]
+    assert total.split()[-2:] == ["1", "file"]
 
 
 def test_status_json_is_machine_readable(tmp_path):

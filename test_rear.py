@@ -913,7 +913,7 @@ def test_rear_ls_shows_the_exact_time_in_the_readers_time_zone(base, tmp_path):
     archive = picked_up_file(base, tmp_path, MTIME_ODD, "America/New_York")
     listing = run_cli("ls", archive, env=dict(CHILD_ENV, TZ="Asia/Tokyo"))
     assert "2023-11-15 07:13  f.txt" in listing.stdout
-    (entry,) = json.loads(run_cli("ls", "--json", archive).stdout)
+    (entry,) = [json.loads(line) for line in run_cli("ls", "--json", archive).stdout.splitlines()]
     assert entry["mtime"] == MTIME_ODD and entry["mode"] == 0o100644
 
 
@@ -2029,7 +2029,8 @@ def test_cli_scavenge_status_ls_cat_and_verify(base):
     assert result.returncode == 0 and "moved 2 files" in result.stdout, result.stderr
     result = run_cli("ls", os.path.join(base, "a.zip"))
     assert result.returncode == 0 and "dir/x.txt" in result.stdout and "2 files" in result.stdout
-    listing = json.loads(run_cli("ls", "--json", os.path.join(base, "a.zip")).stdout)
+    listing = [json.loads(line) for line in     # one object per line
+               run_cli("ls", "--json", os.path.join(base, "a.zip")).stdout.splitlines()]
     assert [(item["name"], item["size"]) for item in listing] == [("dir/x.txt", 6), ("y", 3)]
     result = run_cli("cat", os.path.join(base, "a.zip"), "dir/x.txt")
     assert result.returncode == 0 and result.stdout == "hello\n"
