@@ -49,10 +49,10 @@ def _netfs_summary(terminalreporter):
     shared = sys.modules["test_rear"].COUNTS    # check_archives counts failures there
     terminalreporter.write_line(
         "netfs: GlusterFS, 2 clients; runs with default caching: %d, with caches off: %d; "
-        "%d writer kills, %d scavenger kills, %d files acknowledged, %d fix checks, "
-        "%d lost, %d corrupt"
+        "%d writer kills, %d scavenger kills, %d files acknowledged, %d exact reads "
+        "during the chaos, %d fix checks, %d lost, %d corrupt"
         % (counts["runs (default)"], counts["runs (nocache)"], counts["writer kills"],
-           counts["scavenger kills"], counts["files"], counts["fix checks"],
+           counts["scavenger kills"], counts["files"], counts["reads"], counts["fix checks"],
            shared["lost"], shared["corrupt"]))
 
 

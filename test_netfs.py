@@ -16,6 +16,8 @@ run ends with one summary line, ``netfs: ...``, printed by conftest.py.
 """
 
 import collections
+import inspect
+import json
 import os
 import random
 import shutil
@@ -31,7 +33,7 @@ import rear
 from conftest import fill
 from test_rear import (SCAVENGER_LOOP_SCRIPT, as_sets, check_archives, inbox_temp_zips,
                        run_child)
-from test_torture import WriterContents, start_torture_writer
+from test_torture import WriterContents, start_torture_writer, torture_content
 
 COUNTS = collections.Counter()
 REASON = gluster_harness.unavailable_reason()
@@ -72,6 +74,35 @@ def _wait_until(condition, timeout=10.0):
         time.sleep(0.05)
 
 
+# A reader on the other client during the chaos: every member it reads
+# (archived or still in a temp zip) must come back with exactly the bytes
+# its writer wrote, or not be found yet; never anything else.
+READER_LOOP_SCRIPT = "import random\n" + inspect.getsource(torture_content) + '''
+import json, sys, time, rear
+base, until = sys.argv[1], float(sys.argv[2])
+rng = random.Random(0)
+counts = {"exact": 0, "not found yet": 0, "not readable now": 0}
+while time.time() < until:
+    for dest in ("a.zip", "b.zip", "sub/c.zip"):
+        try:
+            with rear.open_archive(base, dest, pending=True, lock_timeout=5) as reader:
+                names = list(reader.names())
+                for name in rng.sample(names, min(20, len(names))):
+                    try:
+                        data = reader.read(name)
+                    except KeyError:
+                        counts["not found yet"] += 1
+                        continue
+                    if data != torture_content(dest + "/" + name.split(".~")[0]):
+                        sys.exit("%s/%s came back with other bytes" % (dest, name))
+                    counts["exact"] += 1
+        except rear.RearError as err:     # no archive yet, a view still settling
+            counts["not readable now"] += 1
+    time.sleep(0.05)
+print(json.dumps(counts))
+'''
+
+
 # ---------------------------------------------------------------- the invariant across clients
 
 
@@ -93,6 +124,8 @@ def test_writers_on_one_client_scavengers_on_both_killed_at_random_lose_nothing(
     for seed in range(4):
         writers.append(start_torture_writer(base_a, seed=seed, threads=2, rotation=0.5))
     scavengers = [start_scavenger() for _ in range(3)]
+    reader = run_child(READER_LOOP_SCRIPT, base_b, str(until), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
     while time.time() < until - 1.5:
         time.sleep(rng.uniform(0.2, 1.0))
         if rng.random() < 0.5:
@@ -112,6 +145,11 @@ def test_writers_on_one_client_scavengers_on_both_killed_at_random_lose_nothing(
     kills["writer"] += len(writers)
     for scavenger in scavengers:
         assert scavenger.wait(300) == 0, scavenger.stderr.read()
+    out, err = reader.communicate(timeout=300)
+    assert reader.returncode == 0, err        # no read ever returned wrong bytes
+    reads = json.loads(out)
+    assert reads["exact"] > 0, reads
+    COUNTS["reads"] += reads["exact"]
     # The final flush on the other client, then everything read back
     # through the writers' client.
     stats = rear.scavenge(base_b, flush=True, rotation_span=3600)

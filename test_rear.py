@@ -29,6 +29,7 @@ import threading
 import time
 import tracemalloc
 import zipfile
+import zlib
 
 import pytest
 
@@ -2380,3 +2381,238 @@ def test_a_read_only_base_can_be_verified_but_not_scavenged_or_written(world):
     assert written.returncode == 1
     assert "rear.RearError: %s is not writable by this user" % base in written.stderr
     assert rear.scavenge(base).files_moved == 1       # nothing of it was lost meanwhile
+
+
+# ---------------------------------------------------------------- reading: open_archive, read_bytes, cat, ls
+
+
+def test_a_reader_reads_infos_and_streams_members_checking_their_crc(base):
+    files = {"a.zip/d/%d.txt" % n: (b"line %d\n" % n) * (n + 1) for n in range(50)}
+    files["a.zip/big.bin"] = os.urandom(3 * 1024 * 1024)      # streamed, several chunks
+    fill(base, files)
+    rear.scavenge(base)
+    with rear.open_archive(os.path.join(base, "a.zip")) as reader:
+        assert reader.read("d/7.txt") == files["a.zip/d/7.txt"]
+        with reader.open("big.bin") as handle:
+            assert handle.read(10) == files["a.zip/big.bin"][:10]
+            assert handle.read() == files["a.zip/big.bin"][10:]
+        assert "d/7.txt" in reader and "d/99.txt" not in reader
+        info = reader.info("d/7.txt")
+        assert (info.size, info.crc) == (len(files["a.zip/d/7.txt"]),
+                                          zlib.crc32(files["a.zip/d/7.txt"]))
+        assert info.mode == 0o100644 and abs(info.mtime - time.time()) < 120
+        assert list(reader) == ["d/%d.txt" % n for n in range(50)] + ["big.bin"]
+        assert list(reader.names(prefix="d/4")) == ["d/4.txt"] + ["d/%d.txt" % n
+                                                                  for n in range(40, 50)]
+        with pytest.raises(KeyError, match="has no member 'nope'"):
+            reader.read("nope")
+
+
+def test_opening_and_reading_one_member_uses_the_index_not_the_central_directory(
+        base, monkeypatch):
+    fill(base, {"a.zip/%d" % n: b"%d" % n for n in range(300)})
+    rear.scavenge(base)
+    real = rear._central_records
+
+    def one_record_at_a_time(reader, directory, path, *args, **kwargs):
+        assert kwargs.get("count") == 1, "the central directory was walked"
+        return real(reader, directory, path, *args, **kwargs)
+
+    monkeypatch.setattr(rear, "_central_records", one_record_at_a_time)
+    with rear.open_archive(os.path.join(base, "a.zip")) as reader:
+        assert reader.read("123") == b"123"
+        assert "nope" not in reader
+
+
+def make_stored_zip(path, count, prefix="old/"):
+    """A stored zip of ``count`` tiny entries made with rear's header
+    functions (zip64 past 65,535), as bench/bench.py makes them."""
+    data = b"0123456789"
+    records, offset = [], 0
+    with open(path, "wb") as handle:
+        for number in range(count):
+            entry = rear._Entry("%s%07d" % (prefix, number), 0, 0, 0, 33, zlib.crc32(data),
+                                len(data), len(data))
+            local = rear._local_header(entry) + data
+            records.append(rear._central_record(entry, offset))
+            handle.write(local)
+            offset += len(local)
+        central = b"".join(records)
+        handle.write(central + rear._end_records(count, len(central), offset))
+
+
+@pytest.mark.parametrize("kind", ["foreign", "zip64", "stale index", "no index directory"])
+def test_a_reader_falls_back_to_one_streaming_pass_where_there_is_no_index(base, kind):
+    archive = os.path.join(base, "a.zip")
+    if kind == "foreign":                  # not under a rear base at all
+        with zipfile.ZipFile(archive, "w") as handle:
+            for n in range(100):
+                handle.writestr("f/%d" % n, b"%d" % n)
+        wanted, data = "f/42", b"42"
+    elif kind == "zip64":
+        make_stored_zip(archive, 70000)
+        wanted, data = "old/0069999", b"0123456789"
+    else:
+        fill(base, {"a.zip/%d" % n: b"%d" % n for n in range(100)})
+        rear.scavenge(base)
+        if kind == "stale index":          # changed by another tool since
+            with zipfile.ZipFile(archive, "a") as handle:
+                handle.writestr("added/by/zipfile", b"new")
+            wanted, data = "added/by/zipfile", b"new"
+        else:
+            shutil.rmtree(os.path.join(base, "inbox", "archives"))
+            wanted, data = "42", b"42"
+    with rear.open_archive(archive) as reader:
+        assert reader._views[0].index is None
+        assert reader.read(wanted) == data and "absent" not in reader
+
+
+def test_a_damaged_member_raises_instead_of_returning_its_bytes(base):
+    fill(base, {"a.zip/x": b"precious " * 1000}, compression="stored")
+    rear.scavenge(base)
+    archive = os.path.join(base, "a.zip")
+    data = bytearray(open(archive, "rb").read())
+    data[data.index(b"precious") + 100] ^= 0x01
+    open(archive, "wb").write(bytes(data))
+    with rear.open_archive(archive) as reader:
+        with pytest.raises(rear.ArchiveError, match="fails its CRC-32 or size check"):
+            reader.read("x")
+
+
+def test_a_reader_waits_for_a_commit_and_says_so_when_it_takes_too_long(base):
+    fill(base, {"a.zip/x": b"x"})
+    rear.scavenge(base)
+    lock = rear._ArchivePaths(base, "a.zip").lock
+    holder = run_child("""
+        import fcntl, os, sys, time
+        fd = os.open(sys.argv[1], os.O_RDWR)
+        fcntl.lockf(fd, fcntl.LOCK_EX)            # a scavenger committing
+        print("locked", flush=True)
+        time.sleep(float(sys.argv[2]))
+    """, lock, "1.0", stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "locked\n"
+    with pytest.raises(rear.ArchiveError, match="a scavenger is committing to it for more "
+                       "than 0.2 s; try again"):
+        rear.open_archive(os.path.join(base, "a.zip"), lock_timeout=0.2)
+    with rear.open_archive(os.path.join(base, "a.zip"), lock_timeout=30) as reader:
+        assert reader.read("x") == b"x"          # waited for the commit
+    holder.wait(30)
+
+
+def test_a_series_is_one_archive_to_readers_and_to_duplicate_checks(base):
+    first = {"s/a.zip/%d" % n: b"%d" % n for n in range(10)}
+    fill(base, first)
+    rear.scavenge(base, max_entries=10)
+    fill(base, {"s/a.zip/late": b"late"})
+    rear.scavenge(base, max_entries=10)          # a.zip held 10: rolled over
+    assert sorted(os.listdir(os.path.join(base, "s"))) == ["a-0.zip", "a.zip"]
+    fill(base, {"s/a.zip/3": b"3", "s/a.zip/4": b"changed"})
+    stats = rear.scavenge(base, max_entries=10)
+    assert (stats.duplicates, stats.conflicts, stats.files_moved) == (1, 1, 1)
+    with rear.open_archive(base, "s/a.zip") as reader:
+        assert reader.read("3") == b"3" and reader.read("late") == b"late"
+        assert reader.read("4.~1~") == b"changed" and reader.read("4") == b"4"
+        assert sorted(reader.names()) == sorted(["%d" % n for n in range(10)]
+                                                + ["late", "4.~1~"])
+    result = run_cli("cat", base, "s/a.zip/7")
+    assert result.returncode == 0 and result.stdout == "7"
+    assert read_archive(os.path.join(base, "s", "a.zip")) == {"late": b"late",
+                                                              "4.~1~": b"changed"}
+
+
+def test_rollover_by_entry_count_and_its_validation(base):
+    fill(base, {"a.zip/%d" % n: b"%d" % n for n in range(5)})
+    rear.scavenge(base, max_entries=3)
+    fill(base, {"a.zip/more": b"m"})
+    rear.scavenge(base, max_entries=3)
+    assert sorted(os.listdir(base)) == ["a-0.zip", "a.zip", "inbox"]
+    with pytest.raises(ValueError, match="max_entries must be a positive number"):
+        rear.scavenge(base, max_entries=0)
+    result = run_cli("scavenge", base, "--max-entries", "0")
+    assert result.returncode == 2 and "--max-entries: must be at least 1" in result.stderr
+
+
+READS_WHILE_WRITING = """
+    import os, sys, rear
+    base = sys.argv[1]
+    fs = rear.rear_fs(base, rotation_span=3600)
+    fs.write_bytes("a.zip/live", b"written by a live writer")
+    print("written", flush=True)
+    sys.stdin.readline()          # stays alive, its temp zip open, until told
+    if sys.argv[2] == "die":
+        os._exit(0)
+    fs.close()
+"""
+
+
+def test_files_not_yet_scavenged_are_readable_from_the_inbox(base):
+    fill(base, {"a.zip/archived": b"in the archive"})
+    rear.scavenge(base)
+    fill(base, {"a.zip/sealed": b"in a sealed temp zip"})
+    live = run_child(READS_WHILE_WRITING, base, "die", stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, text=True)
+    assert live.stdout.readline() == "written\n"
+    assert rear.read_bytes(base, "a.zip/archived") == b"in the archive"
+    assert rear.read_bytes(base, "a.zip/sealed") == b"in a sealed temp zip"
+    assert rear.read_bytes(base, "a.zip/live") == b"written by a live writer"
+    with pytest.raises(KeyError):
+        rear.read_bytes(base, "a.zip/never-written")
+    listed = run_cli("ls", base, "a.zip", "--pending").stdout
+    assert "archived\n" in listed and "sealed  (pending: not scavenged yet)" in listed
+    assert "live  (pending: not scavenged yet)" in listed
+    live.stdin.write("go\n")
+    live.stdin.close()
+    assert live.wait(30) == 0                    # died without sealing
+    assert rear.read_bytes(base, "a.zip/live") == b"written by a live writer"
+    assert run_cli("cat", base, "a.zip/live").stdout == "written by a live writer"
+    rear.scavenge(base, flush=True)
+    assert rear.read_bytes(base, "a.zip/live") == b"written by a live writer"
+
+
+def test_a_torn_last_entry_of_a_temp_zip_is_never_returned(base):
+    whole, torn = os.urandom(500), os.urandom(500)     # incompressible: stored as is
+    path = write_raw_temp_zip(base, [("a.zip/whole", whole), ("a.zip/torn", torn)])
+    with open(path, "r+b") as handle:                # a writer killed mid-write
+        handle.truncate(os.path.getsize(path) - 100)
+    assert rear.read_bytes(base, "a.zip/whole") == whole
+    with pytest.raises(KeyError):
+        rear.read_bytes(base, "a.zip/torn")
+    data = bytearray(open(path, "rb").read())        # all there, but damaged
+    data[data.index(whole) + 7] ^= 0x20
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(rear.ArchiveError, match="fails its CRC-32 or size check"):
+        rear.read_bytes(base, "a.zip/whole")
+
+
+def test_cli_ls_streams_names_json_lines_and_prefixes(base):
+    fill(base, {"a.zip/x/1": b"1", "a.zip/x/2": b"22", "a.zip/y": b"y"})
+    rear.scavenge(base)
+    archive = os.path.join(base, "a.zip")
+    assert run_cli("ls", "-1", archive).stdout == "x/1\nx/2\ny\n"
+    lines = run_cli("ls", "--json", "--prefix", "x/", archive).stdout.splitlines()
+    assert [json.loads(line)["name"] for line in lines] == ["x/1", "x/2"]
+    assert json.loads(lines[1])["size"] == 2
+    assert run_cli("ls", base, "a.zip", "-1").stdout == "x/1\nx/2\ny\n"
+    missing = run_cli("ls", base)
+    assert missing.returncode == 1 and "give the archive path in it too" in missing.stderr
+    nothing = run_cli("ls", base, "b.zip")
+    assert nothing.returncode == 1 and "has no archive b.zip yet" in nothing.stderr
+
+
+def test_ls_into_a_closed_pipe_ends_quietly(base):
+    fill(base, {"a.zip/%d" % n: b"x" for n in range(20000)}, compression="stored")
+    rear.scavenge(base)
+    result = subprocess.run("%s -m rear ls %s | head -1" % (sys.executable,
+                                                            os.path.join(base, "a.zip")),
+                            shell=True, env=CHILD_ENV, capture_output=True, text=True)
+    assert result.stdout.startswith("      Length") and result.stderr == ""
+
+
+def test_a_read_only_base_can_be_read_by_another_user(world):
+    base = owned_base(world, 0o755)
+    listed = as_nobody(world, "ls", base, "a.zip", "-1", "--pending")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["1", "2"]     # archived, and pending in a temp zip
+    for member, data in (("a.zip/1", "1"), ("a.zip/2", "2")):
+        shown = as_nobody(world, "cat", base, member)
+        assert shown.returncode == 0 and shown.stdout == data, shown.stderr

@@ -39,13 +39,20 @@ SCALES = {
     "full": dict(small_files=20000, medium_files=2000, scavenge_small=100000,
                  big_entries=2, big_size=1024 ** 3, append_sizes=[0, 100000, 1000000],
                  append_new=1000, memory_size=2 * 1024 ** 3, strace_files=[1000, 10000],
+                 read_entries=1000000, campaign_entries=5000000, campaign_max_entries=None,
                  repeats=3),
+    # campaign_max_entries None: rear's default; smoke scale shrinks it to
+    # keep the mechanics (a series of rolled archives) in seconds.
     "smoke": dict(small_files=300, medium_files=30, scavenge_small=2000,
                   big_entries=1, big_size=4 * 1024 ** 2, append_sizes=[0, 3000],
                   append_new=100, memory_size=32 * 1024 ** 2, strace_files=[100, 300],
+                  read_entries=20000, campaign_entries=20000, campaign_max_entries=5000,
                   repeats=1),
 }
 WRITERS = ["rear", "legacy", "writestr", "open"]
+#: max_entries for rows that measure one archive as it grows (append, read).
+NO_ROLLOVER = 10 ** 9
+REAR_PY = os.path.join(REPO, "rear.py")
 MIB = 1024 ** 2
 
 
@@ -146,8 +153,9 @@ def worker_scavenge(args):
     method, base = args["method"], args["base"]
     if method == "rear":
         rear = _import_rear()
+        limits = {"max_entries": args["max_entries"]} if args.get("max_entries") else {}
         start = time.perf_counter()
-        stats = rear.scavenge(base, flush=True)
+        stats = rear.scavenge(base, flush=True, **limits)
         assert not stats.errors, stats.errors
         moved = stats.files_moved
     else:
@@ -157,6 +165,26 @@ def worker_scavenge(args):
         moved = None
     return {"seconds": time.perf_counter() - start, "moved": moved,
             "rss_mib": _peak_rss_mib()}
+
+
+def worker_read(args):
+    """rear.open_archive(archive) and one read(): seconds, memory added."""
+    rear = _import_rear()
+    before = _current_rss_mib()
+    start = time.perf_counter()
+    with rear.open_archive(args["archive"]) as reader:
+        data = reader.read(args["member"])
+    seconds = time.perf_counter() - start
+    assert data == b"0123456789"
+    return {"seconds": seconds, "added_mib": _peak_rss_mib() - before}
+
+
+def _current_rss_mib():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
 
 
 def run_worker(python, kind, args, trace=None):
@@ -434,7 +462,8 @@ def bench_append(root, scale, pythons, results):
                 # An archive rear has not indexed yet costs one full parse,
                 # reported on its own; rear keeps the index from then on.
                 make_rear_inbox(base, [("a.zip/warm-up", b"w")], "deflated", workers=1)
-                warm = run_worker(pythons[method], "scavenge", {"method": method, "base": base})
+                warm = run_worker(pythons[method], "scavenge", {
+                    "method": method, "base": base, "max_entries": NO_ROLLOVER})
                 rows[str(existing)]["rear_first_append_s"] = warm["seconds"]
             times = []
             for repeat in range(scale["repeats"]):
@@ -444,8 +473,8 @@ def bench_append(root, scale, pythons, results):
                     make_rear_inbox(base, entries, "deflated", workers=1)
                 else:
                     make_legacy_inbox(base, entries, "deflated")
-                times.append(run_worker(pythons[method], "scavenge",
-                                        {"method": method, "base": base})["seconds"])
+                times.append(run_worker(pythons[method], "scavenge", {
+                    "method": method, "base": base, "max_entries": NO_ROLLOVER})["seconds"])
             expected = existing + (1 if method == "rear" and existing else 0) + new * len(times)
             assert archived_entries(base) == expected, "%s lost entries" % method
             rows[str(existing)][method] = statistics.median(times)
@@ -453,6 +482,112 @@ def bench_append(root, scale, pythons, results):
                                                                  statistics.median(times)),
                   flush=True)
     results["append_seconds"] = rows
+
+
+def timed(command, cwd=None):
+    """(wall seconds, peak RSS MiB or None) of a command, output discarded.
+    The peak comes from GNU time, which forks the command from itself: a
+    child of this big process would carry its peak over exec (Linux keeps
+    the larger ru_maxrss), and unzip would show 30 MiB."""
+    settle()
+    gnu_time = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+    with tempfile.NamedTemporaryFile("r") as peak:
+        prefix = [gnu_time, "-f", "%M", "-o", peak.name] if gnu_time else []
+        start = time.perf_counter()
+        subprocess.run(prefix + command, stdout=subprocess.DEVNULL, check=True, cwd=cwd)
+        seconds = time.perf_counter() - start
+        kib = peak.read().strip().splitlines()[-1:] if gnu_time else []
+    return seconds, int(kib[0]) / 1024.0 if kib else None
+
+
+def vendored_rear(root):
+    """rear.py copied into a directory of its own and byte-compiled, as
+    'pip install' or a first run leaves it: 'python -m rear' there then
+    measures rear, not the compiling of 4,000 lines on every start."""
+    directory = fresh_dir(root, "vendored")
+    shutil.copy(REAR_PY, directory)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", directory], check=True)
+    return directory
+
+
+def best_of(command, repeats, cwd=None):
+    runs = [timed(command, cwd) for _repeat in range(max(repeats, 3))]
+    peaks = [rss for _seconds, rss in runs if rss is not None]
+    return min(seconds for seconds, _rss in runs), (max(peaks) if peaks else None)
+
+
+def bench_read(root, scale, pythons, results):
+    """Row 6: read one member of, and list, an archive of read_entries
+    entries (indexed by a first rear commit), side by side with Info-ZIP."""
+    count = scale["read_entries"]
+    base = fresh_dir(root, "r")
+    archive = os.path.join(base, "a.zip")
+    make_archive(archive, count)
+    make_rear_inbox(base, [("a.zip/indexed", b"i")], "deflated", workers=1)
+    run_worker(sys.executable, "scavenge", {"method": "rear", "base": base,
+                                            "max_entries": NO_ROLLOVER})
+    number = count // 2
+    member = "old/%04d/result-%07d.txt" % (number // 1000, number)
+    python = sys.executable
+    vendored = vendored_rear(root)
+    rows = {}
+    commands = {
+        "python start-up": [python, "-c", "pass"],
+        "unzip -p": ["unzip", "-p", archive, member],
+        "rear cat": [python, "-m", "rear", "cat", archive, member],
+        "zipfile read": [python, "-c", "import sys, zipfile; "
+                         "zipfile.ZipFile(sys.argv[1]).read(sys.argv[2])", archive, member],
+        "zipinfo -1": ["zipinfo", "-1", archive],
+        "unzip -l": ["unzip", "-l", archive],
+        "rear ls": [python, "-m", "rear", "ls", archive],
+        "rear ls --json": [python, "-m", "rear", "ls", "--json", archive],
+        "zipfile namelist": [python, "-c", "import sys, zipfile; "
+                             "zipfile.ZipFile(sys.argv[1]).namelist()", archive],
+    }
+    for what, command in commands.items():
+        if shutil.which(command[0]) is None:
+            continue
+        seconds, rss = best_of(command, scale["repeats"], cwd=vendored)
+        rows[what] = {"seconds": seconds, "rss_mib": rss}
+        print("  read %8d entries: %-18s %7.3f s  (peak RSS %s MiB)"
+              % (count, what, seconds, "?" if rss is None else "%.1f" % rss), flush=True)
+    report = run_worker(python, "read", {"archive": archive, "member": member})
+    rows["open_archive + read, in-process"] = report
+    print("  read %8d entries: %-18s %7.4f s  (+%.1f MiB)" % (
+        count, "open_archive+read", report["seconds"], report["added_mib"]), flush=True)
+    results["read"] = {"entries": count, "rows": rows}
+
+
+def bench_campaign(root, scale, pythons, results):
+    """Row 7: what a 1,000-entry commit costs at the worst point of a long
+    campaign with rear's defaults (the current archive just short of
+    max_entries, every earlier one rolled over and consulted for
+    duplicates), against the same commit into a 1,000-entry archive."""
+    rear = _import_rear()
+    limit = scale["campaign_max_entries"] or rear.DEFAULT_MAX_ENTRIES
+    new = min(1000, limit // 4)
+    rows = {}
+    for what, rolled, current in (("small archive", 0, 1000),
+                                  ("end of campaign", scale["campaign_entries"] // limit - 1,
+                                   limit - 2 * new)):
+        base = fresh_dir(root, "c")
+        for number in range(rolled):
+            make_archive(os.path.join(base, "a-%d.zip" % number), limit)
+        make_archive(os.path.join(base, "a.zip"), current)
+        make_rear_inbox(base, [("a.zip/indexed", b"i")], "deflated", workers=1)
+        run_worker(sys.executable, "scavenge", {"method": "rear", "base": base,
+                                                "max_entries": limit})
+        times = []
+        for repeat in range(max(scale["repeats"], 2)):
+            make_rear_inbox(base, [("a.zip/new%d/%d.txt" % (repeat, n), payload(1024, n))
+                                   for n in range(new)], "deflated", workers=1)
+            times.append(run_worker(sys.executable, "scavenge", {
+                "method": "rear", "base": base, "max_entries": limit})["seconds"])
+        rows[what] = {"seconds": max(times), "rolled": rolled, "entries": current}
+        print("  campaign (max_entries %d): commit %d entries, %-16s %3d rolled, %8d "
+              "entries: %.3f s" % (limit, new, what, rolled, current, max(times)), flush=True)
+    results["campaign"] = {"max_entries": limit, "total": scale["campaign_entries"],
+                           "rows": rows}
 
 
 def bench_memory(root, scale, pythons, results):
@@ -517,6 +652,34 @@ def summary(results):
         value = ratio(largest.get("legacy"), largest.get("rear"))
         lines.append(("append to %s: rear 0.1.2 / rear time" % sizes[-1], value, ">= 3x",
                       None if value is None else value >= 3))
+    read = results.get("read", {}).get("rows", {})
+    start_up = read.get("python start-up", {}).get("seconds")
+    cat = read.get("rear cat", {})
+    if cat and "unzip -p" in read:
+        value = ratio(cat["seconds"] - (start_up or 0), read["unzip -p"]["seconds"])
+        lines.append(("rear cat - start-up / unzip -p", value, "<= 2x",
+                      None if value is None else value <= 2))
+        lines.append(("rear cat peak RSS", cat["rss_mib"], "< 50 MiB",
+                      None if cat["rss_mib"] is None else cat["rss_mib"] < 50))
+    in_process = read.get("open_archive + read, in-process")
+    if in_process:
+        lines.append(("open_archive + read, ms", in_process["seconds"] * 1000, "< 10",
+                      in_process["seconds"] < 0.010))
+        lines.append(("open_archive + read, added MiB", in_process["added_mib"], "< 30",
+                      in_process["added_mib"] < 30))
+    listing = read.get("rear ls")
+    if listing and "zipinfo -1" in read:
+        value = ratio(listing["seconds"], read["zipinfo -1"]["seconds"])
+        lines.append(("rear ls / zipinfo -1", value, "<= 2x", None if value is None
+                      else value <= 2))
+        lines.append(("rear ls peak RSS", listing["rss_mib"], "< 50 MiB",
+                      None if listing["rss_mib"] is None else listing["rss_mib"] < 50))
+    campaign = results.get("campaign", {}).get("rows", {})
+    if campaign:
+        value = ratio(campaign["end of campaign"]["seconds"],
+                      campaign["small archive"]["seconds"])
+        lines.append(("commit at end of campaign / into small archive", value, "<= 10x",
+                      None if value is None else value <= 10))
     memory = results.get("peak_rss_mib", {}).get("rear", {})
     for key in ("worker_rss_mib", "scavenger_rss_mib"):
         value = memory.get(key)
@@ -540,7 +703,8 @@ def main(argv=None):
         argv = sys.argv[1:]
     if argv and argv[0] == "_worker":
         kind, args = argv[1], json.loads(argv[2])
-        report = {"write": worker_write, "scavenge": worker_scavenge}[kind](args)
+        report = {"write": worker_write, "scavenge": worker_scavenge,
+                  "read": worker_read}[kind](args)
         print(json.dumps(report))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -551,7 +715,8 @@ def main(argv=None):
                         help="where to write (default: a temporary directory; use the "
                              "filesystem you care about)")
     parser.add_argument("--only", action="append", choices=["writers", "metadata",
-                                                            "scavenger", "append", "memory"])
+                                                            "scavenger", "append", "memory",
+                                                            "read", "campaign"])
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     pythons = {"rear": sys.executable, "writestr": sys.executable, "open": sys.executable}
@@ -564,7 +729,7 @@ def main(argv=None):
                "legacy": bool(args.legacy_python), "workdir": root}
     rows = [("writers", bench_writers), ("metadata", bench_metadata),
             ("scavenger", bench_scavenger), ("append", bench_append),
-            ("memory", bench_memory)]
+            ("memory", bench_memory), ("read", bench_read), ("campaign", bench_campaign)]
     try:
         for name, function in rows:
             if args.only and name not in args.only:
