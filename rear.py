@@ -39,7 +39,7 @@ On-disk layout
     BASE/inbox/archives/<key>.journal            rollback journal of a commit
     BASE/inbox/archives/<key>.commit             the same journal, committed
     BASE/<subdir>/<name>.zip                     final archives
-    BASE/<subdir>/<name>-0.zip, -1.zip, ...      archives rolled over at max_size
+    BASE/<subdir>/<name>-0.zip, -1.zip, ...      rolled over at max_size or max_entries
     BASE/inbox/.<stem>.zip, .<name>.<hex>.tmp    being created; a crash may leave
                                                  them, scavengers remove them later
 
@@ -136,11 +136,12 @@ Scavenger commit (per final archive; compare SQLite's rollback journal)
    it (step 7 and 8).
 2. Read the archive's end records through the locked descriptor, once this
    client's view agrees with the server's (network filesystems cache sizes).
-   Roll over to ``name-N.zip`` if it reached ``max_size``.
-3. Decide what to add, looking names up in the name index (the central
-   directory is not parsed): same name, CRC and size already present is
-   skipped (idempotence); same name with other content is added as
-   ``name.~N~``.
+   Roll over to ``name-N.zip`` if it reached ``max_size`` or
+   ``max_entries``; its name index is renamed with it.
+3. Decide what to add, looking names up in the name indexes of the whole
+   series (``name.zip`` and every ``name-N.zip``; no central directory is
+   parsed): same name, CRC and size already present anywhere is skipped
+   (idempotence); same name with other content is added as ``name.~N~``.
 4. Write the journal as ``.journal-new``: the archive's old size and its old
    tail (central directory and end records, copied in the kernel); fsync it,
    rename it to ``.journal``, fsync the directory.  A ``.journal`` is thus
@@ -163,6 +164,11 @@ archive the commit created is deleted instead).  A ``.commit``: redo steps 7
 and 8.  ``scavenge`` does this on its own before touching an archive;
 ``python -m rear recover BASE`` does it for everything at once.
 
+Readers (open_archive, read_bytes, rear cat/ls) take an archive's lock
+shared while they look at its central directory, so they never see a
+commit half-way; member data, which commits never rewrite, is read
+without it, and every read is checked against the member's CRC-32.
+
 Usage
 =====
 ::
@@ -176,6 +182,8 @@ Usage
         run_the_jobs()
 
     $ python -m rear scavenge /scratch/run42 --flush     # or from the shell
+
+    rear.read_bytes("/scratch/run42", "logs.zip/task-17/out.txt")   # any time
 """
 
 from __future__ import annotations

@@ -540,6 +540,7 @@ def bench_read(root, scale, pythons, results):
         "zipinfo -1": ["zipinfo", "-1", archive],
         "unzip -l": ["unzip", "-l", archive],
         "rear ls": [python, "-m", "rear", "ls", archive],
+        "rear ls -1": [python, "-m", "rear", "ls", "-1", archive],
         "rear ls --json": [python, "-m", "rear", "ls", "--json", archive],
         "zipfile namelist": [python, "-c", "import sys, zipfile; "
                              "zipfile.ZipFile(sys.argv[1]).namelist()", archive],
@@ -669,9 +670,12 @@ def summary(results):
                       in_process["added_mib"] < 30))
     listing = read.get("rear ls")
     if listing and "zipinfo -1" in read:
-        value = ratio(listing["seconds"], read["zipinfo -1"]["seconds"])
-        lines.append(("rear ls / zipinfo -1", value, "<= 2x", None if value is None
-                      else value <= 2))
+        for mine, theirs in (("rear ls", "zipinfo -1"), ("rear ls -1", "zipinfo -1"),
+                             ("rear ls", "unzip -l")):
+            if mine in read and theirs in read:
+                value = ratio(read[mine]["seconds"], read[theirs]["seconds"])
+                lines.append(("%s / %s" % (mine, theirs), value, "<= 2x",
+                              None if value is None else value <= 2))
         lines.append(("rear ls peak RSS", listing["rss_mib"], "< 50 MiB",
                       None if listing["rss_mib"] is None else listing["rss_mib"] < 50))
     campaign = results.get("campaign", {}).get("rows", {})
