@@ -4384,7 +4384,8 @@ class ArchiveReader:
     def _missing(self, member):
         return KeyError("%s has no member %r%s" % (
             self.name, member, "" if self._pending is not None else
-            " (files not scavenged yet are not looked for: pass pending=True)"))
+            " (files not scavenged yet are looked for with pending=True, 'rear ls "
+            "--pending')"))
 
 
 class _OwningReader(io.RawIOBase):
@@ -4438,8 +4439,8 @@ def open_archive(path, dest=None, pending=False, lock_timeout=_READ_LOCK_TIMEOUT
                            os.path.join(base, dest))
     if not views and (reader._pending is None or not reader._pending.entries):
         raise ArchiveError("%s has no archive %s yet%s" % (
-            base, dest, "" if pending else " (files not scavenged yet: pass pending=True)"),
-            os.path.join(base, dest))
+            base, dest, "" if pending else "; files not scavenged yet are read with "
+            "pending=True ('rear ls --pending')"), os.path.join(base, dest))
     reader._reopen_args = (base, dest, pending, lock_timeout)
     return reader
 
