@@ -673,6 +673,14 @@ def _close_read_only(fd):
             raise
 
 
+def _release(owner, close=_close_read_only):
+    """Close ``owner.fd`` once (a descriptor nothing was written through,
+    unless ``close`` says otherwise) and mark it closed."""
+    if owner.fd >= 0:
+        fd, owner.fd = owner.fd, -1
+        close(fd)
+
+
 def _refresh_view(fd):
     """Make this client ask the server for the file's size and drop its
     cached pages (rule 3).
@@ -2973,9 +2981,7 @@ class _IndexReader:
         if self.map is not None:
             self.map.close()
             self.map = None
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            _close_read_only(fd)
+        _release(self)
 
 
 class _NameIndex(_IndexReader):
@@ -3280,9 +3286,7 @@ class _ArchiveState:
             rolled.close()
         if self.index is not None:
             self.index.close()
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+        _release(self, os.close)
 
 
 class _RolledArchive:
@@ -3304,9 +3308,7 @@ class _RolledArchive:
     def close(self):
         if self.index is not None:
             self.index.close()
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            _close_read_only(fd)
+        _release(self)
 
 
 # -- scavenger: the commit (steps 1-8 of the module docstring)
@@ -3468,9 +3470,7 @@ class _Claim:
         self.failed = False
 
     def release(self):
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            _close_read_only(fd)
+        _release(self)
 
 
 def _list_temp_zips(inbox):
@@ -4113,9 +4113,7 @@ class _ArchiveView:
         if self.index is not None:
             self.index.close()
             self.index = None
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            _close_read_only(fd)
+        _release(self)
 
 
 def _data_offset(fd, path, entry):
