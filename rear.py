@@ -204,6 +204,7 @@ import mmap
 import os
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import struct
@@ -4708,7 +4709,9 @@ _EXIT_CODES = """exit codes:
        rear: error: base directory /scratch/run4 does not exist; check the path (or $REAR_BASE)
        rear: error: /scratch/run42/a.zip is a directory, not an archive; move it away; ...
        rear: error: no archives under /scratch: nothing was verified; ...
-  2  usage error (an unknown option, a missing argument, no base and no $REAR_BASE)"""
+  2  usage error (an unknown option, a missing argument, no base and no $REAR_BASE)
+  3  not finished: temp zips remain in inbox/ after 'scavenge --flush' (each named,
+     with its writer and whether it still runs), or are not archived yet at 'verify'"""
 
 
 def _rotation_arg(text):
@@ -4797,32 +4800,83 @@ def _not_reported(record):
     return not getattr(record, "rear_reported", False)
 
 
+#: Exit code when the work ran but did not finish: temp zips remain in the
+#: inbox after 'scavenge --flush', or are not yet archived at 'verify'.
+_EXIT_UNFINISHED = 3
+
+
 def _cmd_scavenge(args):
     code = 0
+    totals = ScavengeStats()
+    if args.watch:
+        # A job step is stopped with SIGTERM (scancel, a time limit): end it
+        # as Ctrl-C ends it, the commit in progress finished or rolled back.
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
-            progress = None
-            if not args.quiet and sys.stderr.isatty():
-                progress = _ProgressLine(sys.stderr)
-            try:
-                stats = scavenge(args.base, flush=args.flush, rotation_span=args.rotation,
-                                 max_size=args.max_size, max_entries=args.max_entries,
-                                 progress=progress)
-            finally:
-                if progress is not None:
-                    progress.finish()
+            stats = _scavenge_pass(args)
+            totals.add(stats)
             # Under --watch an idle pass prints nothing (-v: every pass).
             if not args.quiet and (not args.watch or args.verbose or _did_something(stats)):
                 _print_stats(stats, sys.stdout)
                 sys.stdout.flush()
             code = _report_errors(stats)
             if not args.watch:
+                if args.flush and not code:
+                    code = _report_unfinished(_existing_base(args.base))
                 return code
             time.sleep(args.watch)
     except KeyboardInterrupt:
         if not args.watch:
             raise
-        return code     # Ctrl-C is how a --watch loop is meant to end
+        if not args.quiet:    # Ctrl-C or SIGTERM is how a --watch loop is meant to end
+            sys.stdout.write("stopped; in all: ")
+            _print_stats(totals, sys.stdout)
+            sys.stdout.flush()
+        return code
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def _scavenge_pass(args):
+    progress = None
+    if not args.quiet and sys.stderr.isatty():
+        progress = _ProgressLine(sys.stderr)
+    try:
+        return scavenge(args.base, flush=args.flush, rotation_span=args.rotation,
+                        max_size=args.max_size, max_entries=args.max_entries,
+                        progress=progress)
+    finally:
+        if progress is not None:
+            progress.finish()
+
+
+def _report_unfinished(base):
+    """After 'scavenge --flush', which asked for everything: name each temp
+    zip still in the inbox with its writer, and return _EXIT_UNFINISHED if
+    there are any (0 if none)."""
+    temps = status(base)["temp_zips"]
+    for temp in temps:
+        sys.stderr.write("rear: error: %s remains in %s/inbox/: %s\n"
+                         % (temp["path"], base, _why_left(temp)))
+    if temps:
+        sys.stderr.write("rear: error: %s not archived; once their writers have ended, run "
+                         "'rear scavenge --flush %s' again\n"
+                         % (_count(len(temps), "temp zip"), base))
+        return _EXIT_UNFINISHED
+    return 0
+
+
+def _why_left(temp):
+    """Why a flush left a temp zip: its state and its writer, alive or not."""
+    if temp["state"] == "damaged":
+        return "damaged (%s)" % temp["error"]
+    writer = _writer_name(temp) or " (writer unknown)"
+    if temp["state"] == "open":
+        return "a live writer holds it%s" % writer
+    return "%s temp zip%s, %s entries" % (temp["state"], writer, temp.get("entries", "?"))
 
 
 def _cmd_recover(args):
@@ -4872,15 +4926,31 @@ def _print_temp_status(temp, out):
     elif temp["state"] in ("dead", "stale"):
         when = ("by the next pass" if temp["state"] == "stale" else "by a pass after %s"
                 % time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(temp["salvage_after"])))
-        out.write("  %s %s: its writer%s died; %s complete entries, salvaged %s, or now "
-                  "with 'rear scavenge --flush'\n"
+        out.write("  %s %s: unsealed and unlocked, its writer%s has ended; %s complete "
+                  "entries, salvaged %s, or now with 'rear scavenge --flush'\n"
                   % (temp["state"], temp["path"], _writer_name(temp),
                      "?" if temp["entries"] is None else temp["entries"], when))
 
 
 def _writer_name(temp):
+    """' (pid P on host H, still running)': whether it runs is known only on
+    its own host."""
     host, pid = temp.get("host"), temp.get("pid")
-    return " (pid %s on %s)" % (pid, host) if host else ""
+    if not host:
+        return ""
+    return " (pid %s on %s, %s)" % (pid, host, _liveness(host, pid))
+
+
+def _liveness(host, pid):
+    if host != socket.gethostname() or not isinstance(pid, int):
+        return "another host: cannot tell whether it still runs"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "no longer running"
+    except PermissionError:
+        return "still running (another user's)"
+    return "still running"
 
 
 def _reader_for(target, dest=None, pending=False):
@@ -5009,7 +5079,23 @@ def _cmd_verify(args):
         return 1
     if not args.quiet:
         sys.stdout.write("verified %s under %s: every CRC matches\n" % (what, args.path))
-    return 0
+    return _report_pending(args.path)
+
+
+def _report_pending(path):
+    """verify BASE: archives intact is not 'everything is there' while temp
+    zips wait in the inbox.  Says how many and what they hold."""
+    if not os.path.isdir(os.path.join(path, _INBOX)):
+        return 0
+    temps = status(path)["temp_zips"]
+    if not temps:
+        return 0
+    entries = sum(temp.get("entries") or 0 for temp in temps)
+    sys.stderr.write("rear: error: but %s holding %s are still in %s: not in the archives "
+                     "yet; run 'rear scavenge --flush %s' ('rear status' says whose)\n"
+                     % (_count(len(temps), "temp zip"), _count(entries, "entry"),
+                        os.path.join(path, _INBOX), path))
+    return _EXIT_UNFINISHED
 
 
 def _count(number, noun):

@@ -19,6 +19,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import stat
 import struct
 import subprocess
@@ -2123,6 +2124,10 @@ def test_verify_of_an_archive_mid_commit_points_to_recover(base):
         assert "a commit to it was interrupted" in result.stderr
         assert "run 'rear recover BASE'" in result.stderr and "BadZipFile" not in result.stderr
     assert run_cli("recover", base).returncode == 0
+    waiting = run_cli("verify", base)        # intact, but not everything is in yet
+    assert waiting.returncode == 3, waiting.stderr
+    assert "but 1 temp zip holding 1 entry are still in" in waiting.stderr
+    assert run_cli("scavenge", base).returncode == 0
     assert run_cli("verify", base).returncode == 0
 
 
@@ -2135,7 +2140,8 @@ def test_status_names_a_dead_writers_temp_zip_with_its_entries_and_when_salvaged
     listed = run_cli("status", base, "--rotation", "60")
     assert "temp zips: 0 open, 0 sealed, 1 dead" in listed.stdout
     assert "its writer (pid %d on " % writer.pid in listed.stdout
-    assert "100 complete entries, salvaged by a pass after" in listed.stdout
+    assert "no longer running) has ended; 100 complete entries, salvaged by a pass after" \
+        in listed.stdout
     assert "or now with 'rear scavenge --flush'" in listed.stdout
     scavenged = run_cli("scavenge", base, "--rotation", "60")
     assert "1 waiting: unsealed temp zips of writers that died" in scavenged.stdout
@@ -2159,7 +2165,9 @@ def test_scavenge_watch_prints_only_passes_that_did_something(base):
     child.send_signal(signal.SIGINT)
     out, _err = child.communicate(timeout=60)
     assert child.returncode == 0
-    assert out.count("moved ") == 1, out
+    passes = [line for line in out.splitlines() if line.startswith("moved ")]
+    assert len(passes) == 1, out
+    assert out.splitlines()[-1].startswith("stopped; in all: moved 1 files"), out
 
 
 def test_demo_refuses_zero_workers_and_leaves_no_temporary_directory(tmp_path):
@@ -2371,7 +2379,7 @@ def test_a_subdirectory_this_user_cannot_read_fails_verify_and_status_naming_it(
 def test_a_read_only_base_can_be_verified_but_not_scavenged_or_written(world):
     base = owned_base(world, 0o755)
     verified = as_nobody(world, "verify", base)
-    assert verified.returncode == 0, verified.stderr
+    assert verified.returncode == 3, verified.stderr       # a sealed temp zip waits
     assert "verified 1 archive, 1 entry under %s" % base in verified.stdout
     scavenged = as_nobody(world, "scavenge", base)
     assert scavenged.returncode == 1
@@ -2616,3 +2624,35 @@ def test_a_read_only_base_can_be_read_by_another_user(world):
     for member, data in (("a.zip/1", "1"), ("a.zip/2", "2")):
         shown = as_nobody(world, "cat", base, member)
         assert shown.returncode == 0 and shown.stdout == data, shown.stderr
+
+
+# ---------------------------------------------------------------- the end of a campaign tells the truth
+
+
+def test_a_flush_that_leaves_temp_zips_names_them_and_exits_3(base):
+    writer = run_child(READS_WHILE_WRITING, base, "seal", stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "written\n"      # alive, holding its temp zip
+    result = run_cli("scavenge", base, "--flush")
+    assert result.returncode == 3, result.stderr
+    assert "a live writer holds it (pid %d on %s, still running)" % (
+        writer.pid, socket.gethostname()) in result.stderr
+    assert "1 temp zip not archived; once their writers have ended" in result.stderr
+    writer.stdin.write("go\n")
+    writer.stdin.close()
+    assert writer.wait(30) == 0
+    again = run_cli("scavenge", base, "--flush")
+    assert again.returncode == 0 and run_cli("verify", base).returncode == 0
+
+
+def test_scavenge_watch_ends_on_sigterm_as_on_ctrl_c(base):
+    fill(base, {"a.zip/1": b"1"})
+    child = subprocess.Popen([sys.executable, "-m", "rear", "scavenge", base, "--watch", "0.1"],
+                             env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    time.sleep(1.5)
+    child.send_signal(signal.SIGTERM)       # scancel, a job's time limit
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert out.splitlines()[0].startswith("moved 1 files")      # flushed as it happened
+    assert out.splitlines()[-1].startswith("stopped; in all: moved 1 files")
