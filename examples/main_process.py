@@ -2,11 +2,20 @@
 rear while scavengerd collects in the background.
 
     python3 main_process.py /scratch/$USER/run42
+
+rear is found as users get it: installed, or vendored (rear.py copied next
+to this script); shipped inside rear's repository, it falls back to the
+repository's copy.
 """
 import multiprocessing
+import os
 import sys
 
-import rear
+try:
+    import rear      # installed, or vendored next to this script
+except ImportError:  # this example, inside rear's repository: the copy at its top
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    import rear
 
 _fs = None
 

@@ -1,7 +1,8 @@
 """One task of the SLURM job array: every output goes through rear.
 
 rear_fs() takes its base from REAR_BASE (and the rotation span from
-REAR_ROTATION, default 300 s).
+REAR_ROTATION, default 300 s).  ``import rear`` finds the rear.py that
+submit.sh copied next to this file.
 """
 import os
 
