@@ -4816,7 +4816,7 @@ def _cmd_scavenge(args):
             code = _report_errors(stats)
             if not args.watch:
                 if args.flush and not code:
-                    code = _report_unfinished(_existing_base(args.base))
+                    code = _report_unfinished(_existing_base(args.base), args.rotation)
                 return code
             time.sleep(args.watch)
     except KeyboardInterrupt:
@@ -4846,11 +4846,11 @@ def _scavenge_pass(args):
             progress.finish()
 
 
-def _report_unfinished(base):
+def _report_unfinished(base, rotation_span=None):
     """After 'scavenge --flush', which asked for everything: name each temp
     zip still in the inbox with its writer, and return _EXIT_UNFINISHED if
     there are any (0 if none)."""
-    temps = status(base)["temp_zips"]
+    temps = status(base, rotation_span)["temp_zips"]
     for temp in temps:
         sys.stderr.write("rear: error: %s remains in %s/inbox/: %s\n"
                          % (temp["path"], base, _why_left(temp)))
@@ -5269,8 +5269,12 @@ def _run(args):
         sys.stderr.write("rear: error: %s\n" % err)
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("rear: interrupted; a commit in progress was rolled back and "
-                         "nothing acknowledged is lost: run the command again to finish\n")
+        if args.func in (_cmd_scavenge, _cmd_recover):
+            sys.stderr.write("rear: interrupted; a commit in progress was rolled back and "
+                             "nothing acknowledged is lost: run the command again to "
+                             "finish\n")
+        else:     # ls, cat, status, verify only read; demo's base is its own
+            sys.stderr.write("rear: interrupted\n")
         return 1
     finally:
         _log.removeHandler(handler)
