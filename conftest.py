@@ -43,17 +43,16 @@ def pytest_terminal_summary(terminalreporter):
 
 def _netfs_summary(terminalreporter):
     netfs = sys.modules.get("test_netfs")
-    if netfs is None or not any(netfs.COUNTS.values()):
+    if netfs is None:
         return
-    counts = netfs.COUNTS
-    shared = sys.modules["test_rear"].COUNTS    # check_archives counts failures there
-    terminalreporter.write_line(
-        "netfs: GlusterFS, 2 clients; runs with default caching: %d, with caches off: %d; "
-        "%d writer kills, %d scavenger kills, %d files acknowledged, %d exact reads "
-        "during the chaos, %d fix checks, %d lost, %d corrupt"
-        % (counts["runs (default)"], counts["runs (nocache)"], counts["writer kills"],
-           counts["scavenger kills"], counts["files"], counts["reads"], counts["fix checks"],
-           shared["lost"], shared["corrupt"]))
+    for filesystem, label in netfs.LABELS.items():
+        counts = {}
+        for (name, _mode), counter in netfs.COUNTS.items():
+            if name == filesystem:
+                for key, value in counter.items():
+                    counts[key] = counts.get(key, 0) + value
+        if any(counts.values()):
+            terminalreporter.write_line(netfs.summary_line(filesystem, label, counts))
 
 
 def _torture_summary(terminalreporter):

@@ -264,6 +264,10 @@ DEFAULT_MAX_ENTRIES = 250000
 _MAX_ROTATION_SPAN = 7 * 24 * 3600
 #: An unsealed temp zip with a free lock is salvaged after this many spans.
 _GRACE_SPANS = 2.0
+#: A temp zip of a host declared down (``dead_hosts``) is taken over only
+#: once it has not changed for this long: one that just changed has a live
+#: writer, whatever the operator believes.
+_DEAD_HOST_QUIET = 10.0
 #: rear_open keeps a file in memory up to this size, then spills to TMPDIR.
 _SPOOL_MEMORY_LIMIT = 16 * 1024 ** 2
 #: A temp zip is also rotated when it grows past this size.
@@ -3493,14 +3497,14 @@ def _past_grace(manifest, st, grace):
     return time.time() - max(created, st.st_mtime) >= grace
 
 
-def _claim(path, stats, *, flush=False, grace=0.0, salvage_only=False):
+def _claim(path, stats, *, flush=False, grace=0.0, salvage_only=False, dead_hosts=()):
     """Lock one temp zip and read its entries; None if it is not ready.
 
     The steps: the name is a regular file (never a link) that this process
     is not writing; it opens and locks (busy: a live writer or another
-    scavenger has it); its entries are read (sealed) or salvaged (a dead
-    writer's, once past the grace period or with ``flush``); each entry is
-    routed to its archive.
+    scavenger has it, unless its writer's host is in ``dead_hosts``); its
+    entries are read (sealed) or salvaged (a dead writer's, once past the
+    grace period or with ``flush``); each entry is routed to its archive.
     """
     if not _is_regular_temp_zip(path):
         return None
@@ -3508,7 +3512,7 @@ def _claim(path, stats, *, flush=False, grace=0.0, salvage_only=False):
         if path in _OWN_TEMP_ZIPS:
             stats.busy += 1
             return None
-    locked = _open_and_lock(path, stats)
+    locked = _open_and_lock(path, stats, dead_hosts)
     if locked is None:
         return None
     fd, locks_work = locked
@@ -3543,9 +3547,9 @@ def _is_regular_temp_zip(path):
     return True
 
 
-def _open_and_lock(path, stats):
-    """(descriptor, whether locks work) of the temp zip, locked by us; None
-    if it is gone or busy."""
+def _open_and_lock(path, stats, dead_hosts=()):
+    """(descriptor, whether locks work) of the temp zip, locked by us (or
+    taken over from a host in ``dead_hosts``); None if it is gone or busy."""
     fd = _open_existing(path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
     if fd is None:
         return None
@@ -3554,8 +3558,9 @@ def _open_and_lock(path, stats):
         locks_work = True
         try:
             if not _lock(fd, path, exclusive=True, blocking=False):
-                stats.busy += 1
-                return None
+                if not _locked_by_dead_host(fd, path, dead_hosts):
+                    stats.busy += 1
+                    return None
         except OSError as err:
             # GlusterFS: another client's scavenger ingested and deleted it
             # after our lookup; the lock call is the first to ask the server.
@@ -3576,6 +3581,53 @@ def _open_and_lock(path, stats):
     finally:
         if locked is None:
             _close_read_only(fd)
+
+
+def _locked_by_dead_host(fd, path, dead_hosts):
+    """Is this locked temp zip an unsealed one whose writer's host the
+    operator declared down?  Then it is taken over without its lock.
+
+    A crashed node's locks last as long as the filesystem keeps its session:
+    until the connection drops (GlusterFS), the MDS session timeout (CephFS,
+    about a minute), ``SESSION_SUSTAIN_TIME`` (MooseFS: a day by default).
+    Two scavengers taking over the same temp zip are safe (the archive lock
+    orders their commits; the second finds every entry already there and
+    skips it as a duplicate); a writer still alive would not be: what it
+    wrote after the takeover would go to a deleted file.  So what can be
+    checked is: the writer's pid when it ran on this host, and that the temp
+    zip has been still for _DEAD_HOST_QUIET seconds.
+    """
+    if not dead_hosts:
+        return False
+    manifest = _read_manifest(_sidecar_path(path))
+    # Sealed, its lock is a scavenger's, not its writer's: never taken over.
+    if manifest is None or manifest["state"] != _STATE_OPEN or manifest["host"] not in dead_hosts:
+        return False
+    writer = "pid %s on %s" % (manifest["pid"], manifest["host"])
+    if manifest["host"] == socket.gethostname() and _pid_runs(manifest["pid"]):
+        raise TempZipError("%s: its writer, %s, this host, still runs; --dead-host is for "
+                           "a node that is down" % (path, writer), path)
+    st, _changed = _refresh_view(fd)
+    still = time.time() - st.st_mtime
+    if still < _DEAD_HOST_QUIET:
+        raise TempZipError("%s changed %.1f s ago, so its writer (%s) may be alive; "
+                           "--dead-host is for a node that is down: if it is, run the "
+                           "scavenger again in %.0f s" % (path, still, writer,
+                                                           _DEAD_HOST_QUIET - still), path)
+    _log.warning("taking over %s without its lock: its writer (%s) is on a host declared "
+                 "down (--dead-host)", path, writer)
+    return True
+
+
+def _pid_runs(pid):
+    """Does ``pid`` run on this host (as any user)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_claimed_entries(fd, path, manifest, stats, *, flush, grace, salvage_only):
@@ -3678,7 +3730,8 @@ class ScavengeStats:
 
 
 def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SIZE,
-             salvage_only=False, progress=None, max_entries=DEFAULT_MAX_ENTRIES):
+             salvage_only=False, progress=None, max_entries=DEFAULT_MAX_ENTRIES,
+             dead_hosts=()):
     """One scavenger pass over ``base/inbox``; returns a ScavengeStats.
 
     Sealed temp zips are ingested.  Unsealed ones whose lock is free (their
@@ -3687,7 +3740,15 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     left in place.  Safe to run in any number of processes at once.
     ``progress(stats, done, total)`` is called after each commit, where done
     and total count the temp zips this pass looked at.
+
+    ``dead_hosts`` names nodes known to be down whose writers' locks the
+    filesystem still holds (MooseFS keeps a crashed client's locks for a
+    day by default): their unsealed temp zips are taken over as if their
+    locks were free, once unchanged for 10 s.  Never name a node that runs.
     """
+    if isinstance(dead_hosts, str):
+        dead_hosts = (dead_hosts,)
+    dead_hosts = frozenset(dead_hosts)
     grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
     limits = _Limits(max_size, max_entries)
     base = _existing_base(base, writing=True)
@@ -3708,7 +3769,8 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                     path = paths[looked_at]
                     looked_at += 1
                     claim = _claim_or_report(path, stats, flush=flush, grace=grace,
-                                             salvage_only=salvage_only)
+                                             salvage_only=salvage_only,
+                                             dead_hosts=dead_hosts)
                     if claim is not None:
                         claims.append(claim)
                 if claims:
@@ -4617,6 +4679,7 @@ def _temp_status(path, grace):
     try:
         st = os.lstat(path)
         info["size"] = st.st_size
+        info["changed"] = st.st_mtime
         if not stat.S_ISREG(st.st_mode):
             info["state"] = "damaged"
             info["error"] = "not a regular file"
@@ -4634,6 +4697,7 @@ def _temp_status(path, grace):
             return info
     if _held_by_a_writer(path):
         info["state"] = "open"
+        info["still_for_grace"] = time.time() - st.st_mtime >= grace
         return info
     info["entries"] = _count_complete_entries(path, st.st_size)
     info["salvage_after"] = max(manifest["created"] if manifest else st.st_mtime,
@@ -4713,6 +4777,13 @@ def _rotation_arg(text):
         return _rotation_or_env(_positive_float(text))
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err))
+
+
+def _host_name(text):
+    if not text.strip() or "/" in text:
+        raise argparse.ArgumentTypeError("%r is not a host name; name it as 'rear status' "
+                                         "shows it (pid P on HOST)" % text)
+    return text.strip()
 
 
 def _positive_int(text):
@@ -4840,7 +4911,7 @@ def _scavenge_pass(args):
     try:
         return scavenge(args.base, flush=args.flush, rotation_span=args.rotation,
                         max_size=args.max_size, max_entries=args.max_entries,
-                        progress=progress)
+                        progress=progress, dead_hosts=args.dead_host)
     finally:
         if progress is not None:
             progress.finish()
@@ -4853,7 +4924,7 @@ def _report_unfinished(base, rotation_span=None):
     temps = status(base, rotation_span)["temp_zips"]
     for temp in temps:
         sys.stderr.write("rear: error: %s remains in %s/inbox/: %s\n"
-                         % (temp["path"], base, _why_left(temp)))
+                         % (temp["path"], base, _why_left(temp, base)))
     if temps:
         sys.stderr.write("rear: error: %s not archived; once their writers have ended, run "
                          "'rear scavenge --flush %s' again\n"
@@ -4862,13 +4933,13 @@ def _report_unfinished(base, rotation_span=None):
     return 0
 
 
-def _why_left(temp):
+def _why_left(temp, base):
     """Why a flush left a temp zip: its state and its writer, alive or not."""
     if temp["state"] == "damaged":
         return "damaged (%s)" % temp["error"]
     writer = _writer_name(temp) or " (writer unknown)"
     if temp["state"] == "open":
-        return "a live writer holds it%s" % writer
+        return "a live writer holds it%s%s" % (writer, _dead_host_hint(temp, base))
     return "%s temp zip%s, %s entries" % (temp["state"], writer, temp.get("entries", "?"))
 
 
@@ -4896,7 +4967,7 @@ def _cmd_status(args):
         "%d %s" % (counts.get(state, 0), state)
         for state in ("open", "sealed", "dead", "stale", "damaged"))))
     for temp in report["temp_zips"]:
-        _print_temp_status(temp, out)
+        _print_temp_status(temp, report["base"], out)
     if report["journals"]:
         out.write("interrupted commits: %d (run 'rear recover %s')\n"
                   % (len(report["journals"]), report["base"]))
@@ -4912,9 +4983,26 @@ def _cmd_status(args):
     return 1 if report["unreadable"] else 0
 
 
-def _print_temp_status(temp, out):
-    """One line for a temp zip that needs explaining: damaged or a dead writer's."""
-    if temp["state"] == "damaged":
+def _dead_host_hint(temp, base):
+    """For a locked temp zip: how to take it over if its writer's node is
+    down and the filesystem keeps the crashed client's locks."""
+    host, pid = temp.get("host"), temp.get("pid")
+    if not host or (host == socket.gethostname() and isinstance(pid, int) and _pid_runs(pid)):
+        return ""
+    return ("; if %s is down, the filesystem may keep its locks long after (MooseFS: "
+            "SESSION_SUSTAIN_TIME, a day by default), and 'rear scavenge --flush "
+            "--dead-host %s %s' takes it over" % (temp["host"], temp["host"], base))
+
+
+def _print_temp_status(temp, base, out):
+    """One line for a temp zip that needs explaining: damaged, a dead
+    writer's, or locked but still for longer than the grace period."""
+    if temp["state"] == "open" and temp.get("still_for_grace"):
+        out.write("  open %s: locked by its writer%s, unchanged since %s%s\n"
+                  % (temp["path"], _writer_name(temp), time.strftime(
+                      "%Y-%m-%d %H:%M:%S", time.localtime(temp["changed"])),
+                     _dead_host_hint(temp, base)))
+    elif temp["state"] == "damaged":
         out.write("  damaged %s: %s\n" % (temp["path"], temp["error"]))
     elif temp["state"] in ("dead", "stale"):
         when = ("by the next pass" if temp["state"] == "stale" else "by a pass after %s"
@@ -5178,6 +5266,11 @@ def _build_parser():
     add_base(sub)
     sub.add_argument("--flush", action="store_true",
                      help="also salvage unsealed temp zips of dead writers now")
+    sub.add_argument("--dead-host", action="append", default=[], metavar="HOST",
+                     type=_host_name, help="HOST is down (crashed, powered off): take "
+                     "over its writers' unsealed temp zips although the filesystem "
+                     "still holds their locks (MooseFS does, for a day by default); "
+                     "repeatable.  Never name a node that runs")
     sub.add_argument("--watch", type=_positive_float, default=None, metavar="S",
                      help="repeat every S seconds until interrupted")
     sub.add_argument("--max-size", type=_parse_size, default=DEFAULT_MAX_SIZE, metavar="SIZE",
@@ -5313,6 +5406,7 @@ def legacy_main(argv=None):
     args.verbose = False
     args.max_size = DEFAULT_MAX_SIZE
     args.max_entries = DEFAULT_MAX_ENTRIES
+    args.dead_host = []
     args.func = _cmd_scavenge
     return _run(args)
 

@@ -1889,6 +1889,101 @@ def test_archive_with_more_than_65535_entries_uses_zip64(base):
         assert b"PK\x06\x06" in handle.read()[-200:]
 
 
+# -- a crashed node whose locks the filesystem keeps (MooseFS: a day): --dead-host
+
+# A writer that acknowledges a few files, then holds its unsealed temp zip
+# (and its lock) until killed: what the scavengers of another node see of a
+# crashed node whose client session the filesystem keeps.
+HOLDING_WRITER = """
+    import sys, time, rear
+    with rear.rear_fs(sys.argv[1], rotation_span=3600, sync="file") as fs:
+        for n in range(5):
+            fs.write_bytes("a.zip/held/%d" % n, b"held %d" % n)
+        print("ready", flush=True)
+        time.sleep(3600)
+"""
+
+
+@pytest.fixture
+def held_temp_zip(base):
+    """(path of an unsealed temp zip a running writer holds, its sidecar path)."""
+    writer = run_child(HOLDING_WRITER, base, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "ready\n"
+        [name] = inbox_temp_zips(base)
+        path = os.path.join(base, "inbox", name)
+        yield path, rear._sidecar_path(path)
+    finally:
+        writer.kill()
+        writer.wait(60)
+
+
+def _as_if_written_on(sidecar, host, still_for):
+    """Make a held temp zip look like one of ``host``'s, unchanged for ``still_for`` s."""
+    manifest = rear._read_manifest(sidecar)
+    manifest["host"] = host
+    rear._write_manifest(sidecar, manifest)
+    past = time.time() - still_for
+    os.utime(sidecar[:-len(".json")] + ".zip", (past, past))
+
+
+def test_a_locked_temp_zip_of_a_host_declared_down_is_taken_over(base, held_temp_zip):
+    path, sidecar = held_temp_zip
+    _as_if_written_on(sidecar, "node-17", still_for=60)
+    stats = rear.scavenge(base, flush=True, dead_hosts=["node-17"])
+    assert (stats.files_moved, stats.salvaged, stats.errors) == (5, 1, [])
+    assert not os.path.exists(path) and not os.path.exists(sidecar)
+    assert_exactly_once(base, {"a.zip/held/%d" % n: b"held %d" % n for n in range(5)})
+
+
+def test_a_locked_temp_zip_of_another_host_stays_busy(base, held_temp_zip):
+    path, sidecar = held_temp_zip
+    _as_if_written_on(sidecar, "node-17", still_for=60)
+    stats = rear.scavenge(base, flush=True, dead_hosts=["node-18"])
+    assert (stats.files_moved, stats.busy, stats.errors) == (0, 1, [])
+    assert os.path.exists(path)
+
+
+def test_a_temp_zip_that_just_changed_is_not_taken_over_whatever_the_operator_says(
+        base, held_temp_zip):
+    path, sidecar = held_temp_zip
+    _as_if_written_on(sidecar, "node-17", still_for=1)
+    stats = rear.scavenge(base, flush=True, dead_hosts=["node-17"])
+    assert stats.files_moved == 0
+    [(where, reason)] = stats.errors
+    assert where == path and "may be alive" in reason and "again in" in reason
+    assert os.path.exists(path)
+
+
+def test_a_writer_still_running_on_this_host_is_not_taken_over(base, held_temp_zip):
+    path, sidecar = held_temp_zip
+    _as_if_written_on(sidecar, socket.gethostname(), still_for=60)
+    stats = rear.scavenge(base, flush=True, dead_hosts=[socket.gethostname()])
+    assert stats.files_moved == 0
+    [(where, reason)] = stats.errors
+    assert "still runs" in reason and "--dead-host is for a node that is down" in reason
+
+
+def test_flush_that_leaves_a_locked_temp_zip_tells_how_to_take_it_over(base, held_temp_zip):
+    path, sidecar = held_temp_zip
+    _as_if_written_on(sidecar, "node-17", still_for=3600)   # past the grace period
+    result = run_cli("scavenge", "--flush", base)
+    assert result.returncode == 3
+    assert "node-17" in result.stderr and "--dead-host node-17" in result.stderr
+    status = run_cli("status", base)
+    assert "unchanged since" in status.stdout and "--dead-host node-17" in status.stdout
+    result = run_cli("scavenge", "--flush", "--dead-host", "node-17", base)
+    assert result.returncode == 0, result.stderr
+    assert "taking over" in result.stderr
+    assert_exactly_once(base, {"a.zip/held/%d" % n: b"held %d" % n for n in range(5)})
+
+
+def test_dead_host_must_name_a_host(base):
+    result = run_cli("scavenge", "--flush", "--dead-host", " ", base)
+    assert result.returncode == 2
+    assert "is not a host name" in result.stderr
+
+
 # ---------------------------------------------------------------- verify, status, recover
 
 
