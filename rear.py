@@ -164,6 +164,15 @@ archive the commit created is deleted instead).  A ``.commit``: redo steps 7
 and 8.  ``scavenge`` does this on its own before touching an archive;
 ``python -m rear recover BASE`` does it for everything at once.
 
+A node crash: its writers' temp zips stay locked for as long as the
+filesystem keeps the dead client's session (GlusterFS: until the connection
+drops; CephFS: the MDS session timeout, about a minute; MooseFS:
+``SESSION_SUSTAIN_TIME``, a day by default), and are then salvaged like any
+dead writer's.  Where that is too long, ``rear scavenge --flush --dead-host
+NODE BASE`` takes NODE's temp zips over without their locks once they have
+been still for 10 s.  Name only a node that is down: a live writer's later
+files would go to a temp zip already deleted.
+
 Readers (open_archive, read_bytes, rear cat/ls) take an archive's lock
 shared while they look at its central directory, so they never see a
 commit half-way; member data, which commits never rewrite, is read
@@ -579,9 +588,10 @@ async def _off_the_event_loop(function, *args):
     return function(*args)
 
 
-def _hostname():
-    """This host's name, reduced to characters that are safe in file names."""
-    name = socket.gethostname().split(".")[0] or "host"
+def _hostname(host=None):
+    """This host's name (or ``host``), reduced to characters that are safe
+    in file names: how it starts the names of its writers' temp zips."""
+    name = (host or socket.gethostname()).split(".")[0] or "host"
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:64]
 
 
@@ -3561,6 +3571,7 @@ def _open_and_lock(path, stats, dead_hosts=()):
                 if not _locked_by_dead_host(fd, path, dead_hosts):
                     stats.busy += 1
                     return None
+                stats.taken_over += 1
         except OSError as err:
             # GlusterFS: another client's scavenger ingested and deleted it
             # after our lookup; the lock call is the first to ask the server.
@@ -3600,11 +3611,17 @@ def _locked_by_dead_host(fd, path, dead_hosts):
     if not dead_hosts:
         return False
     manifest = _read_manifest(_sidecar_path(path))
-    # Sealed, its lock is a scavenger's, not its writer's: never taken over.
-    if manifest is None or manifest["state"] != _STATE_OPEN or manifest["host"] not in dead_hosts:
+    if manifest is not None:
+        host, pid = manifest["host"], manifest["pid"]
+    else:
+        host, pid = _writer_of_temp_name(os.path.basename(path), dead_hosts)
+    # A sealed one is taken over too: its writer may have died between
+    # sealing and closing it, and if its lock is a live scavenger's claim,
+    # the second commit of the same entries finds them all and skips them.
+    if host not in dead_hosts:
         return False
-    writer = "pid %s on %s" % (manifest["pid"], manifest["host"])
-    if manifest["host"] == socket.gethostname() and _pid_runs(manifest["pid"]):
+    writer = "pid %s on %s" % (pid, host)
+    if host == socket.gethostname() and isinstance(pid, int) and _pid_runs(pid):
         raise TempZipError("%s: its writer, %s, this host, still runs; --dead-host is for "
                            "a node that is down" % (path, writer), path)
     st, _changed = _refresh_view(fd)
@@ -3617,6 +3634,18 @@ def _locked_by_dead_host(fd, path, dead_hosts):
     _log.warning("taking over %s without its lock: its writer (%s) is on a host declared "
                  "down (--dead-host)", path, writer)
     return True
+
+
+def _writer_of_temp_name(name, hosts):
+    """(host, pid) of the writer of a temp zip without a sidecar (its writer
+    died between writer steps 1 and 2), from its name ``<host>-<pid>-...``;
+    (None, None) if none of ``hosts`` made it."""
+    for host in hosts:
+        prefix = _hostname(host) + "-"
+        if name.startswith(prefix):
+            pid = name[len(prefix):].split("-")[0]
+            return host, int(pid) if pid.isdigit() else None
+    return None, None
 
 
 def _pid_runs(pid):
@@ -3720,6 +3749,7 @@ class ScavengeStats:
     salvaged: int = 0           # unsealed temp zips of dead writers recovered
     duplicates: int = 0         # entries skipped because already archived
     busy: int = 0               # temp zips skipped: locked by a writer or scavenger
+    taken_over: int = 0         # locked temp zips of hosts declared down (dead_hosts)
     waiting: int = 0            # unsealed temp zips not yet past the grace period
     recovered_journals: int = 0  # interrupted commits rolled back or forward
     errors: list = dataclasses.field(default_factory=list)  # (path, reason)
@@ -4840,6 +4870,9 @@ def _print_stats(stats, out):
     if stats.busy:
         out.write("  %d busy: held by a live writer or another scavenger; a later pass "
                   "takes them\n" % stats.busy)
+    if stats.taken_over:
+        out.write("  %d taken over without their locks: their writers' hosts were declared "
+                  "down (--dead-host)\n" % stats.taken_over)
     if stats.waiting:
         out.write("  %d waiting: unsealed temp zips of writers that died, kept until the "
                   "grace period (2 x rotation span) has passed; 'rear scavenge --flush' "
@@ -4939,6 +4972,11 @@ def _why_left(temp, base):
         return "damaged (%s)" % temp["error"]
     writer = _writer_name(temp) or " (writer unknown)"
     if temp["state"] == "open":
+        if temp.get("host") == socket.gethostname() and isinstance(temp.get("pid"), int) \
+                and not _pid_runs(temp["pid"]):
+            return ("locked although its writer%s has ended: a scavenger is taking it, or "
+                    "the filesystem still holds a crashed client's lock%s"
+                    % (writer, _dead_host_hint(temp, base)))
         return "a live writer holds it%s%s" % (writer, _dead_host_hint(temp, base))
     return "%s temp zip%s, %s entries" % (temp["state"], writer, temp.get("entries", "?"))
 

@@ -48,7 +48,7 @@ from test_torture import WriterContents, start_torture_writer, torture_content
 
 #: (filesystem, mode) -> counter; conftest.py prints one line per filesystem.
 COUNTS = collections.defaultdict(collections.Counter)
-#: Measurements (seconds, yes/no) per filesystem, for the summary lines.
+#: (filesystem, mode) -> measurements (seconds, counts), for the summary lines.
 MEASURED = collections.defaultdict(dict)
 LABELS = {"glusterfs": "GlusterFS", "cephfs": "CephFS", "moosefs": "MooseFS"}
 TARGETS = [("glusterfs", "default"), ("glusterfs", "nocache"), ("cephfs", "default"),
@@ -218,6 +218,203 @@ def test_writers_on_one_client_scavengers_on_both_killed_at_random_lose_nothing(
     COUNTS[target]["runs"] += 1
 
 
+# ---------------------------------------------------------------- a node crash
+
+
+# A writer that reports each acknowledged file ("ack NAME") and, under
+# sync="rotation", each seal it made ("sealed") over its stdout, a pipe that
+# does not go through the filesystem that is about to lose its client.
+CRASH_WRITER = "import random\n" + inspect.getsource(torture_content) + '''
+import sys, rear
+base, sync, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with rear.rear_fs(base, rotation_span=3600, sync=sync) as fs:
+    n = 0
+    while True:
+        name = "%s/%s/w%d/%06d" % (("a.zip", "sub/c.zip")[n % 2], sync, seed, n)
+        fs.write_bytes(name, torture_content(name))
+        print("ack " + name, flush=True)
+        n += 1
+        if sync == "rotation" and n % 40 == 0:
+            fs.rotate()
+            print("sealed", flush=True)
+'''
+
+
+class CrashWriter:
+    """The files a CRASH_WRITER acknowledged, and which of them were sealed."""
+
+    def __init__(self, base, sync, seed):
+        self.sync = sync
+        self.acknowledged = []
+        self.sealed = 0        # how many of them were acknowledged before the last seal
+        self.process = run_child(CRASH_WRITER, base, sync, str(seed), stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            if line == "sealed\n":
+                self.sealed = len(self.acknowledged)
+            elif line.startswith("ack ") and line.endswith("\n"):
+                self.acknowledged.append(line[4:-1])
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait(60)
+        self.thread.join(60)
+
+    def durable(self):
+        """What must survive a node crash: every file under sync="file", the
+        sealed ones under sync="rotation"."""
+        return self.acknowledged if self.sync == "file" else self.acknowledged[:self.sealed]
+
+
+CRASH_TARGETS = [("glusterfs", "default"), ("cephfs", "default"), ("moosefs", "default")]
+
+
+@pytest.mark.parametrize("target", CRASH_TARGETS, ids=_target_id)
+def test_a_client_crash_loses_nothing_acknowledged_and_durable_before_it(target, clusters):
+    """Writers on a third client whose FUSE daemon is SIGKILLed (what the
+    cluster sees of a node crash), then the writers too; the other client
+    salvages their temp zips once the filesystem frees their locks, or by
+    --dead-host where it keeps them (MooseFS, for a day by default)."""
+    filesystem, mode = target
+    cluster = clusters.get(filesystem)
+    mount_a, mount_b = cluster.mounts[mode]
+    mount_c = cluster.mount_client("crash-%s" % uuid.uuid4().hex[:8])
+    name = "t-%s" % uuid.uuid4().hex[:12]
+    base_a, base_b, base_c = (os.path.join(point, name) for point in (mount_a, mount_b, mount_c))
+    os.makedirs(base_c)
+    _wait_until(lambda: os.path.isdir(base_b))
+    writers = [CrashWriter(base_c, sync, seed)
+               for seed, sync in enumerate(["file", "file", "rotation", "rotation"])]
+    try:
+        _wait_until(lambda: all(writer.sealed >= 40 if writer.sync == "rotation"
+                                else len(writer.acknowledged) >= 40 for writer in writers),
+                    timeout=120)
+        crashed = time.monotonic()
+        cluster.kill_client(mount_c)
+    finally:
+        for writer in writers:    # a crashed node's processes die with it
+            writer.kill()
+    dead_hosts = ()
+    if filesystem == "moosefs":
+        # The crashed client's session, and its locks, live on for
+        # SESSION_SUSTAIN_TIME: a flush says so and says what to do.
+        result = run_cli("scavenge", "--flush", base_b, timeout=300)
+        assert result.returncode == 3, result.stderr
+        assert "--dead-host %s" % socket.gethostname() in result.stderr
+        dead_hosts = (socket.gethostname(),)
+    taken_over = _salvage_everything(base_b, dead_hosts, crashed)
+    salvaged_after = time.monotonic() - crashed
+    time.sleep(CACHE_SETTLE[target])
+    durable = [key for writer in writers for key in writer.durable()]
+    _check_archives(target, base_a, as_sets({key: torture_content(key) for key in durable}),
+                    WriterContents())
+    archived = set()
+    for archive, members in test_rear.archives_of(base_a).items():
+        archived.update("%s/%s" % (archive, member) for member in members)
+    unsealed = [key for writer in writers if writer.sync == "rotation"
+                for key in writer.acknowledged[writer.sealed:]]
+    measured = MEASURED[target]
+    measured["salvaged after the crash"] = "%.0f s%s" % (
+        salvaged_after, " (%d taken over, --dead-host)" % taken_over if taken_over else "")
+    measured["sync=rotation files acknowledged after the last seal that survived"] = (
+        "%d of %d" % (sum(key in archived for key in unsealed), len(unsealed)))
+    COUNTS[target]["client crashes"] += 1
+    COUNTS[target]["files"] += sum(len(writer.acknowledged) for writer in writers)
+
+
+def _salvage_everything(base, dead_hosts, since, timeout=300):
+    """Flush ``base`` until its inbox is empty; returns how many temp zips
+    had to be taken over.  A takeover is refused (an error naming the wait)
+    while a temp zip changed within the last 10 s."""
+    deadline = since + timeout
+    taken_over = 0
+    while True:
+        stats = rear.scavenge(base, flush=True, rotation_span=3600, dead_hosts=dead_hosts)
+        taken_over += stats.taken_over
+        refused = [reason for _path, reason in stats.errors if "may be alive" in reason]
+        assert len(refused) == len(stats.errors), stats.errors
+        if not inbox_temp_zips(base):
+            return taken_over
+        assert time.monotonic() < deadline, "the crashed client's temp zips are still locked"
+        time.sleep(1.0)
+
+
+# ---------------------------------------------------------------- what differs between filesystems
+
+
+def _seconds_until(condition, timeout=60.0):
+    """How long until ``condition()`` holds (errors count as not yet)."""
+    started = time.monotonic()
+    while True:
+        try:
+            if condition():
+                return time.monotonic() - started
+        except (OSError, rear.RearError, zipfile.BadZipFile, KeyError):
+            pass
+        assert time.monotonic() - started < timeout, "not seen after %.0f s" % timeout
+        time.sleep(0.01)
+
+
+def test_a_commit_on_one_client_is_seen_on_the_other(clients):
+    """Measured: how long after a commit on A a reader on B sees it, with
+    rear's reader and with zipfile (a reader that is not rear)."""
+    target, base_a, base_b = clients
+    fill(base_a, {"a.zip/first": b"1"})
+    rear.scavenge(base_a)
+    archive_b = os.path.join(base_b, "a.zip")
+    _seconds_until(lambda: rear.read_bytes(base_b, "a.zip/first") == b"1")
+    with zipfile.ZipFile(archive_b) as handle:    # B's caches now hold the archive
+        assert handle.read("first") == b"1"
+    # Each reader after a commit of its own: rear's view refresh would
+    # also refresh the view of a reader in the same client.
+    fill(base_a, {"a.zip/second": b"2"})
+    assert rear.scavenge(base_a).files_moved == 1
+
+    def seen_by_zipfile():
+        with zipfile.ZipFile(archive_b) as handle:
+            return handle.read("second") == b"2"
+
+    seen_by_zipfile = _seconds_until(seen_by_zipfile)
+    fill(base_a, {"a.zip/third": b"3"})
+    assert rear.scavenge(base_a).files_moved == 1
+    seen_by_rear = _seconds_until(lambda: rear.read_bytes(base_b, "a.zip/third") == b"3")
+    MEASURED[target]["commit seen on the other client by rear"] = "%.2f s" % seen_by_rear
+    MEASURED[target]["by zipfile"] = "%.2f s" % seen_by_zipfile
+
+
+def test_whether_the_view_refresh_is_needed(clients):
+    """Measured: after A appends to a file B has read, does a fresh open on
+    B see the new size without rear's view refresh (chmod to its own mode,
+    drop cached pages)?  And rear's read with it must, every time."""
+    target, base_a, base_b = clients
+    path_a, path_b = os.path.join(base_a, "f"), os.path.join(base_b, "f")
+    with open(path_a, "wb") as handle:
+        handle.write(b"0" * 1000)
+    _seconds_until(lambda: os.path.getsize(path_b) == 1000)
+    stale = 0
+    trials = 10
+    for trial in range(1, trials + 1):
+        with open(path_b, "rb") as handle:      # B caches size and pages
+            handle.read()
+        with open(path_a, "ab") as handle:
+            handle.write(b"%d" % (trial % 10) * 1000)
+            handle.flush()
+            os.fsync(handle.fileno())
+        size = 1000 * (trial + 1)
+        fd = os.open(path_b, os.O_RDONLY)
+        try:
+            stale += os.fstat(fd).st_size != size
+            st, _changed = rear._refresh_view(fd)
+            assert st.st_size == size     # rear's view: the server's, at once
+        finally:
+            os.close(fd)
+    MEASURED[target]["stale sizes without the view refresh"] = "%d of %d" % (stale, trials)
+
+
 # ---------------------------------------------------------------- one test per fix
 
 
@@ -308,7 +505,9 @@ def summary_line(filesystem, label, counts):
              "%d files acknowledged" % counts.get("files", 0),
              "%d exact reads during the chaos" % counts.get("reads", 0),
              "%d fix checks" % counts.get("fix checks", 0)]
-    measured = MEASURED.get(filesystem, {})
-    parts += ["%s: %s" % item for item in sorted(measured.items())]
+    for (name, mode), measured in sorted(MEASURED.items()):
+        if name == filesystem:
+            suffix = "" if mode == "default" else " (%s)" % mode
+            parts += ["%s%s: %s" % (key, suffix, value) for key, value in measured.items()]
     parts += ["%d lost" % counts.get("lost", 0), "%d corrupt" % counts.get("corrupt", 0)]
     return "netfs: %s, 2 clients; %s" % (label, ", ".join(parts))

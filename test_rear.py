@@ -1936,6 +1936,48 @@ def test_a_locked_temp_zip_of_a_host_declared_down_is_taken_over(base, held_temp
     assert_exactly_once(base, {"a.zip/held/%d" % n: b"held %d" % n for n in range(5)})
 
 
+def test_a_locked_temp_zip_without_a_sidecar_is_known_by_its_name(base, held_temp_zip):
+    """Its writer died between making it and writing its sidecar."""
+    path, sidecar = held_temp_zip
+    os.unlink(sidecar)
+    renamed = os.path.join(base, "inbox", "node-17" + os.path.basename(path)[len(
+        rear._hostname()):])
+    os.rename(path, renamed)      # the writer's lock goes with the inode
+    past = time.time() - 60
+    os.utime(renamed, (past, past))
+    stats = rear.scavenge(base, flush=True, dead_hosts=["node-17"])
+    assert (stats.files_moved, stats.taken_over, stats.errors) == (5, 1, [])
+
+
+LOCK_HOLDER = """
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    time.sleep(3600)
+"""
+
+
+def test_a_sealed_temp_zip_still_locked_by_a_host_declared_down_is_taken_over(base):
+    """Its writer died between sealing and closing it (or the lock is a
+    scavenger's claim: then the second commit skips every entry)."""
+    fill(base, {"a.zip/1": b"one", "b.zip/2": b"two"})
+    [name] = inbox_temp_zips(base)
+    path = os.path.join(base, "inbox", name)
+    _as_if_written_on(rear._sidecar_path(path), "node-17", still_for=60)
+    holder = run_child(LOCK_HOLDER, path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        assert rear.scavenge(base).busy == 1
+        stats = rear.scavenge(base, dead_hosts="node-17")
+        assert (stats.files_moved, stats.taken_over, stats.errors) == (2, 1, [])
+    finally:
+        holder.kill()
+        holder.wait(60)
+    assert_exactly_once(base, {"a.zip/1": b"one", "b.zip/2": b"two"})
+    assert inbox_temp_zips(base) == []
+
+
 def test_a_locked_temp_zip_of_another_host_stays_busy(base, held_temp_zip):
     path, sidecar = held_temp_zip
     _as_if_written_on(sidecar, "node-17", still_for=60)
