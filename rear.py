@@ -3621,7 +3621,7 @@ def _locked_by_dead_host(fd, path, dead_hosts):
     if host not in dead_hosts:
         return False
     writer = "pid %s on %s" % (pid, host)
-    if host == socket.gethostname() and isinstance(pid, int) and _pid_runs(pid):
+    if _runs_on_this_host(host, pid):
         raise TempZipError("%s: its writer, %s, this host, still runs; --dead-host is for "
                            "a node that is down" % (path, writer), path)
     st, _changed = _refresh_view(fd)
@@ -3646,6 +3646,11 @@ def _writer_of_temp_name(name, hosts):
             pid = name[len(prefix):].split("-")[0]
             return host, int(pid) if pid.isdigit() else None
     return None, None
+
+
+def _runs_on_this_host(host, pid):
+    """Is the writer ``pid`` on ``host`` known to run (on this host)?"""
+    return host == socket.gethostname() and isinstance(pid, int) and _pid_runs(pid)
 
 
 def _pid_runs(pid):
@@ -5025,7 +5030,7 @@ def _dead_host_hint(temp, base):
     """For a locked temp zip: how to take it over if its writer's node is
     down and the filesystem keeps the crashed client's locks."""
     host, pid = temp.get("host"), temp.get("pid")
-    if not host or (host == socket.gethostname() and isinstance(pid, int) and _pid_runs(pid)):
+    if not host or _runs_on_this_host(host, pid):
         return ""
     return ("; if %s is down, the filesystem may keep its locks long after (MooseFS: "
             "SESSION_SUSTAIN_TIME, a day by default), and 'rear scavenge --flush "
