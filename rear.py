@@ -199,6 +199,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import collections
 import contextlib
 import contextvars
 import dataclasses
@@ -239,6 +240,9 @@ __all__ = [
     "split_path",
     "ScavengeStats",
     "VerifyReport",
+    "BaseStatus",
+    "TempZipStatus",
+    "ArchiveStatus",
     "open_archive",
     "read_bytes",
     "ArchiveReader",
@@ -593,6 +597,27 @@ def _hostname(host=None):
     in file names: how it starts the names of its writers' temp zips."""
     name = (host or socket.gethostname()).split(".")[0] or "host"
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:64]
+
+
+_PROCESS_RUNNING = "running"
+_PROCESS_OTHER_USERS = "running (another user's)"
+_PROCESS_GONE = "gone"
+_PROCESS_RUNS = (_PROCESS_RUNNING, _PROCESS_OTHER_USERS)
+
+
+def _process_state(pid):
+    """Whether process ``pid`` of this host runs: _PROCESS_RUNNING,
+    _PROCESS_OTHER_USERS (it exists but signals to it are refused, EPERM),
+    _PROCESS_GONE (ESRCH), or None when ``pid`` is not a pid at all."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return _PROCESS_GONE
+    except PermissionError:
+        return _PROCESS_OTHER_USERS
+    return _PROCESS_RUNNING
 
 
 # ---------------------------------------------------------------- network filesystems
@@ -1379,23 +1404,22 @@ def _describe_rest(reader, offset, size, path, good):
                        % (path, rest, offset, good), path)
 
 
-def _read_central_entries(fd, size, path, error, check_small=False, manifest=None):
+def _read_central_entries(fd, size, path, error, check_small=False, small_crc=None,
+                          small_limit=None):
     """Entries of a complete zip, with data offsets taken from local headers.
 
     With ``check_small``, entries whose bytes pass through Python when
     appended (up to _SMALL_ENTRY) are also checked: against the CRC-32 of
-    their bytes that rear's writer recorded in the sealed ``manifest``, or,
-    without one, by decompressing each and checking its own CRC.  That is
+    their bytes that rear's writer recorded in the sealed sidecar
+    (``small_crc`` over the entries up to ``small_limit``), or, without
+    one, by decompressing each and checking its own CRC.  That is
     done while claiming, not while appending: a damaged temp zip must be
     left out before its batch is committed, or it would fail that commit on
     every pass and hold up the healthy temp zips batched with it.  Larger
     entries are copied raw by copy_file_range; ``rear verify`` checks them.
     """
-    small_crc, small_limit = None, None
-    if check_small and manifest is not None:
-        small_crc, small_limit = manifest.get("small_crc"), manifest.get("small_limit")
-        if not (isinstance(small_crc, int) and isinstance(small_limit, int)):
-            small_crc = None
+    if not check_small or small_limit is None:
+        small_crc = None
     directory = _read_end_records(fd, size, path, error)
     entries = list(_central_entries(_ChunkReader(fd, path), directory, path, error))
     reader = _ChunkReader(fd, path)
@@ -1568,34 +1592,90 @@ def _inside(base, path):
     return real == real_base or real.startswith(real_base + os.sep)
 
 
-# ---------------------------------------------------------------- manifest
+# ---------------------------------------------------------------- sidecar
+#
+# The one home of the sidecar's keys (layout in the module docstring): the
+# rest of rear reads and writes a _Sidecar's attributes, never a key.
+
+
+class _Sidecar:
+    """A temp zip's manifest sidecar, ``<stem>.json``: who writes the temp
+    zip, whether it is sealed, and which archives it has already fed."""
+
+    #: Every key, with its JSON type(s); ``_OPTIONAL`` ones only once sealed.
+    _KEYS = {"format": str, "version": int, "host": str, "pid": int,
+             "created": (int, float), "state": str, "entries": int, "bytes": int,
+             "done": list, "sealed": (int, float), "small_crc": int, "small_limit": int}
+    _OPTIONAL = ("sealed", "small_crc", "small_limit")
+
+    __slots__ = ("format", "version", "host", "pid", "created", "state", "entries",
+                 "bytes", "done", "sealed", "small_crc", "small_limit")
+
+    def __init__(self, created, host=None, pid=None):
+        self.format = _MANIFEST_FORMAT
+        self.version = _MANIFEST_VERSION
+        self.host = host if host is not None else socket.gethostname()
+        self.pid = pid if pid is not None else os.getpid()
+        self.created = created
+        self.state = _STATE_OPEN
+        self.entries = 0
+        self.bytes = 0
+        self.done = []
+        self.sealed = self.small_crc = self.small_limit = None
+
+    @property
+    def is_sealed(self):
+        return self.state == _STATE_SEALED
+
+    def mark_sealed(self, entries, size, small_crc):
+        self.state = _STATE_SEALED
+        self.entries, self.bytes = entries, size
+        self.sealed, self.small_crc, self.small_limit = time.time(), small_crc, _SMALL_ENTRY
+
+    def to_json(self):
+        return {key: getattr(self, key) for key in self._KEYS
+                if getattr(self, key) is not None or key not in self._OPTIONAL}
+
+    @classmethod
+    def from_json(cls, document, path):
+        """The sidecar ``document`` describes, or TempZipError naming ``path``."""
+        if not isinstance(document, dict) or document.get("format") != _MANIFEST_FORMAT:
+            raise _not_a_sidecar_error(path)
+        version = document.get("version")
+        if isinstance(version, int) and version > _MANIFEST_VERSION:
+            raise TempZipError("sidecar %s has manifest version %s, newer than this rear "
+                               "understands; upgrade rear" % (path, version), path)
+        sidecar = cls.__new__(cls)
+        for key, kind in cls._KEYS.items():
+            value = document.get(key)
+            if value is None and key in cls._OPTIONAL:
+                setattr(sidecar, key, None)
+                continue
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise _not_a_sidecar_error(path, key)
+            setattr(sidecar, key, value)
+        if sidecar.state not in (_STATE_OPEN, _STATE_SEALED) \
+                or not all(isinstance(dest, str) for dest in sidecar.done):
+            raise _not_a_sidecar_error(path)
+        return sidecar
+
+
+def _not_a_sidecar_error(path, key=None):
+    return TempZipError("sidecar %s is not a rear manifest%s; inspect it, then delete it to "
+                        "let the zip be salvaged"
+                        % (path, " (%r missing or not of its type)" % key if key else ""), path)
 
 
 def _sidecar_path(zip_path):
     return zip_path[:-len(_TEMP_SUFFIX)] + _SIDECAR_SUFFIX
 
 
-def _new_manifest(created):
-    return {
-        "format": _MANIFEST_FORMAT,
-        "version": _MANIFEST_VERSION,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "created": created,
-        "state": _STATE_OPEN,
-        "entries": 0,
-        "bytes": 0,
-        "done": [],
-    }
+def _write_sidecar(path, sidecar):
+    _write_file_durably(path, json.dumps(sidecar.to_json(), sort_keys=True).encode("utf-8"))
 
 
-def _write_manifest(path, manifest):
-    _write_file_durably(path, json.dumps(manifest, sort_keys=True).encode("utf-8"))
-
-
-
-def _read_manifest(path):
-    """The sidecar's content; None if missing; TempZipError if unreadable."""
+def _read_sidecar(path):
+    """The sidecar at ``path``; None if missing; TempZipError if unreadable."""
     try:
         raw = _read_existing(path)
     except OSError as err:
@@ -1603,20 +1683,11 @@ def _read_manifest(path):
     if raw is None:
         return None
     try:
-        manifest = json.loads(raw.decode("utf-8"))
+        document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise TempZipError("sidecar %s is not valid JSON (%s); inspect it, then delete "
                            "it to let the zip be salvaged" % (path, err), path) from err
-    if (not isinstance(manifest, dict) or manifest.get("format") != _MANIFEST_FORMAT
-            or manifest.get("state") not in (_STATE_OPEN, _STATE_SEALED)
-            or not isinstance(manifest.get("created"), (int, float))
-            or not isinstance(manifest.get("done", []), list)):
-        raise TempZipError("sidecar %s is not a rear manifest; inspect it, then delete "
-                           "it to let the zip be salvaged" % path, path)
-    if manifest.get("version", 0) > _MANIFEST_VERSION:
-        raise TempZipError("sidecar %s has manifest version %s, newer than this rear "
-                           "understands; upgrade rear" % (path, manifest.get("version")), path)
-    return manifest
+    return _Sidecar.from_json(document, path)
 
 
 # ---------------------------------------------------------------- process-wide state
@@ -1803,8 +1874,8 @@ class _TempZip:
             except LockingUnsupportedError as err:
                 _warn_no_locks(hidden, err)
             os.rename(hidden, self.path)   # the sidecar's directory fsync covers it
-            self.manifest = _new_manifest(self.created)
-            _write_manifest(self.sidecar_path, self.manifest)
+            self.sidecar = _Sidecar(self.created)
+            _write_sidecar(self.sidecar_path, self.sidecar)
         except BaseException:
             _unlink_if_exists(hidden)
             _unlink_if_exists(self.path)
@@ -1871,11 +1942,9 @@ class _TempZip:
             self._cut_back(self.size)
             self.abandon()
             raise
-        self.manifest.update(state=_STATE_SEALED, entries=len(self.entries), bytes=self.size,
-                             sealed=time.time(), small_crc=self.small_crc,
-                             small_limit=_SMALL_ENTRY)
+        self.sidecar.mark_sealed(len(self.entries), self.size, self.small_crc)
         try:
-            _write_manifest(self.sidecar_path, self.manifest)
+            _write_sidecar(self.sidecar_path, self.sidecar)
         finally:
             self._close()
 
@@ -2730,14 +2799,14 @@ def _finish_temps(paths, temps):
             _unlink_if_exists(_sidecar_path(zip_path))
         else:
             try:
-                manifest = _read_manifest(_sidecar_path(zip_path))
+                sidecar = _read_sidecar(_sidecar_path(zip_path))
             except TempZipError:
-                manifest = None
-            if manifest is None:
+                sidecar = None
+            if sidecar is None:
                 continue   # gone: a crashed earlier run finished it already
-            if paths.dest not in manifest["done"]:
-                manifest["done"].append(paths.dest)
-                _write_manifest(_sidecar_path(zip_path), manifest)
+            if paths.dest not in sidecar.done:
+                sidecar.done.append(paths.dest)
+                _write_sidecar(_sidecar_path(zip_path), sidecar)
     _sync_directory(inbox)
 
 
@@ -3497,13 +3566,13 @@ def _list_temp_zips(inbox):
                   if name.endswith(_TEMP_SUFFIX) and not name.startswith("."))
 
 
-def _past_grace(manifest, st, grace):
+def _past_grace(sidecar, st, grace):
     """True if an unsealed temp zip has not changed for the grace period.
 
     Its last change, not its creation, counts: a live writer on a filesystem
     without locks keeps its temp zip's mtime fresh.
     """
-    created = manifest["created"] if manifest else st.st_mtime
+    created = sidecar.created if sidecar else st.st_mtime
     return time.time() - max(created, st.st_mtime) >= grace
 
 
@@ -3528,12 +3597,12 @@ def _claim(path, stats, *, flush=False, grace=0.0, salvage_only=False, dead_host
     fd, locks_work = locked
     claim = None
     try:
-        manifest = _read_manifest(_sidecar_path(path))
-        read = _read_claimed_entries(fd, path, manifest, stats, flush=flush and locks_work,
+        sidecar = _read_sidecar(_sidecar_path(path))
+        read = _read_claimed_entries(fd, path, sidecar, stats, flush=flush and locks_work,
                                      grace=grace, salvage_only=salvage_only)
         if read is not None:
             entries, salvaged = read
-            done = manifest.get("done", []) if manifest is not None else []
+            done = sidecar.done if sidecar is not None else []
             claim = _Claim(path, fd, _route_entries(path, entries), salvaged is not None, done)
             if salvaged is not None:   # said once the entries are known to be routable
                 _log.warning("salvaged %d entries from %s, an unsealed temp zip of a dead "
@@ -3610,9 +3679,9 @@ def _locked_by_dead_host(fd, path, dead_hosts):
     """
     if not dead_hosts:
         return False
-    manifest = _read_manifest(_sidecar_path(path))
-    if manifest is not None:
-        host, pid = manifest["host"], manifest["pid"]
+    sidecar = _read_sidecar(_sidecar_path(path))
+    if sidecar is not None:
+        host, pid = sidecar.host, sidecar.pid
     else:
         host, pid = _writer_of_temp_name(os.path.basename(path), dead_hosts)
     # A sealed one is taken over too: its writer may have died between
@@ -3650,36 +3719,26 @@ def _writer_of_temp_name(name, hosts):
 
 def _runs_on_this_host(host, pid):
     """Is the writer ``pid`` on ``host`` known to run (on this host)?"""
-    return host == socket.gethostname() and isinstance(pid, int) and _pid_runs(pid)
+    return host == socket.gethostname() and _process_state(pid) in _PROCESS_RUNS
 
 
-def _pid_runs(pid):
-    """Does ``pid`` run on this host (as any user)?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _read_claimed_entries(fd, path, manifest, stats, *, flush, grace, salvage_only):
+def _read_claimed_entries(fd, path, sidecar, stats, *, flush, grace, salvage_only):
     """(entries, None) of a sealed temp zip we hold the lock of, (entries,
     what followed them) of a salvaged one; None if it must wait (a dead
     writer's within the grace period) or is not ours to take (a sealed one,
     when only salvaging)."""
-    if manifest is not None and manifest["state"] == _STATE_SEALED:
+    if sidecar is not None and sidecar.is_sealed:
         if salvage_only:
             return None
         entries = _await_current_view(fd, path, lambda st: _read_central_entries(
-            fd, st.st_size, path, TempZipError, check_small=True, manifest=manifest))
+            fd, st.st_size, path, TempZipError, check_small=True,
+            small_crc=sidecar.small_crc, small_limit=sidecar.small_limit))
         return entries, None
     # A writer on another client may have written more than this client's
     # cache shows; salvaging by the cached size would drop acknowledged
     # entries.  The lock keeps it still while we look.
     st, _changed = _refresh_view(fd)
-    if not flush and not _past_grace(manifest, st, grace):
+    if not flush and not _past_grace(sidecar, st, grace):
         stats.waiting += 1
         return None
     entries, rest = _salvage_entries(fd, st.st_size, path)
@@ -4320,8 +4379,8 @@ class _PendingView:
             return
         try:
             size = os.fstat(fd).st_size
-            manifest = _read_manifest(_sidecar_path(path))
-            if manifest is not None and manifest["state"] == _STATE_SEALED:
+            sidecar = _read_sidecar(_sidecar_path(path))
+            if sidecar is not None and sidecar.is_sealed:
                 entries = _central_entries(_ChunkReader(fd, path),
                                            _read_end_records(fd, size, path), path)
             else:
@@ -4661,9 +4720,76 @@ def _verify_archive(archive, report, journal=None):
     report.archives += 1
 
 
+@dataclasses.dataclass
+class TempZipStatus:
+    """What ``status`` says of one temp zip in ``BASE/inbox/``.
+
+    ``state``: "sealed"; "open" (a live writer holds its lock); "dead"
+    (unsealed, its writer gone, salvaged once the grace period passes, at
+    ``salvage_after``); "stale" (the same, past it: the next pass salvages
+    it); "damaged" (``error`` says why).  ``entries`` counts the complete
+    entries a salvage would find in an unsealed one.  Unknown fields are
+    None, and left out of ``to_json()``."""
+
+    path: str
+    state: str = "damaged"
+    size: int = None
+    changed: float = None           # mtime
+    entries: int = None
+    host: str = None                # its writer, from the sidecar
+    pid: int = None
+    created: float = None
+    salvage_after: float = None     # dead: when a pass salvages it
+    still_for_grace: bool = None    # open: unchanged for the grace period
+    error: str = None               # damaged: why
+
+    def to_json(self):
+        return _known_fields(self)
+
+
+@dataclasses.dataclass
+class ArchiveStatus:
+    """What ``status`` says of one final archive: ``entries`` and ``size``
+    are None, and ``error`` says why, when it cannot be read."""
+
+    path: str                       # relative to the base
+    size: int = None
+    entries: int = None
+    error: str = None
+
+    def to_json(self):
+        return _known_fields(self)
+
+
+@dataclasses.dataclass
+class BaseStatus:
+    """What ``status`` found under a base: ``temp_zips`` (TempZipStatus),
+    ``journals`` (file names of interrupted commits), ``archives``
+    (ArchiveStatus) and ``unreadable`` ((path, reason) of directories that
+    could not be listed)."""
+
+    base: str
+    temp_zips: list
+    journals: list
+    archives: list
+    unreadable: list
+
+    def to_json(self):
+        return {"base": self.base, "journals": self.journals,
+                "temp_zips": [temp.to_json() for temp in self.temp_zips],
+                "archives": [archive.to_json() for archive in self.archives],
+                "unreadable": [{"path": path, "error": reason}
+                               for path, reason in self.unreadable]}
+
+
+def _known_fields(record):
+    return {field.name: getattr(record, field.name) for field in dataclasses.fields(record)
+            if getattr(record, field.name) is not None}
+
+
 def status(base=None, rotation_span=None):
-    """A dict describing the temp zips (open/sealed/dead/stale/damaged),
-    pending journals and final archives under ``base``."""
+    """A BaseStatus: the temp zips (open/sealed/dead/stale/damaged), pending
+    journals and final archives under ``base``."""
     base = _existing_base(base)
     grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
     inbox = os.path.join(base, _INBOX)
@@ -4679,65 +4805,55 @@ def status(base=None, rotation_span=None):
     unreadable = []
     archives = [_archive_status(base, archive)
                 for archive in _archives_under(base, unreadable=unreadable)]
-    return {"base": base, "temp_zips": temps, "journals": journals,
-            "archives": [info for info in archives if info is not None],
-            "unreadable": [{"path": path, "error": reason} for path, reason in unreadable]}
+    return BaseStatus(base, temps, journals, [info for info in archives if info is not None],
+                      unreadable)
 
 
 def _archive_status(base, archive):
-    """{path, size, entries} of a final archive (entries None and an error
-    if it cannot be read); None if it was rolled over since it was listed."""
-    info = {"path": os.path.relpath(archive, base)}
+    """The ArchiveStatus of a final archive; None if it was rolled over
+    since it was listed."""
+    info = ArchiveStatus(os.path.relpath(archive, base))
     try:
         fd = _open_existing(archive, os.O_RDONLY | _O_CLOEXEC)
         if fd is None:
             return None
         try:
-            info["size"] = os.fstat(fd).st_size
-            info["entries"] = _read_end_records(fd, info["size"], archive).count
+            info.size = os.fstat(fd).st_size
+            info.entries = _read_end_records(fd, info.size, archive).count
         finally:
             _close_read_only(fd)
     except (ArchiveError, OSError) as err:
-        info.setdefault("size", None)
-        info["entries"] = None
-        info["error"] = str(err)
+        info.entries = None
+        info.error = str(err)
     return info
 
 
 def _temp_status(path, grace):
-    """What a temp zip is: "sealed"; "open" (a live writer holds its lock);
-    "dead" (unsealed, its writer gone, salvaged once the grace period
-    passes, ``salvage_after``); "stale" (the same, past it: the next pass
-    salvages it); "damaged".  ``entries`` counts the complete entries a
-    salvage would find in an unsealed one."""
-    info = {"path": os.path.basename(path)}
+    """The TempZipStatus of the temp zip at ``path``."""
+    info = TempZipStatus(os.path.basename(path))
     try:
         st = os.lstat(path)
-        info["size"] = st.st_size
-        info["changed"] = st.st_mtime
+        info.size, info.changed = st.st_size, st.st_mtime
         if not stat.S_ISREG(st.st_mode):
-            info["state"] = "damaged"
-            info["error"] = "not a regular file"
+            info.error = "not a regular file"
             return info
-        manifest = _read_manifest(_sidecar_path(path))
+        sidecar = _read_sidecar(_sidecar_path(path))
     except (OSError, TempZipError) as err:
-        info["state"] = "damaged"
-        info["error"] = str(err)
+        info.error = str(err)
         return info
-    if manifest is not None:
-        info.update(entries=manifest["entries"], host=manifest["host"], pid=manifest["pid"],
-                    created=manifest["created"])
-        if manifest["state"] == _STATE_SEALED:
-            info["state"] = "sealed"
+    if sidecar is not None:
+        info.entries, info.host, info.pid = sidecar.entries, sidecar.host, sidecar.pid
+        info.created = sidecar.created
+        if sidecar.is_sealed:
+            info.state = "sealed"
             return info
     if _held_by_a_writer(path):
-        info["state"] = "open"
-        info["still_for_grace"] = time.time() - st.st_mtime >= grace
+        info.state = "open"
+        info.still_for_grace = time.time() - st.st_mtime >= grace
         return info
-    info["entries"] = _count_complete_entries(path, st.st_size)
-    info["salvage_after"] = max(manifest["created"] if manifest else st.st_mtime,
-                                st.st_mtime) + grace
-    info["state"] = "stale" if _past_grace(manifest, st, grace) else "dead"
+    info.entries = _count_complete_entries(path, st.st_size)
+    info.salvage_after = max(sidecar.created if sidecar else st.st_mtime, st.st_mtime) + grace
+    info.state = "stale" if _past_grace(sidecar, st, grace) else "dead"
     return info
 
 
@@ -4959,10 +5075,10 @@ def _report_unfinished(base, rotation_span=None):
     """After 'scavenge --flush', which asked for everything: name each temp
     zip still in the inbox with its writer, and return _EXIT_UNFINISHED if
     there are any (0 if none)."""
-    temps = status(base, rotation_span)["temp_zips"]
+    temps = status(base, rotation_span).temp_zips
     for temp in temps:
         sys.stderr.write("rear: error: %s remains in %s/inbox/: %s\n"
-                         % (temp["path"], base, _why_left(temp, base)))
+                         % (temp.path, base, _why_left(temp, base)))
     if temps:
         sys.stderr.write("rear: error: %s not archived; once their writers have ended, run "
                          "'rear scavenge --flush %s' again\n"
@@ -4973,17 +5089,17 @@ def _report_unfinished(base, rotation_span=None):
 
 def _why_left(temp, base):
     """Why a flush left a temp zip: its state and its writer, alive or not."""
-    if temp["state"] == "damaged":
-        return "damaged (%s)" % temp["error"]
+    if temp.state == "damaged":
+        return "damaged (%s)" % temp.error
     writer = _writer_name(temp) or " (writer unknown)"
-    if temp["state"] == "open":
-        if temp.get("host") == socket.gethostname() and isinstance(temp.get("pid"), int) \
-                and not _pid_runs(temp["pid"]):
+    if temp.state == "open":
+        if temp.host == socket.gethostname() and _process_state(temp.pid) == _PROCESS_GONE:
             return ("locked although its writer%s has ended: a scavenger is taking it, or "
                     "the filesystem still holds a crashed client's lock%s"
                     % (writer, _dead_host_hint(temp, base)))
         return "a live writer holds it%s%s" % (writer, _dead_host_hint(temp, base))
-    return "%s temp zip%s, %s entries" % (temp["state"], writer, temp.get("entries", "?"))
+    return "%s temp zip%s, %s entries" % (temp.state, writer,
+                                          "?" if temp.entries is None else temp.entries)
 
 
 def _cmd_recover(args):
@@ -4998,83 +5114,75 @@ def _cmd_recover(args):
 def _cmd_status(args):
     report = status(args.base, rotation_span=args.rotation)
     if args.json:
-        json.dump(report, sys.stdout, indent=2, sort_keys=True)
+        json.dump(report.to_json(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
-        return 1 if report["unreadable"] else 0
-    counts = {}
-    for temp in report["temp_zips"]:
-        counts[temp["state"]] = counts.get(temp["state"], 0) + 1
+        return 1 if report.unreadable else 0
+    counts = collections.Counter(temp.state for temp in report.temp_zips)
     out = sys.stdout
-    out.write("base %s\n" % report["base"])
+    out.write("base %s\n" % report.base)
     out.write("temp zips: %s\n" % (", ".join(
-        "%d %s" % (counts.get(state, 0), state)
+        "%d %s" % (counts[state], state)
         for state in ("open", "sealed", "dead", "stale", "damaged"))))
-    for temp in report["temp_zips"]:
-        _print_temp_status(temp, report["base"], out)
-    if report["journals"]:
+    for temp in report.temp_zips:
+        _print_temp_status(temp, report.base, out)
+    if report.journals:
         out.write("interrupted commits: %d (run 'rear recover %s')\n"
-                  % (len(report["journals"]), report["base"]))
-    out.write("archives: %d\n" % len(report["archives"]))
-    for archive in report["archives"]:
-        entries = archive["entries"]
+                  % (len(report.journals), report.base))
+    out.write("archives: %d\n" % len(report.archives))
+    for archive in report.archives:
         out.write("  %10s entries %14s bytes  %s%s\n" % (
-            "?" if entries is None else entries,
-            "?" if archive["size"] is None else archive["size"], archive["path"],
-            "  (%s)" % archive["error"] if "error" in archive else ""))
-    for unreadable in report["unreadable"]:
-        sys.stderr.write("rear: error: %s: %s\n" % (unreadable["path"], unreadable["error"]))
-    return 1 if report["unreadable"] else 0
+            "?" if archive.entries is None else archive.entries,
+            "?" if archive.size is None else archive.size, archive.path,
+            "  (%s)" % archive.error if archive.error is not None else ""))
+    for path, reason in report.unreadable:
+        sys.stderr.write("rear: error: %s: %s\n" % (path, reason))
+    return 1 if report.unreadable else 0
 
 
 def _dead_host_hint(temp, base):
     """For a locked temp zip: how to take it over if its writer's node is
     down and the filesystem keeps the crashed client's locks."""
-    host, pid = temp.get("host"), temp.get("pid")
-    if not host or _runs_on_this_host(host, pid):
+    if not temp.host or _runs_on_this_host(temp.host, temp.pid):
         return ""
     return ("; if %s is down, the filesystem may keep its locks long after (MooseFS: "
             "SESSION_SUSTAIN_TIME, a day by default), and 'rear scavenge --flush "
-            "--dead-host %s %s' takes it over" % (temp["host"], temp["host"], base))
+            "--dead-host %s %s' takes it over" % (temp.host, temp.host, base))
 
 
 def _print_temp_status(temp, base, out):
     """One line for a temp zip that needs explaining: damaged, a dead
     writer's, or locked but still for longer than the grace period."""
-    if temp["state"] == "open" and temp.get("still_for_grace"):
+    if temp.state == "open" and temp.still_for_grace:
         out.write("  open %s: locked by its writer%s, unchanged since %s%s\n"
-                  % (temp["path"], _writer_name(temp), time.strftime(
-                      "%Y-%m-%d %H:%M:%S", time.localtime(temp["changed"])),
+                  % (temp.path, _writer_name(temp), time.strftime(
+                      "%Y-%m-%d %H:%M:%S", time.localtime(temp.changed)),
                      _dead_host_hint(temp, base)))
-    elif temp["state"] == "damaged":
-        out.write("  damaged %s: %s\n" % (temp["path"], temp["error"]))
-    elif temp["state"] in ("dead", "stale"):
-        when = ("by the next pass" if temp["state"] == "stale" else "by a pass after %s"
-                % time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(temp["salvage_after"])))
+    elif temp.state == "damaged":
+        out.write("  damaged %s: %s\n" % (temp.path, temp.error))
+    elif temp.state in ("dead", "stale"):
+        when = ("by the next pass" if temp.state == "stale" else "by a pass after %s"
+                % time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(temp.salvage_after)))
         out.write("  %s %s: unsealed and unlocked, its writer%s has ended; %s complete "
                   "entries, salvaged %s, or now with 'rear scavenge --flush'\n"
-                  % (temp["state"], temp["path"], _writer_name(temp),
-                     "?" if temp["entries"] is None else temp["entries"], when))
+                  % (temp.state, temp.path, _writer_name(temp),
+                     "?" if temp.entries is None else temp.entries, when))
 
 
 def _writer_name(temp):
     """' (pid P on host H, still running)': whether it runs is known only on
     its own host."""
-    host, pid = temp.get("host"), temp.get("pid")
-    if not host:
+    if not temp.host:
         return ""
-    return " (pid %s on %s, %s)" % (pid, host, _liveness(host, pid))
+    return " (pid %s on %s, %s)" % (temp.pid, temp.host, _liveness(temp.host, temp.pid))
 
 
 def _liveness(host, pid):
-    if host != socket.gethostname() or not isinstance(pid, int):
+    if host != socket.gethostname():
         return "another host: cannot tell whether it still runs"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "no longer running"
-    except PermissionError:
-        return "still running (another user's)"
-    return "still running"
+    state = _process_state(pid)
+    if state is None:
+        return "cannot tell whether it still runs"
+    return "no longer running" if state == _PROCESS_GONE else "still " + state
 
 
 def _reader_for(target, dest=None, pending=False):
@@ -5211,10 +5319,10 @@ def _report_pending(path):
     zips wait in the inbox.  Says how many and what they hold."""
     if not os.path.isdir(os.path.join(path, _INBOX)):
         return 0
-    temps = status(path)["temp_zips"]
+    temps = status(path).temp_zips
     if not temps:
         return 0
-    entries = sum(temp.get("entries") or 0 for temp in temps)
+    entries = sum(temp.entries or 0 for temp in temps)
     sys.stderr.write("rear: error: but %s holding %s are still in %s: not in the archives "
                      "yet; run 'rear scavenge --flush %s' ('rear status' says whose)\n"
                      % (_count(len(temps), "temp zip"), _count(entries, "entry"),

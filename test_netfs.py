@@ -452,14 +452,14 @@ def test_a_sidecar_another_client_keeps_replacing_is_read_not_reported_stale(cli
     os.makedirs(os.path.join(base_a, "inbox"))
     path_a = os.path.join(base_a, "inbox", "w.json")
     path_b = os.path.join(base_b, "inbox", "w.json")
-    manifest = rear._new_manifest(time.time())
-    rear._write_manifest(path_a, manifest)
+    manifest = rear._Sidecar(time.time())
+    rear._write_sidecar(path_a, manifest)
     _wait_until(lambda: os.path.exists(path_b))
     for number in range(60):
-        manifest["entries"] = number
-        rear._write_manifest(path_a, manifest)      # os.replace: a new inode each time
-        read = rear._read_manifest(path_b)          # must not raise ESTALE
-        assert read["format"] == "rear-manifest"
+        manifest.entries = number
+        rear._write_sidecar(path_a, manifest)       # os.replace: a new inode each time
+        read = rear._read_sidecar(path_b)           # must not raise ESTALE
+        assert read.format == "rear-manifest"
     COUNTS[target]["fix checks"] += 1
 
 

@@ -1237,7 +1237,7 @@ def write_raw_temp_zip(base, entries, sealed=False, cut=0, sidecar=True):
     an_hour_ago = time.time() - 3600
     os.utime(path, (an_hour_ago, an_hour_ago))    # its writer died long ago
     if sidecar:
-        manifest = rear._new_manifest(an_hour_ago)
+        manifest = rear._Sidecar(an_hour_ago).to_json()
         manifest["state"] = "sealed" if sealed else "open"
         with open(path[:-4] + ".json", "w") as handle:
             json.dump(manifest, handle)
@@ -1564,7 +1564,7 @@ def test_a_damaged_temp_zip_is_reported_left_in_place_and_the_rest_goes_on(base)
     with open(garbage, "wb") as handle:
         handle.write(os.urandom(500))
     with open(garbage[:-4] + ".json", "w") as handle:
-        json.dump(dict(rear._new_manifest(time.time()), state="sealed"), handle)
+        json.dump(dict(rear._Sidecar(time.time()).to_json(), state="sealed"), handle)
     fill(base, {"a.zip/ok": b"ok"})
     stats = rear.scavenge(base)
     assert [path for path, _reason in stats.errors] == [garbage]
@@ -1920,9 +1920,9 @@ def held_temp_zip(base):
 
 def _as_if_written_on(sidecar, host, still_for):
     """Make a held temp zip look like one of ``host``'s, unchanged for ``still_for`` s."""
-    manifest = rear._read_manifest(sidecar)
-    manifest["host"] = host
-    rear._write_manifest(sidecar, manifest)
+    manifest = rear._read_sidecar(sidecar)
+    manifest.host = host
+    rear._write_sidecar(sidecar, manifest)
     past = time.time() - still_for
     os.utime(sidecar[:-len(".json")] + ".zip", (past, past))
 
@@ -2072,7 +2072,7 @@ def test_status_classifies_temp_zips(base):
     with rear.rear_fs(base) as fs:
         fs.write_bytes("a.zip/open", b"o")
         report = rear.status(base, rotation_span=1)
-    states = sorted(temp["state"] for temp in report["temp_zips"])
+    states = sorted(temp.state for temp in report.temp_zips)
     assert states == ["damaged", "open", "sealed", "stale"]
 
 
@@ -2095,7 +2095,7 @@ WRITER_DIES_AT_CREATION = """
     import os, signal, sys, rear
     real = getattr(rear, sys.argv[2])
     def die_in_between(*args, **kwargs):
-        if sys.argv[2] == "_write_manifest" or args[0].endswith(".zip"):
+        if sys.argv[2] == "_write_sidecar" or args[0].endswith(".zip"):
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*args, **kwargs)
     setattr(rear, sys.argv[2], die_in_between)
@@ -2106,7 +2106,7 @@ WRITER_DIES_AT_CREATION = """
 """
 
 
-@pytest.mark.parametrize("step", ["_lock", "_write_manifest"])
+@pytest.mark.parametrize("step", ["_lock", "_write_sidecar"])
 def test_writer_killed_while_creating_its_temp_zip_leaves_nothing_a_flush_keeps(base, step):
     child = run_child(WRITER_DIES_AT_CREATION, base, step)
     assert child.wait(60) == -signal.SIGKILL
@@ -2120,15 +2120,15 @@ def test_writer_killed_while_creating_its_temp_zip_leaves_nothing_a_flush_keeps(
 
 
 def test_in_process_scavenger_never_touches_a_temp_zip_being_created(base, monkeypatch):
-    real_write_manifest = rear._write_manifest
+    real_write_sidecar = rear._write_sidecar
     seen = []
 
     def scavenge_first(path, manifest):
         if not seen:   # the temp zip is visible and locked, its sidecar not yet written
             seen.append(rear.scavenge(base, flush=True))
-        return real_write_manifest(path, manifest)
+        return real_write_sidecar(path, manifest)
 
-    monkeypatch.setattr(rear, "_write_manifest", scavenge_first)
+    monkeypatch.setattr(rear, "_write_sidecar", scavenge_first)
     with rear.rear_fs(base) as fs:
         fs.write_bytes("a.zip/x", b"x")
     assert seen and seen[0].busy == 1 and seen[0].files_moved == 0
@@ -2152,8 +2152,8 @@ def test_status_and_the_scavenger_agree_on_what_is_stale(base):
     # dead, but neither calls it stale: both wait for the grace period
     path = write_raw_temp_zip(base, [("a.zip/x", b"x")])
     os.utime(path)
-    (temp,) = rear.status(base, rotation_span=60)["temp_zips"]
-    assert temp["state"] == "dead" and temp["salvage_after"] > time.time() + 100
+    (temp,) = rear.status(base, rotation_span=60).temp_zips
+    assert temp.state == "dead" and temp.salvage_after > time.time() + 100
     assert rear.scavenge(base, rotation_span=60).waiting == 1
 
 
@@ -2200,7 +2200,7 @@ def test_cli_scavenge_names_damaged_temp_zips_and_exits_1(base):
     with open(os.path.join(base, "inbox", "bad.zip"), "wb") as handle:
         handle.write(b"garbage")
     with open(os.path.join(base, "inbox", "bad.json"), "w") as handle:
-        json.dump(dict(rear._new_manifest(time.time()), state="sealed"), handle)
+        json.dump(dict(rear._Sidecar(time.time()).to_json(), state="sealed"), handle)
     result = run_cli("scavenge", base)
     assert result.returncode == 1 and "bad.zip" in result.stderr
 
@@ -2272,8 +2272,8 @@ def test_status_names_a_dead_writers_temp_zip_with_its_entries_and_when_salvaged
     writer = run_child(WRITER_DIES_AFTER_WRITING, base)
     assert writer.wait(60) == 0
     report = rear.status(base, rotation_span=60)
-    (temp,) = report["temp_zips"]
-    assert temp["state"] == "dead" and temp["entries"] == 100
+    (temp,) = report.temp_zips
+    assert temp.state == "dead" and temp.entries == 100
     listed = run_cli("status", base, "--rotation", "60")
     assert "temp zips: 0 open, 0 sealed, 1 dead" in listed.stdout
     assert "its writer (pid %d on " % writer.pid in listed.stdout

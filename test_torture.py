@@ -889,7 +889,7 @@ def test_hostile_api_input_gets_a_clear_error(tmp_path, description, call, expec
 
 
 def _sealed_sidecar(zip_path, **changes):
-    manifest = dict(rear._new_manifest(time.time() - 3600), state="sealed", **changes)
+    manifest = dict(rear._Sidecar(time.time() - 3600).to_json(), state="sealed", **changes)
     with open(zip_path[:-4] + ".json", "w") as handle:
         handle.write(json.dumps(manifest))
 
