@@ -1690,6 +1690,144 @@ def _read_sidecar(path):
     return _Sidecar.from_json(document, path)
 
 
+# ---------------------------------------------------------------- settings
+#
+# Every setting is checked where it is given, here, for the library and the
+# CLI alike: the CLI turns these ValueErrors into usage errors.
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def _parse_size(text):
+    """Bytes of a size like "50G", "512MiB" or "1000000"; ValueError if it is not one."""
+    raw = text.strip().upper()
+    for suffix in ("IB", "B"):
+        if raw.endswith(suffix) and raw[:-len(suffix)][-1:] in _SIZE_UNITS:
+            raw = raw[:-len(suffix)]
+            break
+    unit = raw[-1:] if raw[-1:] in "KMGT" else ""
+    number = raw[:-1] if unit else raw
+    try:
+        value = int(float(number) * _SIZE_UNITS[unit])
+    except (ValueError, OverflowError):
+        raise ValueError("%r is not a size like 50G, 512M or 1000000" % text) from None
+    if value <= 0:
+        raise ValueError("size must be positive, not %r" % text)
+    return value
+
+
+def _max_size(value):
+    """max_size as a positive number of bytes; a size string like the CLI's
+    ("50G", "512M") is accepted too."""
+    if isinstance(value, str):
+        try:
+            return _parse_size(value)
+        except ValueError as err:
+            raise ValueError("max_size %s" % err) from None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("max_size must be a positive number of bytes or a size like '50G', "
+                         "not %r" % (value,))
+    return value
+
+
+class _Limits:
+    """When an archive is rolled over: at ``max_size`` bytes or
+    ``max_entries`` entries, whichever comes first."""
+
+    __slots__ = ("max_size", "max_entries")
+
+    def __init__(self, max_size, max_entries):
+        self.max_size = _max_size(max_size)
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError("max_entries must be a positive number of entries, not %r"
+                             % (max_entries,))
+        self.max_entries = max_entries
+
+
+def _rotation_or_env(rotation_span):
+    """The rotation span in seconds: given, else $REAR_ROTATION, else the default."""
+    if rotation_span is None:
+        raw = os.environ.get("REAR_ROTATION")
+        if raw:
+            try:
+                rotation_span = float(raw)
+            except ValueError as err:
+                raise ValueError("REAR_ROTATION=%r is not a number of seconds" % raw) from err
+        else:
+            rotation_span = DEFAULT_ROTATION_SPAN
+    if isinstance(rotation_span, bool) or not isinstance(rotation_span, (int, float)):
+        raise ValueError("rotation_span must be a number of seconds, not %r" % (rotation_span,))
+    if not 0 < rotation_span <= _MAX_ROTATION_SPAN:   # also refuses nan and inf
+        raise ValueError("rotation_span must be more than 0 and at most %d seconds (a week), "
+                         "not %r: a dead writer's temp zip waits twice the span before it "
+                         "is salvaged" % (_MAX_ROTATION_SPAN, rotation_span))
+    return float(rotation_span)
+
+
+def _base_or_env(base):
+    """The base as given, else $REAR_BASE (not checked: see _checked_base)."""
+    if base is None:
+        base = os.environ.get("REAR_BASE")
+        if not base:
+            raise ValueError("no base directory given and REAR_BASE is not set")
+    return os.fspath(base)
+
+
+def _checked_base(base, *, writing=False, may_be_missing=False):
+    """The absolute path of a base directory this user can use, else
+    RearError naming what is wrong and what to do.
+
+    A reader needs the base to exist and be readable; a scavenger
+    (``writing``) needs it readable and writable, and its ``inbox/`` too if
+    there is one; a writer (``writing`` and ``may_be_missing``) needs only
+    that what exists of the two is a writable directory: its first temp
+    zip creates them.
+    """
+    base = os.path.abspath(_base_or_env(base))
+    if not may_be_missing:
+        _check_checked_base(base, writing)
+    if writing:
+        for path in (base, os.path.join(base, _INBOX)) if may_be_missing \
+                else (os.path.join(base, _INBOX),):
+            if not _is_writable_directory(path):
+                break
+    return base
+
+
+def _check_checked_base(base, writing):
+    try:
+        st = os.stat(base)
+    except FileNotFoundError:
+        raise RearError("base directory %s does not exist; check the path (or $REAR_BASE)"
+                        % base, base) from None
+    except PermissionError as err:
+        raise RearError("base directory %s cannot be reached by this user: %s"
+                        % (base, err.strerror), base) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RearError("%s is not a directory; give the base directory, the one that "
+                        "holds inbox/" % base, base)
+    if not os.access(base, os.R_OK | os.X_OK | (os.W_OK if writing else 0)):
+        raise RearError("base directory %s cannot be %s by this user; run as its owner or "
+                        "fix its permissions" % (base, "read and written" if writing
+                                                  else "read"), base)
+
+
+def _is_writable_directory(path):
+    """True if ``path`` is a directory this user can write to, False if it
+    does not exist yet, else RearError naming it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False      # created with the first temp zip
+    if not stat.S_ISDIR(st.st_mode):
+        raise RearError("%s is not a directory; rear needs a directory as its base "
+                        "(it keeps temporary zips in BASE/inbox/)" % path, path)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RearError("%s is not writable by this user; give rear a base "
+                        "directory the job can write to" % path, path)
+    return True
+
+
 # ---------------------------------------------------------------- process-wide state
 #
 # Everything rear keeps per process, in one place: a forked child resets it
@@ -2150,7 +2288,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
     def __enter__(self):
         if self._closed:
             raise RearError("this rear_fs is closed; create a new one")
-        _check_writer_base(self.base)
+        _checked_base(self.base, writing=True, may_be_missing=True)
         with _ACTIVE_LOCK:
             if self._context_token is not None:
                 # Its inner 'with' would close it under the outer one.
@@ -2503,101 +2641,6 @@ def rear_open(path, mode="w", encoding=None, newline=None, errors=None):
 def rear_pickup(source, path):
     """Archive ``source`` (file or directory) as ``path`` when the block exits."""
     return _current_fs().pickup(source, path)
-
-
-def _check_writer_base(base):
-    """Refuse, naming it, a base a writer cannot use, before any file is
-    written through it (else the error came from the first 'with' block's
-    close, as a bare NotADirectoryError)."""
-    for path in (base, os.path.join(base, _INBOX)):
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return     # created with the first temp zip
-        if not stat.S_ISDIR(st.st_mode):
-            raise RearError("%s is not a directory; rear needs a directory as its base "
-                            "(it keeps temporary zips in BASE/inbox/)" % path, path)
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise RearError("%s is not writable by this user; give rear a base "
-                            "directory the job can write to" % path, path)
-
-
-def _base_or_env(base):
-    if base is None:
-        base = os.environ.get("REAR_BASE")
-        if not base:
-            raise ValueError("no base directory given and REAR_BASE is not set")
-    return os.fspath(base)
-
-
-def _rotation_or_env(rotation_span):
-    if rotation_span is None:
-        raw = os.environ.get("REAR_ROTATION")
-        if raw:
-            try:
-                rotation_span = float(raw)
-            except ValueError as err:
-                raise ValueError("REAR_ROTATION=%r is not a number of seconds" % raw) from err
-        else:
-            rotation_span = DEFAULT_ROTATION_SPAN
-    if isinstance(rotation_span, bool) or not isinstance(rotation_span, (int, float)):
-        raise ValueError("rotation_span must be a number of seconds, not %r" % (rotation_span,))
-    if not 0 < rotation_span <= _MAX_ROTATION_SPAN:   # also refuses nan and inf
-        raise ValueError("rotation_span must be more than 0 and at most %d seconds (a week), "
-                         "not %r: a dead writer's temp zip waits twice the span before it "
-                         "is salvaged" % (_MAX_ROTATION_SPAN, rotation_span))
-    return float(rotation_span)
-
-
-class _Limits:
-    """When an archive is rolled over: at ``max_size`` bytes or
-    ``max_entries`` entries, whichever comes first."""
-
-    __slots__ = ("max_size", "max_entries")
-
-    def __init__(self, max_size, max_entries):
-        self.max_size = _max_size(max_size)
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ValueError("max_entries must be a positive number of entries, not %r"
-                             % (max_entries,))
-        self.max_entries = max_entries
-
-
-def _max_size(value):
-    """max_size as a positive number of bytes; a size string like the CLI's
-    ("50G", "512M") is accepted too."""
-    if isinstance(value, str):
-        try:
-            return _parse_size(value)
-        except argparse.ArgumentTypeError as err:
-            raise ValueError("max_size %s" % err) from None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError("max_size must be a positive number of bytes or a size like '50G', "
-                         "not %r" % (value,))
-    return value
-
-
-def _existing_base(base, writing=False):
-    """The absolute path of an existing base directory this user can read
-    (and write, for ``writing``), else RearError saying what is wrong."""
-    base = os.path.abspath(_base_or_env(base))
-    try:
-        st = os.stat(base)
-    except FileNotFoundError:
-        raise RearError("base directory %s does not exist; check the path (or $REAR_BASE)"
-                        % base, base) from None
-    except PermissionError as err:
-        raise RearError("base directory %s cannot be reached by this user: %s"
-                        % (base, err.strerror), base) from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise RearError("%s is not a directory; give the base directory, the one that "
-                        "holds inbox/" % base, base)
-    needed = os.R_OK | os.X_OK | (os.W_OK if writing else 0)
-    if not os.access(base, needed):
-        raise RearError("base directory %s cannot be %s by this user; run as its owner or "
-                        "fix its permissions" % (base, "read and written" if writing
-                                                  else "read"), base)
-    return base
 
 
 # ---------------------------------------------------------------- scavenger
@@ -3845,8 +3888,7 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     dead_hosts = frozenset(dead_hosts)
     grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
     limits = _Limits(max_size, max_entries)
-    base = _existing_base(base, writing=True)
-    _check_writer_base(base)       # inbox/ too: a file there, or not ours to write
+    base = _checked_base(base, writing=True)
     inbox = os.path.join(base, _INBOX)
     stats = ScavengeStats()
     with _SCAVENGE_LOCK:
@@ -4583,7 +4625,7 @@ def open_archive(path, dest=None, pending=False, lock_timeout=_READ_LOCK_TIMEOUT
     if dest is None:
         path = os.path.abspath(os.fspath(path))
         return ArchiveReader([_ArchiveView(path, lock_timeout=lock_timeout)], name=path)
-    base = _existing_base(path)
+    base = _checked_base(path)
     if split_path(dest + "/_")[0] != dest:
         raise PathError("%r is not an archive path; give one like 'sub/name.zip'" % (dest,))
     views = []
@@ -4667,7 +4709,7 @@ def verify(path):
                             path)
         _verify_archive(path, report, _journal_of(path))
         return report
-    base = _existing_base(path)
+    base = _checked_base(path)
     # Lock files are locked per process: keep out of an in-process
     # scavenger's way, as status() does.
     with _SCAVENGE_LOCK:
@@ -4790,7 +4832,7 @@ def _known_fields(record):
 def status(base=None, rotation_span=None):
     """A BaseStatus: the temp zips (open/sealed/dead/stale/damaged), pending
     journals and final archives under ``base``."""
-    base = _existing_base(base)
+    base = _checked_base(base)
     grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
     inbox = os.path.join(base, _INBOX)
     # Probing a lock opens and closes a descriptor, which would drop the lock
@@ -4891,26 +4933,6 @@ def _count_complete_entries(path, size):
 
 # ---------------------------------------------------------------- CLI
 
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
-
-
-def _parse_size(text):
-    raw = text.strip().upper()
-    for suffix in ("IB", "B"):
-        if raw.endswith(suffix) and raw[:-len(suffix)][-1:] in _SIZE_UNITS:
-            raw = raw[:-len(suffix)]
-            break
-    unit = raw[-1:] if raw[-1:] in "KMGT" else ""
-    number = raw[:-1] if unit else raw
-    try:
-        value = int(float(number) * _SIZE_UNITS[unit])
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a size like 50G, 512M or 1000000" % text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("size must be positive, not %r" % text)
-    return value
-
-
 _EXIT_CODES = """exit codes:
   0  done (verify: every archive read back with its CRCs)
   1  some work failed or was not done; each problem is one line on stderr, e.g.
@@ -4920,6 +4942,14 @@ _EXIT_CODES = """exit codes:
   2  usage error (an unknown option, a missing argument, no base and no $REAR_BASE)
   3  not finished: temp zips remain in inbox/ after 'scavenge --flush' (each named,
      with its writer and whether it still runs), or are not archived yet at 'verify'"""
+
+
+def _size_arg(text):
+    """--max-size: checked as the library checks max_size, as a usage error."""
+    try:
+        return _parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
 
 
 def _rotation_arg(text):
@@ -5041,7 +5071,7 @@ def _cmd_scavenge(args):
             code = _report_errors(stats)
             if not args.watch:
                 if args.flush and not code:
-                    code = _report_unfinished(_existing_base(args.base), args.rotation)
+                    code = _report_unfinished(_checked_base(args.base), args.rotation)
                 return code
             time.sleep(args.watch)
     except KeyboardInterrupt:
@@ -5386,35 +5416,29 @@ def _run_demo(directory, workers, files):
     return 0 if archived == expected and not report and not failed else 1
 
 
-def _build_parser():
-    parser = argparse.ArgumentParser(
-        prog="rear", description="Remote Archiver: safely collect many small output files "
-        "into zip archives on a shared filesystem.", epilog=_EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version="rear " + __version__)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
+class _Command:
+    """One subcommand of ``rear``: its help line and example, how its
+    arguments are declared, what runs it, and whether it can commit (so an
+    interrupted run must say what became of the commit in progress)."""
 
-    def add(name, help_text, example):
-        sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  epilog="example: " + example,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        verbosity = sub.add_mutually_exclusive_group()
-        verbosity.add_argument("-v", "--verbose", action="store_true", help="log more")
-        verbosity.add_argument("-q", "--quiet", action="store_true", help="print only errors")
-        return sub
+    __slots__ = ("name", "help", "example", "add_arguments", "run", "commits")
 
-    def add_base(sub):
-        sub.add_argument("base", nargs="?", default=None,
-                         help="base directory (default: $REAR_BASE)")
-        sub.add_argument("--rotation", type=_rotation_arg, default=None, metavar="S",
-                         help="workers' rotation span in seconds (default: $REAR_ROTATION "
-                         "or 300); unsealed temp zips of dead writers are salvaged "
-                         "after twice this")
+    def __init__(self, name, help_text, example, add_arguments, run, commits=False):
+        self.name, self.help, self.example = name, help_text, example
+        self.add_arguments, self.run, self.commits = add_arguments, run, commits
 
-    sub = add("scavenge", "move entries from temp zips into the final archives",
-              "rear scavenge /scratch/run42 --flush")
-    add_base(sub)
+
+def _add_base_arguments(sub):
+    sub.add_argument("base", nargs="?", default=None,
+                     help="base directory (default: $REAR_BASE)")
+    sub.add_argument("--rotation", type=_rotation_arg, default=None, metavar="S",
+                     help="workers' rotation span in seconds (default: $REAR_ROTATION "
+                     "or 300); unsealed temp zips of dead writers are salvaged "
+                     "after twice this")
+
+
+def _add_scavenge_arguments(sub):
+    _add_base_arguments(sub)
     sub.add_argument("--flush", action="store_true",
                      help="also salvage unsealed temp zips of dead writers now")
     sub.add_argument("--dead-host", action="append", default=[], metavar="HOST",
@@ -5424,22 +5448,19 @@ def _build_parser():
                      "repeatable.  Never name a node that runs")
     sub.add_argument("--watch", type=_positive_float, default=None, metavar="S",
                      help="repeat every S seconds until interrupted")
-    sub.add_argument("--max-size", type=_parse_size, default=DEFAULT_MAX_SIZE, metavar="SIZE",
+    sub.add_argument("--max-size", type=_size_arg, default=DEFAULT_MAX_SIZE, metavar="SIZE",
                      help="roll an archive over to name-N.zip at this size (default 50G)")
     sub.add_argument("--max-entries", type=_positive_int, default=DEFAULT_MAX_ENTRIES,
                      metavar="N", help="... or at this many entries (default %d)"
                      % DEFAULT_MAX_ENTRIES)
-    sub.set_defaults(func=_cmd_scavenge)
 
-    sub = add("status", "show temp zips, interrupted commits and archives",
-              "rear status /scratch/run42 --json")
-    add_base(sub)
+
+def _add_status_arguments(sub):
+    _add_base_arguments(sub)
     sub.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.set_defaults(func=_cmd_status)
 
-    sub = add("ls", "list an archive's members like 'unzip -l', streaming; given a base "
-              "and an archive path, the whole series name.zip, name-0.zip, ...",
-              "rear ls /scratch/run42 logs.zip --pending")
+
+def _add_ls_arguments(sub):
     sub.add_argument("target", help="an archive (BASE/logs.zip), or a base directory")
     sub.add_argument("archive", nargs="?", default=None,
                      help="with a base: the archive path in it, like 'logs.zip' or "
@@ -5454,28 +5475,19 @@ def _build_parser():
                        "mode, mtime, date_time, archive, pending)")
     shape.add_argument("-1", dest="names_only", action="store_true",
                        help="names only, one per line, like 'zipinfo -1'")
-    sub.set_defaults(func=_cmd_ls)
 
-    sub = add("cat", "write one member to stdout, CRC-checked: from an archive, or from "
-              "a base's series and, failing that, its inbox (not scavenged yet)",
-              "rear cat /scratch/run42 logs.zip/task-17/out.txt")
+
+def _add_cat_arguments(sub):
     sub.add_argument("target", help="an archive (BASE/logs.zip), or a base directory")
     sub.add_argument("member", help="the member's name in the archive, as 'rear ls' "
                      "lists it; with a base: its full path, like 'logs.zip/task-17/out.txt'")
-    sub.set_defaults(func=_cmd_cat)
 
-    sub = add("verify", "CRC-check every member of an archive or of every archive "
-              "under a base", "rear verify /scratch/run42")
+
+def _add_verify_arguments(sub):
     sub.add_argument("path", help="a base directory (every archive under it) or one archive")
-    sub.set_defaults(func=_cmd_verify)
 
-    sub = add("recover", "roll back interrupted commits and salvage temp zips of dead "
-              "writers", "rear recover /scratch/run42")
-    add_base(sub)
-    sub.set_defaults(func=_cmd_recover)
 
-    sub = add("demo", "several workers write thousands of files, a scavenger collects "
-              "them, everything is verified", "rear demo /tmp/rear-demo")
+def _add_demo_arguments(sub):
     sub.add_argument("dir", nargs="?", default=None,
                      help="where to put the demo base and keep its archives (default: a "
                      "temporary directory, removed at the end)")
@@ -5483,7 +5495,53 @@ def _build_parser():
                      help="worker processes (default 4)")
     sub.add_argument("--files", type=_positive_int, default=2000, metavar="N",
                      help="files per worker (default 2000)")
-    sub.set_defaults(func=_cmd_demo)
+
+
+#: Every subcommand, in the order ``rear --help`` lists them.
+_COMMANDS = (
+    _Command("scavenge", "move entries from temp zips into the final archives",
+             "rear scavenge /scratch/run42 --flush", _add_scavenge_arguments,
+             _cmd_scavenge, commits=True),
+    _Command("status", "show temp zips, interrupted commits and archives",
+             "rear status /scratch/run42 --json", _add_status_arguments,
+             _cmd_status),
+    _Command("ls", "list an archive's members like 'unzip -l', streaming; given a base "
+             "and an archive path, the whole series name.zip, name-0.zip, ...",
+             "rear ls /scratch/run42 logs.zip --pending", _add_ls_arguments,
+             _cmd_ls),
+    _Command("cat", "write one member to stdout, CRC-checked: from an archive, or from "
+             "a base's series and, failing that, its inbox (not scavenged yet)",
+             "rear cat /scratch/run42 logs.zip/task-17/out.txt", _add_cat_arguments,
+             _cmd_cat),
+    _Command("verify", "CRC-check every member of an archive or of every archive "
+             "under a base", "rear verify /scratch/run42", _add_verify_arguments,
+             _cmd_verify),
+    _Command("recover", "roll back interrupted commits and salvage temp zips of dead "
+             "writers", "rear recover /scratch/run42", _add_base_arguments,
+             _cmd_recover, commits=True),
+    _Command("demo", "several workers write thousands of files, a scavenger collects "
+             "them, everything is verified", "rear demo /tmp/rear-demo",
+             _add_demo_arguments, _cmd_demo),
+)
+
+
+def _build_parser():
+    parser = argparse.ArgumentParser(
+        prog="rear", description="Remote Archiver: safely collect many small output files "
+        "into zip archives on a shared filesystem.", epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version="rear " + __version__)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for command in _COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help,
+                                    epilog="example: " + command.example,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        verbosity = sub.add_mutually_exclusive_group()
+        verbosity.add_argument("-v", "--verbose", action="store_true", help="log more")
+        verbosity.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+        command.add_arguments(sub)
+        sub.set_defaults(command_entry=command)
     return parser
 
 
@@ -5504,7 +5562,7 @@ def _configure_logging(args):
 def _run(args):
     handler = _configure_logging(args)
     try:
-        return args.func(args)
+        return args.command_entry.run(args)
     except BrokenPipeError:
         # 'rear ls | head': the reader went away; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -5513,7 +5571,7 @@ def _run(args):
         sys.stderr.write("rear: error: %s\n" % err)
         return 1
     except KeyboardInterrupt:
-        if args.func in (_cmd_scavenge, _cmd_recover):
+        if args.command_entry.commits:
             sys.stderr.write("rear: interrupted; a commit in progress was rolled back and "
                              "nothing acknowledged is lost: run the command again to "
                              "finish\n")
@@ -5540,9 +5598,11 @@ def _require_base(parser, args):
 
 
 def legacy_main(argv=None):
-    """``rear-scavenger -d BASE [--flush] [--rotation S]``, as in rear 0.1."""
+    """``rear-scavenger -d BASE [--flush] [--rotation S]``, as in rear 0.1:
+    the same as ``rear scavenge``."""
     parser = argparse.ArgumentParser(prog="rear-scavenger",
-                                     description="Run one scavenger pass (rear 0.1 style).")
+                                     description="Run one scavenger pass (rear 0.1 style); "
+                                     "the same as 'rear scavenge'.")
     parser.add_argument("-d", "--directory", dest="base", default=None,
                         help="base directory (default: $REAR_BASE)")
     parser.add_argument("--flush", action="store_true",
@@ -5553,13 +5613,10 @@ def legacy_main(argv=None):
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     args = parser.parse_args(argv)
     _require_base(parser, args)
-    args.watch = None
-    args.verbose = False
-    args.max_size = DEFAULT_MAX_SIZE
-    args.max_entries = DEFAULT_MAX_ENTRIES
-    args.dead_host = []
-    args.func = _cmd_scavenge
-    return _run(args)
+    return main(["scavenge"] + (["--flush"] if args.flush else [])
+                + (["--quiet"] if args.quiet else [])
+                + (["--rotation", repr(args.rotation)] if args.rotation is not None else [])
+                + ([args.base] if args.base is not None else []))
 
 
 if __name__ == "__main__":

@@ -2205,15 +2205,13 @@ def test_cli_scavenge_names_damaged_temp_zips_and_exits_1(base):
     assert result.returncode == 1 and "bad.zip" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["scavenge", "status", "ls", "cat", "verify",
-                                     "recover", "demo"])
+@pytest.mark.parametrize("command", [command.name for command in rear._COMMANDS])
 def test_every_subcommand_has_help_with_an_example(command):
     result = run_cli(command, "--help")
     assert result.returncode == 0 and "example: rear %s" % command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["scavenge", "status", "ls", "cat", "verify",
-                                     "recover", "demo"])
+@pytest.mark.parametrize("command", [command.name for command in rear._COMMANDS])
 def test_every_argument_and_option_has_help_text(command):
     parser = rear._build_parser()
     subparser = parser._subparsers._group_actions[0].choices[command]
