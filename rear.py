@@ -195,8 +195,6 @@ Usage
     rear.read_bytes("/scratch/run42", "logs.zip/task-17/out.txt")   # any time
 """
 
-from __future__ import annotations
-
 import argparse
 import atexit
 import collections
@@ -444,16 +442,9 @@ _EXTRACT_VERSION = {
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-#: How long a scavenger holding a lock retries a file that does not parse,
-#: in case its client's cache lags the server (GlusterFS: 1-2 s).  A file
-#: damaged for real costs this much delay once per pass.
-_STALE_VIEW_WAIT = 5.0
-#: Sleeps between the tries of a lookup that fails with ESTALE (another
-#: client replaced or removed the file between our lookup of its name and
-#: our use of the handle: NFS, GlusterFS).  Ten tries over 3.27 s:
-#: GlusterFS kept handing out the stale handle for as long as its 1 s entry
-#: cache, and 0.6 s of retries were not enough.
-_ESTALE_DELAYS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0)
+# The retry policies (_Backoff, in "platform") are named with the retry
+# loops that use them: _ESTALE_RETRY, _STALE_VIEW_RETRY, _LOCK_POLL,
+# _UNPARSED_RETRY.
 
 # ---------------------------------------------------------------- errors
 
@@ -592,7 +583,7 @@ async def _off_the_event_loop(function, *args):
     return function(*args)
 
 
-def _hostname(host=None):
+def _short_hostname(host=None):
     """This host's name (or ``host``), reduced to characters that are safe
     in file names: how it starts the names of its writers' temp zips."""
     name = (host or socket.gethostname()).split(".")[0] or "host"
@@ -620,6 +611,45 @@ def _process_state(pid):
     return _PROCESS_RUNNING
 
 
+class _Backoff:
+    """A retry policy: sleep ``first`` seconds after a failed try, doubling
+    each time up to ``cap``, for at most ``tries`` retries or until
+    ``total`` seconds have passed since the first try."""
+
+    __slots__ = ("first", "cap", "tries", "total")
+
+    def __init__(self, first, cap, tries=None, total=None):
+        self.first, self.cap, self.tries, self.total = first, cap, tries, total
+
+    def delays(self, total=None):
+        """The sleeps between tries (``total`` overrides the policy's)."""
+        total = self.total if total is None else total
+        deadline = None if total is None else time.monotonic() + total
+        delay, count = self.first, 0
+        while (self.tries is None or count < self.tries) \
+                and (deadline is None or time.monotonic() < deadline):
+            yield delay
+            delay, count = min(delay * 2, self.cap), count + 1
+
+
+#: A lookup that fails with ESTALE (another client replaced or removed the
+#: file between our lookup of its name and our use of the handle: NFS,
+#: GlusterFS): ten tries over 3.27 s.  GlusterFS kept handing out the stale
+#: handle for as long as its 1 s entry cache, and 0.6 s of retries were not
+#: enough.
+_ESTALE_RETRY = _Backoff(first=0.01, cap=1.0, tries=9)
+#: A scavenger holding a lock retries a file that does not parse in case its
+#: client's cache lags the server (GlusterFS: 1-2 s).  A file damaged for
+#: real costs this much delay once per pass.
+_STALE_VIEW_RETRY = _Backoff(first=0.05, cap=1.0, total=5.0)
+#: A reader polls a busy archive lock (taken shared, non-blocking, so that
+#: its wait is bounded) up to its lock_timeout.
+_LOCK_POLL = _Backoff(first=0.001, cap=0.05)
+#: A reader without the lock finds an archive mid-commit: four more tries
+#: 0.1 s apart.
+_UNPARSED_RETRY = _Backoff(first=0.1, cap=0.1, tries=4)
+
+
 # ---------------------------------------------------------------- network filesystems
 #
 # Several clients of one filesystem (NFS, GlusterFS, Lustre, CephFS...) see
@@ -638,7 +668,7 @@ def _process_state(pid):
 #    close) fails with ENOENT or ESTALE, the _GONE_ERRNOS.  Where rear holds
 #    the lock that orders such removals, a gone file was finished by whoever
 #    held it before (a journal recovered, an index replaced); a temp zip
-#    that _vanished was ingested by another client's scavenger.  Neither is
+#    that _is_vanished was ingested by another client's scavenger.  Neither is
 #    an error.  Descriptors nothing was written through are closed with
 #    _close_read_only, which accepts the same.
 # 3. Sizes and bytes of a file another client changes are read only with
@@ -655,8 +685,8 @@ _GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE})
 
 def _retry_stale(function, *args, **kwargs):
     """Call ``function(*args)``, which looks a path up afresh each call,
-    again after each delay of _ESTALE_DELAYS while it fails with ESTALE."""
-    for delay in _ESTALE_DELAYS:
+    again by _ESTALE_RETRY while it fails with ESTALE."""
+    for delay in _ESTALE_RETRY.delays():
         try:
             return function(*args, **kwargs)
         except OSError as err:
@@ -695,7 +725,7 @@ def _read_existing(path):
         return None
 
 
-def _vanished(err, path):
+def _is_vanished(err, path):
     """Did ``err`` come from ``path`` being removed under us (rule 2)?"""
     cause = err if isinstance(err, OSError) else err.__cause__
     return (isinstance(cause, OSError) and cause.errno in _GONE_ERRNOS
@@ -713,7 +743,7 @@ def _close_read_only(fd):
             raise
 
 
-def _release(owner, close=_close_read_only):
+def _close_held(owner, close=_close_read_only):
     """Close ``owner.fd`` once (a descriptor nothing was written through,
     unless ``close`` says otherwise) and mark it closed."""
     if owner.fd >= 0:
@@ -755,25 +785,23 @@ def _await_current_view(fd, path, read):
     the refresh shows the view was lagging, a view that does not parse may
     still be a cache catching up (GlusterFS's client translators served old
     bytes of small files for a second or two more): it is refreshed and read
-    again until _STALE_VIEW_WAIT has passed, then the error stands.  On a
+    again by _STALE_VIEW_RETRY, then the error stands.  On a
     local filesystem nothing lags and an error stands at once.  Trusting a
     lagging view, a scavenger on GlusterFS appended over entries another
     client had just committed (found by test_netfs.py).
     """
-    delay = 0.05
-    deadline = time.monotonic() + _STALE_VIEW_WAIT
     lagged = False
-    while True:
+    for delay in _STALE_VIEW_RETRY.delays():
         st, changed = _refresh_view(fd)
         lagged = lagged or changed
         try:
             return read(st)
         except RearError:
-            if not lagged or time.monotonic() > deadline:
+            if not lagged:
                 raise
             _log.info("%s does not parse; waiting in case this client's cache lags", path)
         time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+    return read(_refresh_view(fd)[0])
 
 
 # ---------------------------------------------------------------- durable I/O
@@ -795,7 +823,7 @@ def _pwrite_all(fd, data, offset):
         offset += written
 
 
-def _truncated(path, missing):
+def _truncation_error(path, missing):
     return TempZipError("%s ends %d bytes early (truncated)" % (path, missing), path)
 
 
@@ -806,7 +834,7 @@ def _pread_exact(fd, size, offset, path):
     while remaining:
         chunk = os.pread(fd, min(remaining, _CHUNK * 16), offset)
         if not chunk:
-            raise _truncated(path, remaining)
+            raise _truncation_error(path, remaining)
         chunks.append(chunk)
         remaining -= len(chunk)
         offset += len(chunk)
@@ -835,7 +863,7 @@ class _ChunkReader:
     def read_exact(self, offset, size):
         data = self.read(offset, size)
         if len(data) < size:
-            raise _truncated(self.path, size - len(data))
+            raise _truncation_error(self.path, size - len(data))
         return data
 
 
@@ -852,14 +880,14 @@ def _copy_range(src_fd, src_offset, dst_fd, dst_offset, length, src_path):
                 break
             raise
         if copied == 0:
-            raise _truncated(src_path, length)
+            raise _truncation_error(src_path, length)
         src_offset += copied
         dst_offset += copied
         length -= copied
     while length:
         chunk = os.pread(src_fd, min(length, _CHUNK), src_offset)
         if not chunk:
-            raise _truncated(src_path, length)
+            raise _truncation_error(src_path, length)
         _pwrite_all(dst_fd, chunk, dst_offset)
         src_offset += len(chunk)
         dst_offset += len(chunk)
@@ -973,14 +1001,14 @@ def _external_attr(mode):
     return ((mode & 0xFFFF) << 16) | (_MSDOS_DIRECTORY if stat.S_ISDIR(mode) else 0)
 
 
-def _timestamp_extra(entry):
+def _pack_timestamp_extra(entry):
     if entry.mtime is None:
         return b""
     return _EXTENDED_TIMESTAMP.pack(_EXTENDED_TIMESTAMP_ID, _EXTENDED_TIMESTAMP.size - 4,
                                     _UT_MTIME, entry.mtime)
 
 
-def _mode_extra(entry):
+def _pack_mode_extra(entry):
     """The ASi Unix field for a temp zip's local header, b"" for the default."""
     mode = entry.external_attr >> 16
     if mode == _DEFAULT_FILE_MODE:
@@ -1000,13 +1028,13 @@ def _encode_name(name):
     return encoded, (0 if encoded.isascii() else _FLAG_UTF8)
 
 
-def _local_header(entry, encoded=None, with_mode=False):
+def _pack_local_header(entry, encoded=None, with_mode=False):
     """Local file header + name + extra for ``entry`` (sizes known up front),
     under the name ``encoded`` (bytes, UTF-8 flag) if given; ``with_mode``
     (temp zips) adds the entry's mode for salvage."""
     name, utf8_flag = encoded or _encode_name(entry.name)
     zip64 = entry.file_size >= _U32_LIMIT or entry.compressed_size >= _U32_LIMIT
-    extra = _timestamp_extra(entry) + (_mode_extra(entry) if with_mode else b"")
+    extra = _pack_timestamp_extra(entry) + (_pack_mode_extra(entry) if with_mode else b"")
     file_size, compressed_size = entry.file_size, entry.compressed_size
     if zip64:
         # 4.5.3: in a local header the zip64 extra holds both sizes.
@@ -1021,7 +1049,7 @@ def _local_header(entry, encoded=None, with_mode=False):
     return header + name + extra
 
 
-def _central_record(entry, header_offset, encoded=None):
+def _pack_central_record(entry, header_offset, encoded=None):
     """Central directory record for ``entry`` whose local header is at the
     offset, under the name ``encoded`` (bytes, UTF-8 flag) if given."""
     name, utf8_flag = encoded or _encode_name(entry.name)
@@ -1037,7 +1065,7 @@ def _central_record(entry, header_offset, encoded=None):
     if offset >= _U32_LIMIT:
         fields.append(offset)
         offset = _U32_LIMIT
-    extra = _timestamp_extra(entry)
+    extra = _pack_timestamp_extra(entry)
     if fields:
         extra = _EXTRA_HEADER.pack(_ZIP64_EXTRA_ID, 8 * len(fields)) + struct.pack(
             "<%dQ" % len(fields), *fields) + extra
@@ -1050,7 +1078,7 @@ def _central_record(entry, header_offset, encoded=None):
     return record + name + extra
 
 
-def _end_records(count, cd_size, cd_offset, comment=b""):
+def _pack_end_records(count, cd_size, cd_offset, comment=b""):
     """Zip64 end record and locator when needed, then the end record."""
     out = b""
     if count >= _U16_LIMIT or cd_size >= _U32_LIMIT or cd_offset >= _U32_LIMIT:
@@ -1125,7 +1153,7 @@ def _read_end_records(fd, size, path, error=ArchiveError):
     return _CentralDirectory(count, cd_offset, cd_size, comment)
 
 
-def _extra_field(extra, wanted_id):
+def _find_extra_field(extra, wanted_id):
     """The body of the first extra field with id ``wanted_id`` (4.5.1), or None."""
     pos = 0
     while pos + _EXTRA_HEADER.size <= len(extra):
@@ -1136,26 +1164,26 @@ def _extra_field(extra, wanted_id):
     return None
 
 
-def _zip64_values(extra, wanted):
+def _parse_zip64_extra(extra, wanted):
     """The 64-bit values of the zip64 extra field, in APPNOTE order."""
-    body = _extra_field(extra, _ZIP64_EXTRA_ID) or b""
+    body = _find_extra_field(extra, _ZIP64_EXTRA_ID) or b""
     count = min(wanted, len(body) // 8)
     return list(struct.unpack_from("<%dQ" % count, body))
 
 
-def _extra_mtime(extra):
+def _parse_timestamp_extra(extra):
     """The modification time of a UT extra field, Unix seconds, or None."""
     if extra[:5] == _UT_AS_REAR_WRITES_IT:   # the common case, without a walk
         return int.from_bytes(extra[5:9], "little") if len(extra) >= 9 else None
-    body = _extra_field(extra, _EXTENDED_TIMESTAMP_ID)
+    body = _find_extra_field(extra, _EXTENDED_TIMESTAMP_ID)
     if body is None or len(body) < 5 or not body[0] & _UT_MTIME:
         return None
     return struct.unpack_from("<L", body, 1)[0]
 
 
-def _extra_mode(extra):
+def _parse_mode_extra(extra):
     """The st_mode of an ASi Unix extra field whose CRC holds, or None."""
-    body = _extra_field(extra, _ASI_UNIX_ID)
+    body = _find_extra_field(extra, _ASI_UNIX_ID)
     if body is None or len(body) < _ASI_UNIX.size - 4:
         return None
     (crc,) = struct.unpack_from("<L", body)
@@ -1177,7 +1205,7 @@ def _decode_central_name(raw, flags, path, where, error):
         raise error("%s: entry name at byte %d is not valid UTF-8" % (path, where), path) from err
 
 
-def _central_records(reader, directory, path, error=ArchiveError, start=0, count=None):
+def _iter_central_records(reader, directory, path, error=ArchiveError, start=0, count=None):
     """Yield (position, fields, raw name, extra) for the records of the
     central directory ``directory``, read through ``reader`` (a
     _ChunkReader: its descriptor and read-ahead size), from ``start`` (a
@@ -1235,14 +1263,14 @@ def _short_central_directory(path, directory, error):
                  % (path, directory.count), path)
 
 
-def _central_entry(fields, raw_name, extra, path, where, error=ArchiveError):
+def _parse_central_entry(fields, raw_name, extra, path, where, error=ArchiveError):
     """The _Entry a central record describes, zip64 values resolved."""
     file_size = fields[_CD_UNCOMPRESSED_SIZE]
     compressed_size = fields[_CD_COMPRESSED_SIZE]
     header_offset = fields[_CD_LOCAL_HEADER_OFFSET]
     if _U32_LIMIT in (file_size, compressed_size, header_offset):
         # 4.5.3: only the fields that overflow are in the extra, in this order.
-        values = _zip64_values(extra, 3)
+        values = _parse_zip64_extra(extra, 3)
         if file_size == _U32_LIMIT and values:
             file_size = values.pop(0)
         if compressed_size == _U32_LIMIT and values:
@@ -1254,15 +1282,15 @@ def _central_entry(fields, raw_name, extra, path, where, error=ArchiveError):
                    fields[_CD_COMPRESS_TYPE], fields[_CD_TIME], fields[_CD_DATE],
                    fields[_CD_CRC], compressed_size, file_size,
                    fields[_CD_EXTERNAL_FILE_ATTRIBUTES], header_offset,
-                   mtime=_extra_mtime(extra))
+                   mtime=_parse_timestamp_extra(extra))
     entry.raw_name = raw_name
     return entry
 
 
-def _central_entries(reader, directory, path, error=ArchiveError):
+def _iter_central_entries(reader, directory, path, error=ArchiveError):
     """Yield the _Entry of every central record, in central directory order."""
-    for position, fields, raw_name, extra in _central_records(reader, directory, path, error):
-        yield _central_entry(fields, raw_name, extra, path, directory.cd_offset + position,
+    for position, fields, raw_name, extra in _iter_central_records(reader, directory, path, error):
+        yield _parse_central_entry(fields, raw_name, extra, path, directory.cd_offset + position,
                              error)
 
 
@@ -1285,7 +1313,7 @@ def _read_local_header(reader, offset, size):
     variable = reader.read(offset + _LOCAL_STRUCT.size, name_len + extra_len)
     raw_name, extra = variable[:name_len], variable[name_len:]
     if file_size == _U32_LIMIT or compressed_size == _U32_LIMIT:
-        values = _zip64_values(extra, 2)
+        values = _parse_zip64_extra(extra, 2)
         if len(values) == 2:
             file_size, compressed_size = values
     try:
@@ -1295,15 +1323,15 @@ def _read_local_header(reader, offset, size):
     # A local header has no external attributes: rear's writer puts a mode
     # other than the default in an ASi Unix field; a name ending in "/" is
     # a directory (the Info-ZIP convention) even without one.
-    mode = _extra_mode(extra)
+    mode = _parse_mode_extra(extra)
     if mode is None:
         mode = (stat.S_IFDIR | 0o755) if name.endswith("/") else _DEFAULT_FILE_MODE
     return _Entry(name, flags, method, dos_time, dos_date, crc, compressed_size,
                   file_size, _external_attr(mode), header_offset=offset,
-                  data_offset=variable_end, mtime=_extra_mtime(extra))
+                  data_offset=variable_end, mtime=_parse_timestamp_extra(extra))
 
 
-def _get_decompressor(method):
+def _new_decompressor(method):
     # zipfile's own factory knows the LZMA property header (APPNOTE 5.8.8) and
     # zstd on 3.14; it has had this name and signature since Python 3.6.
     return zipfile._get_decompressor(method)
@@ -1313,7 +1341,7 @@ def _entry_data_is_intact(reader, entry):
     """Decompress ``entry`` read through ``reader``: size, CRC-32 and a
     complete stream."""
     try:
-        decompressor = _get_decompressor(entry.method)
+        decompressor = _new_decompressor(entry.method)
     except (NotImplementedError, RuntimeError):
         return False
     crc = 0
@@ -1421,7 +1449,7 @@ def _read_central_entries(fd, size, path, error, check_small=False, small_crc=No
     if not check_small or small_limit is None:
         small_crc = None
     directory = _read_end_records(fd, size, path, error)
-    entries = list(_central_entries(_ChunkReader(fd, path), directory, path, error))
+    entries = list(_iter_central_entries(_ChunkReader(fd, path), directory, path, error))
     reader = _ChunkReader(fd, path)
     running = 0
     # In file order: the recorded CRC runs over the bytes in that order.
@@ -1445,16 +1473,16 @@ def _read_central_entries(fd, size, path, error, check_small=False, small_crc=No
                 running = zlib.crc32(reader.read_exact(entry.header_offset,
                                                        end - entry.header_offset), running)
         elif (check_small and entry.compressed_size <= _SMALL_ENTRY
-              and _copyable(entry) and not _entry_data_is_intact(reader, entry)):
+              and _is_copyable(entry) and not _entry_data_is_intact(reader, entry)):
             # (an entry rear would not copy anyway gets its precise error
             # from the claim)
-            raise _damaged_entry(path, entry.name, error)
+            raise _damaged_entry_error(path, entry.name, error)
     if small_crc is not None and running != small_crc:
-        raise _damaged_entry(path, None, error)
+        raise _damaged_entry_error(path, None, error)
     return entries
 
 
-def _copyable(entry):
+def _is_copyable(entry):
     """Does rear understand the entry's flags and compression method?"""
     return not entry.flags & ~_FLAGS_UNDERSTOOD and entry.method in _COMPRESSION.values()
 
@@ -1463,7 +1491,7 @@ def _header_offset(entry):
     return entry.header_offset
 
 
-def _damaged_entry(path, name, error):
+def _damaged_entry_error(path, name, error):
     what = ("entry %r fails its" % name if name is not None
             else "its small entries fail their")
     return error("%s: %s integrity check (CRC, size or end of stream; damaged on "
@@ -1490,7 +1518,7 @@ def split_path(path):
     try:
         encoded = path.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise _not_utf8(path) from err
+        raise _not_utf8_error(path) from err
     if len(encoded) > _MAX_NAME:
         raise PathError("archive path is %d UTF-8 bytes long; zip names are limited to %d"
                         % (len(encoded), _MAX_NAME))
@@ -1508,7 +1536,7 @@ def split_path(path):
             raise PathError("archive path %r has a %r component; components must be "
                             "non-empty and not '.' or '..'" % (path, component))
         if len(component.encode("utf-8")) > _MAX_COMPONENT:
-            raise _component_too_long(path, component)
+            raise _component_too_long_error(path, component)
     if components[0] == _INBOX:
         raise PathError("archive path %r starts with %r, which rear reserves for its "
                         "temporary files" % (path, _INBOX))
@@ -1524,16 +1552,16 @@ def split_path(path):
                     "like 'name.zip/member/path'" % (path,))
 
 
-def _not_utf8(path):
+def _not_utf8_error(path):
     """PathError naming the component of ``path`` that is not UTF-8 text (a
     lone surrogate: a file name in another encoding, as os.listdir gives it)."""
     bad = next((component for component in path.split("/")
-                if not _encodes(component)), path)
+                if not _is_utf8_encodable(component)), path)
     return PathError("archive path %r: component %r is not valid UTF-8 (a file name in "
                      "another encoding?); rename it, zip names are UTF-8" % (path, bad))
 
 
-def _encodes(text):
+def _is_utf8_encodable(text):
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -1541,7 +1569,7 @@ def _encodes(text):
     return True
 
 
-def _component_too_long(path, component):
+def _component_too_long_error(path, component):
     return PathError("archive path %r...: component %r... is %d UTF-8 bytes; unzip and "
                      "most filesystems cannot extract a name longer than %d"
                      % (path[:60], component[:40], len(component.encode("utf-8")),
@@ -1556,7 +1584,7 @@ def _split_known(path, known):
     directory, _slash, last = path.rpartition("/")
     split = known.get(directory)
     if (split is not None and last not in ("", ".", "..") and "\x00" not in last
-            and "\\" not in last and _encodes(path) and len(path.encode("utf-8")) <= _MAX_NAME
+            and "\\" not in last and _is_utf8_encodable(path) and len(path.encode("utf-8")) <= _MAX_NAME
             and len(last.encode("utf-8")) <= _MAX_COMPONENT):
         dest, prefix = split
         return dest, (prefix + "/" + last if prefix else last)
@@ -1585,7 +1613,7 @@ def _entry_name(path, known):
     return "/".join(_split_known(path, known))
 
 
-def _inside(base, path):
+def _is_inside(base, path):
     """True if ``path`` resolves (following links) to somewhere under ``base``."""
     real_base = os.path.realpath(base)
     real = os.path.realpath(path)
@@ -1883,7 +1911,7 @@ def _new_temp_stem():
     # Host and pid separate processes, nanoseconds and 64 random bits separate
     # everything else (rear 0.1.2 used host-YYMMDD_HHMMSS and lost a worker's
     # files when two started in the same second).  The name is never parsed.
-    return "%s-%d-%x-%s" % (_hostname(), os.getpid(), time.time_ns(), secrets.token_hex(8))
+    return "%s-%d-%x-%s" % (_short_hostname(), os.getpid(), time.time_ns(), secrets.token_hex(8))
 
 
 class _Prepared:
@@ -1904,7 +1932,7 @@ class _Prepared:
             self.payload.close()
 
 
-def _compressor(method, level):
+def _new_compressor(method, level):
     if method == zipfile.ZIP_DEFLATED:
         return zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION if level is None else level,
                                 zlib.DEFLATED, -15)
@@ -1923,7 +1951,7 @@ def _prepare_bytes(data, method, level):
     """Compress a file held in memory.  Falls back to stored when that is smaller."""
     crc = zlib.crc32(data)
     if method != zipfile.ZIP_STORED:
-        compressor = _compressor(method, level)
+        compressor = _new_compressor(method, level)
         compressed = compressor.compress(data) + compressor.flush()
         if len(compressed) < len(data):
             return _Prepared(crc, len(data), len(compressed), method, compressed,
@@ -1942,7 +1970,7 @@ def _prepare_stream(source, method, level):
     size = 0
     compressor = spool = None
     if method != zipfile.ZIP_STORED:
-        compressor = _compressor(method, level)
+        compressor = _new_compressor(method, level)
         spool = _Spool(readable=True)
     try:
         while True:
@@ -2027,7 +2055,7 @@ class _TempZip:
                        dos_date, prepared.crc, prepared.compressed_size,
                        prepared.file_size, _external_attr(mode), self.size,
                        mtime=_unix_seconds(mtime))
-        header = _local_header(entry, with_mode=True)
+        header = _pack_local_header(entry, with_mode=True)
         start = self.size
         small = prepared.compressed_size <= _SMALL_ENTRY
         small_crc = zlib.crc32(header, self.small_crc) if small else self.small_crc
@@ -2071,8 +2099,8 @@ class _TempZip:
 
     def seal(self):
         """Central directory, fsync, sidecar ``sealed``; then release the lock."""
-        central = b"".join(_central_record(entry, entry.header_offset) for entry in self.entries)
-        tail = central + _end_records(len(self.entries), len(central), self.size)
+        central = b"".join(_pack_central_record(entry, entry.header_offset) for entry in self.entries)
+        tail = central + _pack_end_records(len(self.entries), len(central), self.size)
         try:
             _pwrite_all(self.fd, tail, self.size)
             os.fsync(self.fd)
@@ -2264,7 +2292,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         self._method = _COMPRESSION[compression]
         if self._method != zipfile.ZIP_STORED:
             try:
-                _compressor(self._method, compresslevel)   # fail now on a bad level
+                _new_compressor(self._method, compresslevel)   # fail now on a bad level
             except (ValueError, TypeError, zlib.error) as err:
                 raise ValueError("compresslevel %r does not suit %s compression (%s): use "
                                  "0-9 for deflated, 1-9 for bzip2, or None for the default"
@@ -2460,7 +2488,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
                 self._commit_prepared(name, prepared, st.st_mtime, st.st_mode)
             return
         else:
-            raise _not_archivable(path)
+            raise _not_archivable_error(path)
         self._commit_prepared(name, prepared, st.st_mtime, st.st_mode)
 
     def _commit_spool(self, name, spool):
@@ -2532,12 +2560,12 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
             temp.forget_after_fork()
 
 
-def _not_archivable(path):
+def _not_archivable_error(path):
     return RearError("rear_pickup: %s is not a regular file, directory or symlink; "
                      "remove it or archive what it holds" % path, path)
 
 
-def _cannot_list(err):
+def _raise_cannot_list(err):
     """os.walk's onerror for a pickup: an unreadable subdirectory stops it."""
     raise RearError("rear_pickup: cannot list %s (%s); nothing of the tree was archived"
                     % (err.filename, err.strerror), err.filename) from err
@@ -2550,7 +2578,7 @@ def _pickup_members(source, name):
     members = []
     # onerror: an unreadable subdirectory must stop the pickup, not vanish
     # from the archive and then from the disk with the tree.
-    for directory, subdirs, files in os.walk(source, onerror=_cannot_list):
+    for directory, subdirs, files in os.walk(source, onerror=_raise_cannot_list):
         relative = os.path.relpath(directory, source)
         prefix = name if relative == "." else name + "/" + relative.replace(os.sep, "/")
         split_path(prefix + "/_")   # a directory name may be unacceptable (e.g. '\\')
@@ -2563,7 +2591,7 @@ def _pickup_members(source, name):
             path = os.path.join(directory, file_name)
             st = os.lstat(path)
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-                raise _not_archivable(path)
+                raise _not_archivable_error(path)
             if stat.S_ISREG(st.st_mode) and not os.access(path, os.R_OK):
                 raise RearError("rear_pickup: %s cannot be read by this user; nothing of %s "
                                 "was archived" % (path, source), path)
@@ -2706,7 +2734,7 @@ def _archive_lock(paths, blocking=True):
         os.close(fd)
 
 
-def _checkpoint(step):
+def _crash_test_point(step):
     """A named point of the commit protocol: "journal-written" (step 4),
     "entries-written" (step 5, before the end records), "appended" (step 5
     done), "committed" (step 6), "temp-zip-deleted" (inside step 7, before
@@ -2838,7 +2866,7 @@ def _finish_temps(paths, temps):
         zip_path = os.path.join(inbox, os.path.basename(temp["zip"]))
         if temp["finish"]:
             _unlink_if_exists(zip_path)
-            _checkpoint("temp-zip-deleted")
+            _crash_test_point("temp-zip-deleted")
             _unlink_if_exists(_sidecar_path(zip_path))
         else:
             try:
@@ -2968,7 +2996,14 @@ def _name_hash(encoded_name):
 class _IndexReader:
     """Lookups in an archive's name index, read-only (readers use this; the
     scavenger's _NameIndex adds updates and rebuilds).  ``find`` returns the
-    _Entry of a name, confirmed by reading its one central record."""
+    _Entry of a name, confirmed by reading its one central record.
+
+    Where the slots are read from: ``buffer`` when they are in memory (the
+    file mapped, a prefetched copy, or the whole table a _NameIndex rebuilt
+    or grew, which ``in_memory`` marks as to be written back whole), else
+    the file itself, a window of slots per read.  ``_probe`` is the one walk
+    of the table that lookups, inserts and updates share.
+    """
 
     def __init__(self, path, archive_fd, archive_path, cd):
         self.path = path
@@ -2978,10 +3013,10 @@ class _IndexReader:
         # One record per lookup: read ahead only what a typical one needs.
         self.records = _ChunkReader(archive_fd, archive_path,
                                     readahead=_CENTRAL_STRUCT.size + _TYPICAL_NAME)
-        self.table = None      # the whole table in memory (_NameIndex, rebuilt)
-        self.map = None        # the file mapped, when read-only
-        self.buffer = None     # what lookups read slots from: the map or a snapshot
-        self.buffer_offset = 0  # where the slots start in it
+        self.buffer = None       # the slots in memory, from buffer_offset on
+        self.buffer_offset = 0
+        self.in_memory = False   # buffer is a table of ours, written back whole
+        self.map = None          # the mmap behind buffer, to close
         self.fd = -1
         self.slots = _INDEX_MIN_SLOTS
         self.used = 0
@@ -3003,7 +3038,7 @@ class _IndexReader:
         try:
             if writable:
                 _refresh_view(fd)
-            fields = _index_header_fields(os.pread(fd, _INDEX_HEADER.size, 0))
+            fields = _parse_index_header(os.pread(fd, _INDEX_HEADER.size, 0))
             matches = (fields is not None
                        and fields[_INDEX_HEADER_STAMP] == _archive_stamp(
                            self.archive_fd, size, self.cd)
@@ -3040,41 +3075,23 @@ class _IndexReader:
             self.buffer = _pread_exact(self.fd, size, _INDEX_HEADER.size, self.path)
             self.buffer_offset = 0
 
-    def _find_buffered(self, name, name_hash):
-        """find() on a mapped or prefetched index: a tight loop, no
-        generator, no system call (a series looks every name up in each
-        rolled archive)."""
-        mask = self.slots - 1
-        slot = name_hash & mask
-        while True:
-            slot_hash, position = _INDEX_SLOT.unpack_from(
-                self.buffer, self.buffer_offset + slot * _INDEX_SLOT.size)
-            if not slot_hash:
-                return None
-            if slot_hash == name_hash:
-                entry = self._record_at(position)
-                if entry.name == name:
-                    return entry
-            slot = (slot + 1) & mask
-
-    def _window(self, start, end):
-        """Slots ``start`` to ``end`` (byte offsets in the table)."""
-        if self.table is not None:
-            return self.table[start:end]
+    def _read_slots(self, start, end):
+        """The bytes of slots ``start`` to ``end`` (byte offsets in the table)."""
         if self.buffer is not None:
             return self.buffer[self.buffer_offset + start:self.buffer_offset + end]
         return _pread_exact(self.fd, end - start, _INDEX_HEADER.size + start, self.path)
 
     def _probe(self, name_hash, taken=()):
         """(slot number, hash, position) from the name's home slot on, up to
-        and including the first empty slot; slots in ``taken`` are skipped."""
+        and including the first empty slot; slots in ``taken`` are skipped.
+        Linear probing, a window of _INDEX_PROBE_SLOTS slots per read."""
         mask = self.slots - 1
         slot = name_hash & mask
         while True:
-            start = slot * _INDEX_SLOT.size
-            end = min(slot + _INDEX_PROBE_SLOTS, self.slots) * _INDEX_SLOT.size
-            for slot_hash, position in _INDEX_SLOT.iter_unpack(self._window(start, end)):
-                if slot not in taken:
+            end = min(slot + _INDEX_PROBE_SLOTS, self.slots)
+            for slot_hash, position in _INDEX_SLOT.iter_unpack(self._read_slots(
+                    slot * _INDEX_SLOT.size, end * _INDEX_SLOT.size)):
+                if not taken or slot not in taken:
                     yield slot, slot_hash, position
                     if not slot_hash:
                         return
@@ -3087,8 +3104,6 @@ class _IndexReader:
             return None
         if name_hash is None:
             name_hash = _name_hash(name.encode("utf-8"))
-        if self.buffer is not None:
-            return self._find_buffered(name, name_hash)
         for _slot, slot_hash, position in self._probe(name_hash):
             if slot_hash == name_hash:
                 entry = self._record_at(position)
@@ -3097,18 +3112,18 @@ class _IndexReader:
         return None
 
     def _record_at(self, position):
-        for _position, fields, raw_name, extra in _central_records(
+        for _position, fields, raw_name, extra in _iter_central_records(
                 self.records, self.cd, self.archive_path, start=position, count=1):
-            return _central_entry(fields, raw_name, extra, self.archive_path,
-                                  self.cd.cd_offset + position)
-        raise AssertionError("_central_records yields one record")   # pragma: no cover
+            return _parse_central_entry(fields, raw_name, extra, self.archive_path,
+                                        self.cd.cd_offset + position)
+        raise AssertionError("_iter_central_records yields one record")   # pragma: no cover
 
     def close(self):
         self.buffer = None
         if self.map is not None:
             self.map.close()
             self.map = None
-        _release(self)
+        _close_held(self)
 
 
 class _NameIndex(_IndexReader):
@@ -3141,32 +3156,35 @@ class _NameIndex(_IndexReader):
             return
         if size:
             _log.info("rebuilding the name index of %s", self.archive_path)
-        self.table = bytearray(self.slots * _INDEX_SLOT.size)
         self.rebuilt = bool(cd.count)
+        self._new_table(cd.count)
         if self.rebuilt:
             self._rebuild()
 
-    def _rebuild(self):
-        self.slots = _INDEX_MIN_SLOTS
-        while self.slots < 2 * self.cd.count:
+    def _new_table(self, names):
+        """An empty in-memory table with room for ``names`` at load <= 1/2."""
+        while 2 * names > self.slots:
             self.slots *= 2
-        self.table = bytearray(self.slots * _INDEX_SLOT.size)
+        self.buffer, self.buffer_offset = bytearray(self.slots * _INDEX_SLOT.size), 0
+        self.in_memory = True
+        self.used = 0
+
+    def _rebuild(self):
         reader = _ChunkReader(self.archive_fd, self.archive_path)
-        for position, fields, raw_name, _extra in _central_records(
+        for position, fields, raw_name, _extra in _iter_central_records(
                 reader, self.cd, self.archive_path):
             if not raw_name.isascii():
                 raw_name = _decode_central_name(
                     raw_name, fields[_CD_FLAG_BITS], self.archive_path,
                     self.cd.cd_offset + position, ArchiveError).encode("utf-8")
-            self._insert_in_table(_name_hash(raw_name), position)
+            self._insert_in_memory(_name_hash(raw_name), position)
 
-    def _insert_in_table(self, name_hash, position):
-        mask = self.slots - 1
-        slot = name_hash & mask
-        while _INDEX_SLOT.unpack_from(self.table, slot * _INDEX_SLOT.size)[0]:
-            slot = (slot + 1) & mask
-        _INDEX_SLOT.pack_into(self.table, slot * _INDEX_SLOT.size, name_hash, position)
-        self.used += 1
+    def _insert_in_memory(self, name_hash, position):
+        for slot, slot_hash, _position in self._probe(name_hash):
+            if not slot_hash:
+                _INDEX_SLOT.pack_into(self.buffer, slot * _INDEX_SLOT.size, name_hash, position)
+                self.used += 1
+                return
 
     def lookup(self, name, name_hash=None):
         """(crc, file_size) of the archived ``name``, or None."""
@@ -3190,11 +3208,11 @@ class _NameIndex(_IndexReader):
         if 2 * needed > self.slots:
             self._grow(needed)
         stamp = _archive_stamp(archive_fd, size, cd)
-        if self.table is not None:
+        if self.in_memory:
             for name, position in positions:
-                self._insert_in_table(_name_hash(name.encode("utf-8")), position)
-            _write_file_durably(self.path, _index_header(self.slots, self.used, stamp)
-                                + self.table)
+                self._insert_in_memory(_name_hash(name.encode("utf-8")), position)
+            _write_file_durably(self.path, _pack_index_header(self.slots, self.used, stamp)
+                                + self.buffer)
             return
         taken = {}
         for name, position in positions:
@@ -3207,23 +3225,15 @@ class _NameIndex(_IndexReader):
             _pwrite_all(self.fd, packed, _INDEX_HEADER.size + slot * _INDEX_SLOT.size)
         os.fsync(self.fd)
         self.used += len(taken)
-        _pwrite_all(self.fd, _index_header(self.slots, self.used, stamp), 0)
+        _pwrite_all(self.fd, _pack_index_header(self.slots, self.used, stamp), 0)
 
     def _grow(self, needed):
         """Rehash into memory with room for ``needed`` names at load <= 1/2."""
-        if self.table is not None:
-            old = bytes(self.table)
-        else:
-            old = _pread_exact(self.fd, self.slots * _INDEX_SLOT.size, _INDEX_HEADER.size,
-                               self.path)
-        while 2 * needed > self.slots:
-            self.slots *= 2
-        self.used = 0
-        self.buffer = None
-        self.table = bytearray(self.slots * _INDEX_SLOT.size)
+        old = bytes(self._read_slots(0, self.slots * _INDEX_SLOT.size))
+        self._new_table(needed)
         for slot_hash, position in _INDEX_SLOT.iter_unpack(old):
             if slot_hash:
-                self._insert_in_table(slot_hash, position)
+                self._insert_in_memory(slot_hash, position)
 
 
 def _archive_stamp(fd, size, cd):
@@ -3233,13 +3243,13 @@ def _archive_stamp(fd, size, cd):
     return (size, cd.cd_offset, cd.cd_size, cd.count, zlib.crc32(last))
 
 
-def _index_header(slots, used, stamp):
+def _pack_index_header(slots, used, stamp):
     fields = (_INDEX_MAGIC, slots, used) + tuple(stamp)
     packed = _INDEX_HEADER.pack(*fields, 0)
     return packed[:-4] + struct.pack("<L", zlib.crc32(packed[:-4]))
 
 
-def _index_header_fields(header):
+def _parse_index_header(header):
     """The header's fields if it is intact, else None."""
     if len(header) != _INDEX_HEADER.size:
         return None
@@ -3266,7 +3276,7 @@ class _ArchiveState:
         self.paths = paths
         self.rolled = None        # [_RolledArchive], opened at the first lookup
         archive = paths.archive
-        if not _inside(paths.base, archive):
+        if not _is_inside(paths.base, archive):
             raise ArchiveError("%s resolves outside the base directory (a symlinked "
                                "directory?); refusing to write there" % archive, archive)
         _makedirs_durably(os.path.dirname(archive))
@@ -3337,7 +3347,7 @@ class _ArchiveState:
         with contextlib.suppress(FileNotFoundError):
             os.replace(self.paths.index, rolled_paths.index)
         _log.info("%s reached its size or entry cap; rolled over to %s", archive, rolled)
-        _checkpoint("rolled-over")
+        _crash_test_point("rolled-over")
         self.close()
         self.created = True
         self._start_empty()
@@ -3355,7 +3365,7 @@ class _ArchiveState:
     def name_for(self, name, crc, file_size, stats):
         """The name to add ``name`` under, or None if the series already holds
         it (same name, CRC and size, in this archive or a rolled-over one)."""
-        found = self._found(name)
+        found = self._copies_in_series(name)
         if not found:
             return name
         if (crc, file_size) in found:
@@ -3363,7 +3373,7 @@ class _ArchiveState:
         number = 1
         while True:
             candidate = "%s.~%d~" % (name, number)
-            found = self._found(candidate)
+            found = self._copies_in_series(candidate)
             if not found:
                 stats.conflicts += 1
                 _log.warning("%s already holds %r with other content; keeping the new "
@@ -3373,17 +3383,17 @@ class _ArchiveState:
                 return None
             number += 1
 
-    def _found(self, name):
+    def _copies_in_series(self, name):
         """{(crc, size)} of ``name`` across the series."""
         found = set()
         name_hash = _name_hash(name.encode("utf-8"))
-        for index in [self.index] + [rolled.index for rolled in self._rolled()]:
+        for index in [self.index] + [rolled.index for rolled in self._rolled_archives()]:
             existing = index.lookup(name, name_hash)
             if existing is not None:
                 found.add(existing)
         return found
 
-    def _rolled(self):
+    def _rolled_archives(self):
         """The series' rolled-over archives, opened once per commit.  Under
         this archive's lock: only a rollover, made under it, changes them."""
         if self.rolled is None:
@@ -3413,7 +3423,7 @@ class _ArchiveState:
             rolled.close()
         if self.index is not None:
             self.index.close()
-        _release(self, os.close)
+        _close_held(self, os.close)
 
 
 class _RolledArchive:
@@ -3435,7 +3445,7 @@ class _RolledArchive:
     def close(self):
         if self.index is not None:
             self.index.close()
-        _release(self)
+        _close_held(self)
 
 
 # -- scavenger: the commit (steps 1-8 of the module docstring)
@@ -3449,7 +3459,7 @@ def _commit_to_archive(base, dest, items, limits, stats):
         paths.set_dest(dest)
         archive = _ArchiveState(paths, limits)                # step 2
         try:
-            additions = _additions(archive, items, stats)      # step 3
+            additions = _plan_additions(archive, items, stats)      # step 3
             claims = {id(claim): claim for claim, _member, _entry in items}.values()
             temps = [{"zip": os.path.basename(claim.path), "finish": claim.pending == {dest}}
                      for claim in claims]
@@ -3463,9 +3473,9 @@ def _commit_to_archive(base, dest, items, limits, stats):
                 archive.update_index(positions, cd, size, stats)   # step 7
             elif archive.index.rebuilt:   # save the rebuild even when all were duplicates
                 archive.update_index([], archive.cd, archive.size, stats)
-            _checkpoint("committed")
+            _crash_test_point("committed")
             _finish_temps(paths, temps)
-            _checkpoint("temps-finished")
+            _crash_test_point("temps-finished")
             for claim in claims:
                 claim.pending.discard(dest)
             _unlink_if_exists(paths.commit)                   # step 8
@@ -3474,7 +3484,7 @@ def _commit_to_archive(base, dest, items, limits, stats):
             archive.close()
 
 
-def _additions(archive, items, stats):
+def _plan_additions(archive, items, stats):
     """Commit step 3: [(claim, entry, name to add it under)], duplicates left out."""
     archive.index.prefetch(len(items))
     additions = []
@@ -3496,7 +3506,7 @@ def _journal_and_append(paths, archive, additions, temps, stats):
               "temps": temps}
     try:
         journal_fd, tail_offset = _write_journal(paths, header, archive)
-        _checkpoint("journal-written")
+        _crash_test_point("journal-written")
         try:
             return _append_entries(archive, additions, journal_fd, tail_offset)
         finally:
@@ -3530,15 +3540,15 @@ def _append_entries(archive, additions, journal_fd, tail_offset):
     new_central = b"".join(record for _name, record in records)
     cd = _CentralDirectory(old.count + len(records), offset, old.cd_size + len(new_central),
                            old.comment)
-    _checkpoint("entries-written")
-    end_records = _end_records(cd.count, cd.cd_size, offset, cd.comment)
+    _crash_test_point("entries-written")
+    end_records = _pack_end_records(cd.count, cd.cd_size, offset, cd.comment)
     _pwrite_all(archive.fd, new_central + end_records, offset + old.cd_size)
     size = offset + cd.cd_size + len(end_records)
     os.ftruncate(archive.fd, size)
     os.fsync(archive.fd)
     if archive.created:
         _sync_directory(os.path.dirname(archive.paths.archive))
-    _checkpoint("appended")
+    _crash_test_point("appended")
     return positions, cd, size
 
 
@@ -3554,8 +3564,8 @@ def _write_entries(archive, additions):
     for claim, entry, name in additions:
         # The temp zip's entry under its archive name: one encode, no copy.
         encoded = _encode_name(name)
-        header = _local_header(entry, encoded)
-        records.append((name, _central_record(entry, offset, encoded)))
+        header = _pack_local_header(entry, encoded)
+        records.append((name, _pack_central_record(entry, offset, encoded)))
         buffer += header
         if entry.compressed_size <= _SMALL_ENTRY:
             buffer += claim.reader.read_exact(entry.data_offset, entry.compressed_size)
@@ -3592,12 +3602,12 @@ class _Claim:
         self.salvaged = salvaged
         self.pending = {dest for dest, _member, _entry in routes} - set(done)
         # No commit will delete it (no entries, or every archive done by a
-        # scavenger that died before deleting it): _ingest does.
+        # scavenger that died before deleting it): _commit_claims does.
         self.nothing_to_commit = not self.pending
         self.failed = False
 
     def release(self):
-        _release(self)
+        _close_held(self)
 
 
 def _list_temp_zips(inbox):
@@ -3680,7 +3690,7 @@ def _open_and_lock(path, stats, dead_hosts=()):
         locks_work = True
         try:
             if not _lock(fd, path, exclusive=True, blocking=False):
-                if not _locked_by_dead_host(fd, path, dead_hosts):
+                if not _may_take_over(fd, path, dead_hosts):
                     stats.busy += 1
                     return None
                 stats.taken_over += 1
@@ -3706,7 +3716,7 @@ def _open_and_lock(path, stats, dead_hosts=()):
             _close_read_only(fd)
 
 
-def _locked_by_dead_host(fd, path, dead_hosts):
+def _may_take_over(fd, path, dead_hosts):
     """Is this locked temp zip an unsealed one whose writer's host the
     operator declared down?  Then it is taken over without its lock.
 
@@ -3753,7 +3763,7 @@ def _writer_of_temp_name(name, hosts):
     died between writer steps 1 and 2), from its name ``<host>-<pid>-...``;
     (None, None) if none of ``hosts`` made it."""
     for host in hosts:
-        prefix = _hostname(host) + "-"
+        prefix = _short_hostname(host) + "-"
         if name.startswith(prefix):
             pid = name[len(prefix):].split("-")[0]
             return host, int(pid) if pid.isdigit() else None
@@ -3785,7 +3795,7 @@ def _read_claimed_entries(fd, path, sidecar, stats, *, flush, grace, salvage_onl
         stats.waiting += 1
         return None
     entries, rest = _salvage_entries(fd, st.st_size, path)
-    _checkpoint("salvaged")
+    _crash_test_point("salvaged")
     return entries, rest
 
 
@@ -3910,7 +3920,7 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                     if claim is not None:
                         claims.append(claim)
                 if claims:
-                    _ingest(base, claims, limits, stats,
+                    _commit_claims(base, claims, limits, stats,
                             _progress_report(progress, stats, looked_at, claims, len(paths)))
             finally:
                 for claim in claims:
@@ -3931,13 +3941,13 @@ def _claim_or_report(path, stats, **options):
     try:
         return _claim(path, stats, **options)
     except (TempZipError, OSError) as err:
-        if not _vanished(err, path):   # else ingested by a scavenger on another client
+        if not _is_vanished(err, path):   # else ingested by a scavenger on another client
             _report(stats, path, str(err))
         return None
 
 
 def _progress_report(progress, stats, looked_at, claims, total):
-    """A no-argument callback for _ingest, or None without ``progress``."""
+    """A no-argument callback for _commit_claims, or None without ``progress``."""
     if progress is None:
         return None
 
@@ -3949,7 +3959,7 @@ def _progress_report(progress, stats, looked_at, claims, total):
     return report
 
 
-def _ingest(base, claims, limits, stats, report=None):
+def _commit_claims(base, claims, limits, stats, report=None):
     """Commit the claims' entries, one archive at a time; then count (and
     delete, where no commit did) the temp zips that are done."""
     by_dest = {}
@@ -4018,7 +4028,7 @@ class scavengerd:  # noqa: N801 -- the public name rear 0.1 users know
 
     def __enter__(self):
         _makedirs_durably(os.path.join(self.base, _INBOX))
-        self._thread = threading.Thread(target=self._run, name="rear-scavengerd", daemon=True)
+        self._thread = threading.Thread(target=self._run_passes, name="rear-scavengerd", daemon=True)
         self._thread.start()
         return self
 
@@ -4033,7 +4043,7 @@ class scavengerd:  # noqa: N801 -- the public name rear 0.1 users know
     async def __aexit__(self, exc_type, exc, traceback):
         await _off_the_event_loop(self.__exit__, exc_type, exc, traceback)
 
-    def _run(self):
+    def _run_passes(self):
         while not self._stop.wait(self.rotation_span):
             self._pass(flush=False)
 
@@ -4121,15 +4131,15 @@ def _locate_base(archive):
 
 
 def _wait_for(acquire, timeout, what, path):
-    """Call ``acquire()`` until it returns True, for up to ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while not acquire():
-        if time.monotonic() >= deadline:
-            raise ArchiveError("%s is busy: %s for more than %g s; try again, or wait for "
-                               "the scavenger" % (path, what, timeout), path)
+    """Call ``acquire()`` until it returns True, by _LOCK_POLL for up to
+    ``timeout`` s."""
+    for delay in _LOCK_POLL.delays(total=timeout):
+        if acquire():
+            return
         time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    if not acquire():
+        raise ArchiveError("%s is busy: %s for more than %g s; try again, or wait for "
+                           "the scavenger" % (path, what, timeout), path)
 
 
 @contextlib.contextmanager
@@ -4171,16 +4181,15 @@ def _shared_lock(lock_path, archive, timeout=None):
         _SCAVENGE_LOCK.release()
 
 
-def _retry_unparsed(read, attempts=5):
-    """``read()``, again (up to ``attempts`` times, 0.1 s apart) while it
-    raises ArchiveError: without the lock a commit may be under way."""
-    for attempt in range(attempts):
+def _retry_unparsed(read):
+    """``read()``, again by _UNPARSED_RETRY while it raises ArchiveError:
+    without the lock a commit may be under way."""
+    for delay in _UNPARSED_RETRY.delays():
         try:
             return read()
         except ArchiveError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.1)
+            time.sleep(delay)
+    return read()
 
 
 class _ArchiveView:
@@ -4228,7 +4237,7 @@ class _ArchiveView:
             if index.open_matching(self.size):
                 self.index = index
 
-    def _current(self):
+    def _reload_if_changed(self):
         """With the lock held: reload what a commit since the last look
         changed (it moved the central directory, and grew the file)."""
         if os.fstat(self.fd).st_size != self.size:
@@ -4237,7 +4246,7 @@ class _ArchiveView:
     def find(self, name):
         """The _Entry of member ``name``, or None."""
         with self._locked():
-            self._current()
+            self._reload_if_changed()
             if self.index is not None:
                 return self.index.find(name)
             return self._scan_for(name)
@@ -4247,11 +4256,11 @@ class _ArchiveView:
         Names are compared as bytes; only non-ASCII ones are decoded."""
         encoded = name.encode("utf-8")
         reader = _ChunkReader(self.fd, self.path)
-        for position, fields, raw_name, extra in _central_records(reader, self.cd, self.path):
+        for position, fields, raw_name, extra in _iter_central_records(reader, self.cd, self.path):
             if raw_name == encoded or (not raw_name.isascii() and _decode_central_name(
                     raw_name, fields[_CD_FLAG_BITS], self.path, position,
                     ArchiveError) == name):
-                return _central_entry(fields, raw_name, extra, self.path,
+                return _parse_central_entry(fields, raw_name, extra, self.path,
                                       self.cd.cd_offset + position)
         return None
 
@@ -4267,8 +4276,8 @@ class _ArchiveView:
         """Member names in archive order that start with ``prefix``, and
         nothing else decoded: 'rear ls -1', like 'zipinfo -1'."""
         with self._locked():
-            self._current()
-            for position, fields, raw_name, _extra in _central_records(
+            self._reload_if_changed()
+            for position, fields, raw_name, _extra in _iter_central_records(
                     _ChunkReader(self.fd, self.path), self.cd, self.path):
                 name = self._name_of(raw_name, fields, position)
                 if name.startswith(prefix):
@@ -4282,11 +4291,11 @@ class _ArchiveView:
         once per distinct value): a listing of a million entries is this
         loop, about a microsecond an entry."""
         with self._locked():
-            self._current()
+            self._reload_if_changed()
             dos_times = {}
             path = self.path
             limit = _U32_LIMIT
-            for position, fields, raw_name, extra in _central_records(
+            for position, fields, raw_name, extra in _iter_central_records(
                     _ChunkReader(self.fd, path), self.cd, path):
                 name = self._name_of(raw_name, fields, position)
                 if prefix and not name.startswith(prefix):
@@ -4294,9 +4303,9 @@ class _ArchiveView:
                 # fields 10, 11: compressed and uncompressed size (_CD_*)
                 compressed, size = fields[10], fields[11]
                 if size == limit or compressed == limit:
-                    entry = _central_entry(fields, raw_name, extra, path, position)
+                    entry = _parse_central_entry(fields, raw_name, extra, path, position)
                     size, compressed = entry.file_size, entry.compressed_size
-                mtime = _extra_mtime(extra) if extra else None
+                mtime = _parse_timestamp_extra(extra) if extra else None
                 if mtime is None:
                     key = fields[8] << 16 | fields[7]       # _CD_DATE, _CD_TIME
                     mtime = dos_times.get(key)
@@ -4312,7 +4321,7 @@ class _ArchiveView:
         if self.index is not None:
             self.index.close()
             self.index = None
-        _release(self)
+        _close_held(self)
 
 
 def _data_offset(fd, path, entry):
@@ -4340,7 +4349,7 @@ class _MemberReader(io.RawIOBase):
         self._offset = entry.data_offset or _data_offset(fd, path, entry)
         self._left = entry.compressed_size
         try:
-            self._decompressor = _get_decompressor(entry.method)
+            self._decompressor = _new_decompressor(entry.method)
         except (NotImplementedError, RuntimeError) as err:
             raise ArchiveError("%s: member %r uses compression method %d, which this "
                                "Python cannot read (%s)" % (path, entry.name, entry.method,
@@ -4423,7 +4432,7 @@ class _PendingView:
             size = os.fstat(fd).st_size
             sidecar = _read_sidecar(_sidecar_path(path))
             if sidecar is not None and sidecar.is_sealed:
-                entries = _central_entries(_ChunkReader(fd, path),
+                entries = _iter_central_entries(_ChunkReader(fd, path),
                                            _read_end_records(fd, size, path), path)
             else:
                 entries = _complete_local_entries(fd, path, size)
@@ -4960,7 +4969,7 @@ def _rotation_arg(text):
         raise argparse.ArgumentTypeError(str(err))
 
 
-def _host_name(text):
+def _host_arg(text):
     if not text.strip() or "/" in text:
         raise argparse.ArgumentTypeError("%r is not a host name; name it as 'rear status' "
                                          "shows it (pid P on HOST)" % text)
@@ -5203,10 +5212,10 @@ def _writer_name(temp):
     its own host."""
     if not temp.host:
         return ""
-    return " (pid %s on %s, %s)" % (temp.pid, temp.host, _liveness(temp.host, temp.pid))
+    return " (pid %s on %s, %s)" % (temp.pid, temp.host, _describe_process(temp.host, temp.pid))
 
 
-def _liveness(host, pid):
+def _describe_process(host, pid):
     if host != socket.gethostname():
         return "another host: cannot tell whether it still runs"
     state = _process_state(pid)
@@ -5442,7 +5451,7 @@ def _add_scavenge_arguments(sub):
     sub.add_argument("--flush", action="store_true",
                      help="also salvage unsealed temp zips of dead writers now")
     sub.add_argument("--dead-host", action="append", default=[], metavar="HOST",
-                     type=_host_name, help="HOST is down (crashed, powered off): take "
+                     type=_host_arg, help="HOST is down (crashed, powered off): take "
                      "over its writers' unsealed temp zips although the filesystem "
                      "still holds their locks (MooseFS does, for a day by default); "
                      "repeatable.  Never name a node that runs")
@@ -5559,7 +5568,7 @@ def _configure_logging(args):
     return handler
 
 
-def _run(args):
+def _run_command(args):
     handler = _configure_logging(args)
     try:
         return args.command_entry.run(args)
@@ -5587,7 +5596,7 @@ def main(argv=None):
     parser = _build_parser()
     args = parser.parse_args(argv)
     _require_base(parser, args)
-    return _run(args)
+    return _run_command(args)
 
 
 def _require_base(parser, args):

@@ -1375,7 +1375,7 @@ def test_appending_to_an_indexed_archive_does_not_parse_its_central_directory(
     rear.scavenge(base)
 
     archive = os.path.join(base, "a.zip")
-    real = rear._central_records
+    real = rear._iter_central_records
 
     def single_records_only(reader, directory, path, *args, **kwargs):
         # The temp zips' central directories are read whole; the archive's
@@ -1384,7 +1384,7 @@ def test_appending_to_an_indexed_archive_does_not_parse_its_central_directory(
             raise AssertionError("the central directory was parsed")
         return real(reader, directory, path, *args, **kwargs)
 
-    monkeypatch.setattr(rear, "_central_records", single_records_only)
+    monkeypatch.setattr(rear, "_iter_central_records", single_records_only)
     fill(base, {"a.zip/new%d" % n: b"new" for n in range(100)})
     assert rear.scavenge(base).files_moved == 100
     assert refeed_is_all_duplicates(base, {"a.zip/5": b"5", "a.zip/new7": b"new"})
@@ -1737,7 +1737,7 @@ def test_a_failed_append_rolls_the_archive_back_and_keeps_the_temp_zip(base, mon
     def full(*args):
         raise OSError(errno.EDQUOT, "Disk quota exceeded")
 
-    monkeypatch.setattr(rear, "_end_records", full)
+    monkeypatch.setattr(rear, "_pack_end_records", full)
     stats = rear.scavenge(base)
     assert "quota" in stats.errors[0][1]
     assert open(archive, "rb").read() == before
@@ -1757,13 +1757,13 @@ SCAVENGER_CRASH_SCRIPT = """
         if name == step:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    rear._checkpoint = checkpoint
+    rear._crash_test_point = checkpoint
     rear.scavenge(base, flush=True, max_size=int(sys.argv[3]))
     sys.exit(3)   # the step was never reached
 """
 
 
-# Every named step of rear's commit protocol (rear._checkpoint): journal
+# Every named step of rear's commit protocol (rear._crash_test_point): journal
 # written; new entries over the old tail, no new end yet; archive complete,
 # journal not yet committed; commit point passed, temp zips not yet deleted;
 # a temp zip deleted but not its sidecar; temp zips gone, .commit not yet
@@ -1941,7 +1941,7 @@ def test_a_locked_temp_zip_without_a_sidecar_is_known_by_its_name(base, held_tem
     path, sidecar = held_temp_zip
     os.unlink(sidecar)
     renamed = os.path.join(base, "inbox", "node-17" + os.path.basename(path)[len(
-        rear._hostname()):])
+        rear._short_hostname()):])
     os.rename(path, renamed)      # the writer's lock goes with the inode
     past = time.time() - 60
     os.utime(renamed, (past, past))
@@ -2426,7 +2426,7 @@ def test_the_module_docstring_specifies_every_key_and_layout_rear_writes(base, m
             journals.append(rear._read_journal(fd, path)[0])
             os.close(fd)
 
-    monkeypatch.setattr(rear, "_checkpoint", checkpoint)
+    monkeypatch.setattr(rear, "_crash_test_point", checkpoint)
     rear.scavenge(base)
     spec = rear.__doc__
     journal = journals[0]
@@ -2555,13 +2555,13 @@ def test_opening_and_reading_one_member_uses_the_index_not_the_central_directory
         base, monkeypatch):
     fill(base, {"a.zip/%d" % n: b"%d" % n for n in range(300)})
     rear.scavenge(base)
-    real = rear._central_records
+    real = rear._iter_central_records
 
     def one_record_at_a_time(reader, directory, path, *args, **kwargs):
         assert kwargs.get("count") == 1, "the central directory was walked"
         return real(reader, directory, path, *args, **kwargs)
 
-    monkeypatch.setattr(rear, "_central_records", one_record_at_a_time)
+    monkeypatch.setattr(rear, "_iter_central_records", one_record_at_a_time)
     with rear.open_archive(os.path.join(base, "a.zip")) as reader:
         assert reader.read("123") == b"123"
         assert "nope" not in reader
@@ -2576,12 +2576,12 @@ def make_stored_zip(path, count, prefix="old/"):
         for number in range(count):
             entry = rear._Entry("%s%07d" % (prefix, number), 0, 0, 0, 33, zlib.crc32(data),
                                 len(data), len(data))
-            local = rear._local_header(entry) + data
-            records.append(rear._central_record(entry, offset))
+            local = rear._pack_local_header(entry) + data
+            records.append(rear._pack_central_record(entry, offset))
             handle.write(local)
             offset += len(local)
         central = b"".join(records)
-        handle.write(central + rear._end_records(count, len(central), offset))
+        handle.write(central + rear._pack_end_records(count, len(central), offset))
 
 
 @pytest.mark.parametrize("kind", ["foreign", "zip64", "stale index", "no index directory"])

@@ -1204,7 +1204,7 @@ def test_fuzzed_zips_never_crash_the_parsers_and_salvage_only_intact_entries(tmp
                 pass
             try:
                 directory = rear._read_end_records(fd, len(data), path)
-                list(rear._central_entries(rear._ChunkReader(fd, path), directory, path))
+                list(rear._iter_central_entries(rear._ChunkReader(fd, path), directory, path))
             except rear.ArchiveError:
                 pass
         finally:

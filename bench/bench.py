@@ -247,8 +247,8 @@ def make_archive(path, count):
         for number in range(count):
             name = "old/%04d/result-%07d.txt" % (number // 1000, number)
             entry = rear._Entry(name, 0, 0, 0, 33, crc, len(data), len(data))
-            local = rear._local_header(entry) + data
-            records.append(rear._central_record(entry, offset))
+            local = rear._pack_local_header(entry) + data
+            records.append(rear._pack_central_record(entry, offset))
             offset += len(local)
             chunk.append(local)
             if len(chunk) >= 10000:
@@ -257,7 +257,7 @@ def make_archive(path, count):
         handle.write(b"".join(chunk))
         central = b"".join(records)
         handle.write(central)
-        handle.write(rear._end_records(count, len(central), offset))
+        handle.write(rear._pack_end_records(count, len(central), offset))
 
 
 def fresh_dir(root, name):
