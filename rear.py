@@ -473,6 +473,55 @@ class PathError(RearError, ValueError):
     """An archive path given to rear_open/rear_pickup is not acceptable."""
 
 
+# ---------------------------------------------------------------- process-wide state
+#
+# Everything rear keeps per process, in one place: a forked child resets it
+# all (_after_fork_in_child), and nothing else is global.
+
+# Temp zips this process has open for writing.  POSIX locks belong to the
+# process, so an in-process scavenger would "get" their locks and, by closing
+# its descriptor, silently drop the writer's lock: it must skip them instead.
+_OWN_TEMP_ZIPS = set()
+_OWN_TEMP_ZIPS_LOCK = threading.Lock()
+# The rear_fs the caller's context entered last: asyncio and trio tasks each
+# copy their context, so two tasks (or threads) inside their own rear_fs
+# never write into each other's base.
+_CURRENT_FS = contextvars.ContextVar("rear_fs", default=None)
+# The stack of rear_fs instances entered in this process, innermost last:
+# what rear_open uses in a thread that entered none itself (a worker
+# thread of a pool started inside the main thread's 'with rear_fs').
+_ACTIVE = []
+_ACTIVE_LOCK = threading.Lock()
+# Every rear_fs alive in this process, to reset after fork.
+_LIVE = weakref.WeakSet()
+# Those with an open temp zip, held strongly so that one the caller dropped
+# without closing is still sealed by its timer or at exit.
+_UNSEALED = set()
+# POSIX locks cannot keep two threads of one process apart: scavenger passes
+# (and status/verify, which probe locks) are serialized by this.
+_SCAVENGE_LOCK = threading.RLock()
+# The pid for which _seal_at_multiprocessing_exit registered its finalizer.
+_FINALIZER_PID = None
+# Directories whose filesystem refuses locks, warned about once each.
+_warned_no_locks = set()
+
+
+def _after_fork_in_child():
+    """A forked child writes to temp zips of its own, never to its parent's."""
+    global _OWN_TEMP_ZIPS_LOCK, _ACTIVE_LOCK, _SCAVENGE_LOCK
+    _OWN_TEMP_ZIPS.clear()
+    _OWN_TEMP_ZIPS_LOCK = threading.Lock()
+    _ACTIVE_LOCK = threading.Lock()
+    _SCAVENGE_LOCK = threading.RLock()
+    _UNSEALED.clear()
+    for fs in list(_LIVE):
+        fs._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 # ---------------------------------------------------------------- platform
 
 try:
@@ -1856,56 +1905,11 @@ def _is_writable_directory(path):
     return True
 
 
-# ---------------------------------------------------------------- process-wide state
+# ---------------------------------------------------------------- temp zip
 #
-# Everything rear keeps per process, in one place: a forked child resets it
-# all (_after_fork_in_child), and nothing else is global.
+# One writer's temporary zip (writer steps 1-4 of the module docstring)
+# and the entries prepared for it.
 
-# Temp zips this process has open for writing.  POSIX locks belong to the
-# process, so an in-process scavenger would "get" their locks and, by closing
-# its descriptor, silently drop the writer's lock: it must skip them instead.
-_OWN_TEMP_ZIPS = set()
-_OWN_TEMP_ZIPS_LOCK = threading.Lock()
-# The rear_fs the caller's context entered last: asyncio and trio tasks each
-# copy their context, so two tasks (or threads) inside their own rear_fs
-# never write into each other's base.
-_CURRENT_FS = contextvars.ContextVar("rear_fs", default=None)
-# The stack of rear_fs instances entered in this process, innermost last:
-# what rear_open uses in a thread that entered none itself (a worker
-# thread of a pool started inside the main thread's 'with rear_fs').
-_ACTIVE = []
-_ACTIVE_LOCK = threading.Lock()
-# Every rear_fs alive in this process, to reset after fork.
-_LIVE = weakref.WeakSet()
-# Those with an open temp zip, held strongly so that one the caller dropped
-# without closing is still sealed by its timer or at exit.
-_UNSEALED = set()
-# POSIX locks cannot keep two threads of one process apart: scavenger passes
-# (and status/verify, which probe locks) are serialized by this.
-_SCAVENGE_LOCK = threading.RLock()
-# The pid for which _seal_at_multiprocessing_exit registered its finalizer.
-_FINALIZER_PID = None
-# Directories whose filesystem refuses locks, warned about once each.
-_warned_no_locks = set()
-
-
-def _after_fork_in_child():
-    """A forked child writes to temp zips of its own, never to its parent's."""
-    global _OWN_TEMP_ZIPS_LOCK, _ACTIVE_LOCK, _SCAVENGE_LOCK
-    _OWN_TEMP_ZIPS.clear()
-    _OWN_TEMP_ZIPS_LOCK = threading.Lock()
-    _ACTIVE_LOCK = threading.Lock()
-    _SCAVENGE_LOCK = threading.RLock()
-    _UNSEALED.clear()
-    for fs in list(_LIVE):
-        fs._forget_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-# ---------------------------------------------------------------- writer
 
 def _new_temp_stem():
     # Host and pid separate processes, nanoseconds and 64 random bits separate
@@ -1957,6 +1961,72 @@ def _prepare_bytes(data, method, level):
             return _Prepared(crc, len(data), len(compressed), method, compressed,
                              _method_flags(method))
     return _Prepared(crc, len(data), len(data), zipfile.ZIP_STORED, bytes(data), 0)
+
+
+class _Spool(io.RawIOBase):
+    """A growable byte buffer in memory that moves to a TMPDIR file when large."""
+
+    def __init__(self, readable=True):
+        super().__init__()
+        self._readable = readable
+        self._limit = _SPOOL_MEMORY_LIMIT
+        self._memory = io.BytesIO()
+        self._file = None
+
+    def _target(self):
+        return self._memory if self._file is None else self._file
+
+    def readable(self):
+        return self._readable
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, buffer):
+        return self._target().readinto(buffer)
+
+    def read_all_for_archive(self):
+        """(bytes or None): the content when it is in memory, for the fast path."""
+        return self._memory.getvalue() if self._file is None else None
+
+    def write(self, data):
+        target = self._target()
+        if self._file is None and target.tell() + len(data) > self._limit:
+            self._file = tempfile.TemporaryFile()
+            self._file.write(self._memory.getbuffer())
+            self._file.seek(self._memory.tell())
+            self._memory = io.BytesIO()
+            target = self._file
+        return target.write(data)
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self._target().seek(offset, whence)
+
+    def tell(self):
+        return self._target().tell()
+
+    def truncate(self, size=None):
+        return self._target().truncate(size)
+
+    def size(self):
+        target = self._target()
+        position = target.tell()
+        end = target.seek(0, io.SEEK_END)
+        target.seek(position)
+        return end
+
+    def rewind_for_archive(self):
+        self._target().seek(0)
+        return self._target()
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+        self._memory = io.BytesIO()
+        super().close()
 
 
 def _prepare_stream(source, method, level):
@@ -2142,70 +2212,10 @@ def _rotation_due(created_monotonic, now_monotonic, rotation_span, size, max_byt
     return now_monotonic - created_monotonic >= rotation_span or size >= max_bytes
 
 
-class _Spool(io.RawIOBase):
-    """A growable byte buffer in memory that moves to a TMPDIR file when large."""
-
-    def __init__(self, readable=True):
-        super().__init__()
-        self._readable = readable
-        self._limit = _SPOOL_MEMORY_LIMIT
-        self._memory = io.BytesIO()
-        self._file = None
-
-    def _target(self):
-        return self._memory if self._file is None else self._file
-
-    def readable(self):
-        return self._readable
-
-    def writable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def readinto(self, buffer):
-        return self._target().readinto(buffer)
-
-    def read_all_for_archive(self):
-        """(bytes or None): the content when it is in memory, for the fast path."""
-        return self._memory.getvalue() if self._file is None else None
-
-    def write(self, data):
-        target = self._target()
-        if self._file is None and target.tell() + len(data) > self._limit:
-            self._file = tempfile.TemporaryFile()
-            self._file.write(self._memory.getbuffer())
-            self._file.seek(self._memory.tell())
-            self._memory = io.BytesIO()
-            target = self._file
-        return target.write(data)
-
-    def seek(self, offset, whence=io.SEEK_SET):
-        return self._target().seek(offset, whence)
-
-    def tell(self):
-        return self._target().tell()
-
-    def truncate(self, size=None):
-        return self._target().truncate(size)
-
-    def size(self):
-        target = self._target()
-        position = target.tell()
-        end = target.seek(0, io.SEEK_END)
-        target.seek(position)
-        return end
-
-    def rewind_for_archive(self):
-        self._target().seek(0)
-        return self._target()
-
-    def close(self):
-        if self._file is not None:
-            self._file.close()
-        self._memory = io.BytesIO()
-        super().close()
+# ---------------------------------------------------------------- writer
+#
+# rear_fs, the files rear_open hands out, pickups, the rotation timer and
+# the seal at exit.
 
 
 class _CommitOnClose:
@@ -2671,15 +2681,10 @@ def rear_pickup(source, path):
     return _current_fs().pickup(source, path)
 
 
-# ---------------------------------------------------------------- scavenger
+# ---------------------------------------------------------------- archive files
 #
-# Sub-sections, in the order a commit needs them: the archive's paths and
-# lock, its journal, recovery of interrupted commits, its name index, the
-# archive opened for appending, the commit itself (steps 1-8 of the module
-# docstring), claiming temp zips, and the pass that ties them together.
-
-
-# -- scavenger: archive paths and lock
+# Where an archive's files are: dest path <-> file path, its series, its
+# lock, journal and index files (layout in the module docstring).
 
 
 def _dest_of(base, archive):
@@ -2734,256 +2739,41 @@ def _archive_lock(paths, blocking=True):
         os.close(fd)
 
 
-def _crash_test_point(step):
-    """A named point of the commit protocol: "journal-written" (step 4),
-    "entries-written" (step 5, before the end records), "appended" (step 5
-    done), "committed" (step 6), "temp-zip-deleted" (inside step 7, before
-    its sidecar), "temps-finished" (step 7 done), "rolled-over",
-    "salvaged".  Does nothing: it is the seam the crash tests kill the
-    process at, so that they name steps rather than private functions."""
+def _series(base, dest):
+    """The files of an archive series, oldest first: name-0.zip, name-1.zip,
+    ... (rolled over), then name.zip.  Only those that exist."""
+    archive = _ArchivePaths(base, dest).archive
+    directory, file_name = os.path.split(archive)
+    stem = file_name[:-len(".zip")]
+    numbered = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for name in os.listdir(directory):
+            number = name[len(stem) + 1:-len(".zip")]
+            if (name.startswith(stem + "-") and name.lower().endswith(".zip")
+                    and number.isdigit() and str(int(number)) == number):
+                numbered.append((int(number), os.path.join(directory, name)))
+    paths = [path for _number, path in sorted(numbered)]
+    if os.path.lexists(archive):
+        paths.append(archive)
+    return paths
 
 
-# -- scavenger: journal (commit step 4; layout in the module docstring)
+def _locate_base(archive):
+    """(base, dest) of an archive under a rear base (the nearest directory
+    above it that has inbox/archives/), or (None, None)."""
+    directory = os.path.dirname(os.path.abspath(archive))
+    while True:
+        if os.path.isdir(os.path.join(directory, _INBOX, _ARCHIVES_DIR)):
+            return directory, _dest_of(directory, os.path.abspath(archive))
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None, None
+        directory = parent
 
 
-def _write_journal(paths, header, archive):
-    """Commit step 4: the journal, complete under its own name or not at all.
-
-    The header is followed by the archive's old tail, copied in the kernel
-    (it is the whole central directory: 100 MB for a million entries, which
-    must not pass through Python).  Written as ``.journal-new``, fsynced,
-    then renamed: a ``.journal`` is therefore never torn and needs no CRC
-    over its bulk.  Returns the open journal and the offset of the old tail,
-    from which step 5 copies the old central directory back.
-    """
-    tail_size = archive.size - archive.cd.cd_offset
-    head = json.dumps(dict(header, tail_size=tail_size), sort_keys=True).encode("utf-8")
-    prefix = (_JOURNAL_HEAD.pack(_JOURNAL_MAGIC, len(head)) + head
-              + _JOURNAL_HEAD_CRC.pack(zlib.crc32(head)))
-    fd = os.open(paths.journal_new, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
-    try:
-        _write_all(fd, prefix)
-        if tail_size:
-            _copy_range(archive.fd, archive.cd.cd_offset, fd, len(prefix), tail_size,
-                        paths.archive)
-        os.fsync(fd)
-        os.replace(paths.journal_new, paths.journal)
-        _sync_directory(paths.directory)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):   # never hide the original error
-            os.unlink(paths.journal_new)
-        raise
-    return fd, len(prefix)
-
-
-def _read_journal(fd, path):
-    """(header, offset of the old tail) of the journal open on ``fd``."""
-    size = os.fstat(fd).st_size
-    damaged = ArchiveError(
-        "%s is not a complete rear journal (written by another rear version, or "
-        "changed since); its archive may be mid-commit.  Keep it, check the archive "
-        "with 'rear verify', and delete the journal only if the archive is intact"
-        % path, path)
-    head = os.pread(fd, _JOURNAL_HEAD.size, 0)
-    if len(head) < _JOURNAL_HEAD.size:
-        raise damaged
-    magic, head_len = _JOURNAL_HEAD.unpack(head)
-    data_offset = _JOURNAL_HEAD.size + head_len + _JOURNAL_HEAD_CRC.size
-    if magic != _JOURNAL_MAGIC or data_offset > size:
-        raise damaged
-    body = os.pread(fd, head_len + _JOURNAL_HEAD_CRC.size, _JOURNAL_HEAD.size)
-    (crc,) = _JOURNAL_HEAD_CRC.unpack_from(body, head_len)
-    if zlib.crc32(body[:head_len]) != crc:
-        raise damaged
-    try:
-        header = json.loads(body[:head_len].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise damaged from None
-    if not _journal_header_is_valid(header, path) or size != data_offset + header["tail_size"]:
-        raise damaged
-    return header, data_offset
-
-
-_JOURNAL_KEYS = {"dest": str, "archive": str, "created": bool, "old_size": int,
-                 "old_cd_offset": int, "temps": list, "tail_size": int}
-
-
-def _journal_header_is_valid(header, path):
-    """Every key the docstring specifies, of its type and consistent, and a
-    ``dest`` whose key is this journal's name: a header that passes its CRC
-    but was written by something else must never direct a rollback."""
-    if not isinstance(header, dict) or not all(
-            type(header.get(key)) is kind for key, kind in _JOURNAL_KEYS.items()):
-        return False
-    if not 0 <= header["old_cd_offset"] <= header["old_size"] or header["tail_size"] != (
-            header["old_size"] - header["old_cd_offset"]):
-        return False
-    if not all(isinstance(temp, dict) and type(temp.get("zip")) is str
-               and type(temp.get("finish")) is bool for temp in header["temps"]):
-        return False
-    key = os.path.basename(path).split(".", 1)[0]
-    try:
-        dest = split_path(header["dest"] + "/_")[0]
-    except PathError:
-        return False
-    return dest == header["dest"] and _archive_key(dest) == key
-
-
-def _load_journal(path):
-    """(descriptor, header, offset of the old tail) of a journal, or None
-    if there is none.
-
-    With the archive lock held, a journal that turns out to be gone (rule 1
-    and 2 of "network filesystems") was finished by whoever held the lock
-    before.  Its bytes are read once this client's view has caught up with
-    the scavenger that wrote them (rule 3).
-    """
-    fd = _open_existing(path, os.O_RDONLY | _O_CLOEXEC)
-    if fd is None:
-        return None
-    try:
-        header, tail_offset = _await_current_view(fd, path,
-                                                  lambda _st: _read_journal(fd, path))
-    except OSError as err:
-        _close_read_only(fd)
-        if err.errno in _GONE_ERRNOS:
-            return None
-        raise
-    except BaseException:
-        _close_read_only(fd)
-        raise
-    return fd, header, tail_offset
-
-
-# -- scavenger: recovery of interrupted commits
-
-
-def _finish_temps(paths, temps):
-    """Commit step 7: delete finished temp zips, record the rest as done."""
-    inbox = os.path.join(paths.base, _INBOX)
-    for temp in temps:
-        zip_path = os.path.join(inbox, os.path.basename(temp["zip"]))
-        if temp["finish"]:
-            _unlink_if_exists(zip_path)
-            _crash_test_point("temp-zip-deleted")
-            _unlink_if_exists(_sidecar_path(zip_path))
-        else:
-            try:
-                sidecar = _read_sidecar(_sidecar_path(zip_path))
-            except TempZipError:
-                sidecar = None
-            if sidecar is None:
-                continue   # gone: a crashed earlier run finished it already
-            if paths.dest not in sidecar.done:
-                sidecar.done.append(paths.dest)
-                _write_sidecar(_sidecar_path(zip_path), sidecar)
-    _sync_directory(inbox)
-
-
-def _recover_locked(paths, stats):
-    """With the archive lock held: roll back or forward an interrupted commit."""
-    # Killed while writing the journal: the archive was not touched yet.
-    # (Unlinked, not tested for: rule 1 of "network filesystems".)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(paths.journal_new)
-        _sync_directory(paths.directory)
-    _finish_committed(paths, stats)
-    _roll_back_journal(paths, stats)
-
-
-def _finish_committed(paths, stats):
-    """Redo steps 7 and 8 of a commit that passed its commit point."""
-    commit = _load_journal(paths.commit)
-    if commit is None:
-        return
-    fd, header, _tail_offset = commit
-    _close_read_only(fd)
-    paths.set_dest(header["dest"])
-    _finish_temps(paths, header["temps"])
-    os.unlink(paths.commit)
-    _sync_directory(paths.directory)
-    stats.recovered_journals += 1
-    _log.warning("finished the interrupted commit to %s", paths.archive)
-
-
-def _roll_back_journal(paths, stats):
-    """Undo a commit that did not reach its commit point: write the old tail
-    back and truncate (or delete an archive the commit created)."""
-    journal = _load_journal(paths.journal)
-    if journal is None:
-        return
-    journal_fd, header, tail_offset = journal
-    try:
-        paths.set_dest(header["dest"])
-        if header["created"]:
-            _unlink_if_exists(paths.archive)
-            if os.path.isdir(os.path.dirname(paths.archive)):
-                _sync_directory(os.path.dirname(paths.archive))
-        else:
-            fd = _open_existing(paths.archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
-            if fd is None:
-                raise ArchiveError("%s is missing, but the journal %s says a commit to it "
-                                   "was interrupted; restore the archive (or move the "
-                                   "journal away if it is gone for good)"
-                                   % (paths.archive, paths.journal), paths.archive)
-            try:
-                _copy_range(journal_fd, tail_offset, fd, header["old_cd_offset"],
-                            header["tail_size"], paths.journal)
-                os.ftruncate(fd, header["old_size"])
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    finally:
-        _close_read_only(journal_fd)
-    _log.warning("rolled back the interrupted commit to %s", paths.archive)
-    os.unlink(paths.journal)
-    _sync_directory(paths.directory)
-    stats.recovered_journals += 1
-
-
-def _roll_back_quietly(paths, stats):
-    """Roll back a failed commit; a failing rollback never hides the cause."""
-    try:
-        _recover_locked(paths, stats)
-    except Exception:
-        _log.exception("rolling back the failed commit to %s failed too; the journal "
-                       "%s stays for 'rear recover'", paths.archive, paths.journal)
-
-
-def _recover_all_journals(base, stats):
-    """Recover every interrupted commit whose archive is not locked now.
-
-    A journal's name is its archive's key, so its lock can be taken before
-    the journal is read: one being written by a live scavenger is never
-    mistaken for a torn one.
-    """
-    directory = os.path.join(base, _INBOX, _ARCHIVES_DIR)
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return
-    keys = {name.rsplit(".", 1)[0] for name in names
-            if name.endswith(_PENDING_JOURNAL_SUFFIXES)}
-    # Index files being replaced when a scavenger died (.<key>.index.<hex>.tmp)
-    leftovers = {}
-    for name in names:
-        if name.startswith(".") and name.endswith(".tmp") and _INDEX_SUFFIX + "." in name:
-            leftovers.setdefault(name[1:].split(".", 1)[0], []).append(name)
-    for key in sorted(keys | set(leftovers)):
-        paths = _ArchivePaths(base, key=key)
-        try:
-            with _archive_lock(paths, blocking=False) as held:
-                if held:
-                    if key in keys:
-                        _recover_locked(paths, stats)
-                    for name in leftovers.get(key, []):
-                        _unlink_if_exists(os.path.join(directory, name))
-        except (OSError, RearError, ValueError, KeyError) as err:
-            _report(stats, paths.journal, "recovery failed: %s" % err)
-
-
-# -- scavenger: name index (layout in the module docstring)
+# ---------------------------------------------------------------- name index
+#
+# Layout in the module docstring; read by readers, kept by scavengers.
 
 
 def _name_hash(encoded_name):
@@ -3263,7 +3053,297 @@ def _parse_index_header(header):
     return fields
 
 
-# -- scavenger: the archive opened for appending
+# ---------------------------------------------------------------- scavenger results
+#
+# What a pass did and what went wrong, counted and reported as it goes.
+
+
+@dataclasses.dataclass
+class ScavengeStats:
+    """What one scavenger pass did."""
+
+    files_moved: int = 0        # entries appended to final archives
+    temp_zips_done: int = 0     # temp zips fully ingested and deleted
+    archives_touched: int = 0   # commits made
+    conflicts: int = 0          # entries kept under a name.~N~ name
+    salvaged: int = 0           # unsealed temp zips of dead writers recovered
+    duplicates: int = 0         # entries skipped because already archived
+    busy: int = 0               # temp zips skipped: locked by a writer or scavenger
+    taken_over: int = 0         # locked temp zips of hosts declared down (dead_hosts)
+    waiting: int = 0            # unsealed temp zips not yet past the grace period
+    recovered_journals: int = 0  # interrupted commits rolled back or forward
+    errors: list = dataclasses.field(default_factory=list)  # (path, reason)
+
+    def add(self, other):
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+def _report(stats, path, reason, level=logging.ERROR):
+    """Record a problem of the pass in ``stats.errors`` and log it once (the
+    CLI prints ``stats.errors`` itself, so its handler skips these records)."""
+    stats.errors.append((path, reason))
+    _log.log(level, "%s", reason if path in reason else "%s: %s" % (path, reason),
+             extra={"rear_reported": True})
+
+
+# ---------------------------------------------------------------- journal
+#
+# Commit step 4; layout in the module docstring.
+
+
+def _crash_test_point(step):
+    """A named point of the commit protocol: "journal-written" (step 4),
+    "entries-written" (step 5, before the end records), "appended" (step 5
+    done), "committed" (step 6), "temp-zip-deleted" (inside step 7, before
+    its sidecar), "temps-finished" (step 7 done), "rolled-over",
+    "salvaged".  Does nothing: it is the seam the crash tests kill the
+    process at, so that they name steps rather than private functions."""
+
+
+def _write_journal(paths, header, archive):
+    """Commit step 4: the journal, complete under its own name or not at all.
+
+    The header is followed by the archive's old tail, copied in the kernel
+    (it is the whole central directory: 100 MB for a million entries, which
+    must not pass through Python).  Written as ``.journal-new``, fsynced,
+    then renamed: a ``.journal`` is therefore never torn and needs no CRC
+    over its bulk.  Returns the open journal and the offset of the old tail,
+    from which step 5 copies the old central directory back.
+    """
+    tail_size = archive.size - archive.cd.cd_offset
+    head = json.dumps(dict(header, tail_size=tail_size), sort_keys=True).encode("utf-8")
+    prefix = (_JOURNAL_HEAD.pack(_JOURNAL_MAGIC, len(head)) + head
+              + _JOURNAL_HEAD_CRC.pack(zlib.crc32(head)))
+    fd = os.open(paths.journal_new, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, prefix)
+        if tail_size:
+            _copy_range(archive.fd, archive.cd.cd_offset, fd, len(prefix), tail_size,
+                        paths.archive)
+        os.fsync(fd)
+        os.replace(paths.journal_new, paths.journal)
+        _sync_directory(paths.directory)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):   # never hide the original error
+            os.unlink(paths.journal_new)
+        raise
+    return fd, len(prefix)
+
+
+def _read_journal(fd, path):
+    """(header, offset of the old tail) of the journal open on ``fd``."""
+    size = os.fstat(fd).st_size
+    damaged = ArchiveError(
+        "%s is not a complete rear journal (written by another rear version, or "
+        "changed since); its archive may be mid-commit.  Keep it, check the archive "
+        "with 'rear verify', and delete the journal only if the archive is intact"
+        % path, path)
+    head = os.pread(fd, _JOURNAL_HEAD.size, 0)
+    if len(head) < _JOURNAL_HEAD.size:
+        raise damaged
+    magic, head_len = _JOURNAL_HEAD.unpack(head)
+    data_offset = _JOURNAL_HEAD.size + head_len + _JOURNAL_HEAD_CRC.size
+    if magic != _JOURNAL_MAGIC or data_offset > size:
+        raise damaged
+    body = os.pread(fd, head_len + _JOURNAL_HEAD_CRC.size, _JOURNAL_HEAD.size)
+    (crc,) = _JOURNAL_HEAD_CRC.unpack_from(body, head_len)
+    if zlib.crc32(body[:head_len]) != crc:
+        raise damaged
+    try:
+        header = json.loads(body[:head_len].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise damaged from None
+    if not _journal_header_is_valid(header, path) or size != data_offset + header["tail_size"]:
+        raise damaged
+    return header, data_offset
+
+
+_JOURNAL_KEYS = {"dest": str, "archive": str, "created": bool, "old_size": int,
+                 "old_cd_offset": int, "temps": list, "tail_size": int}
+
+
+def _journal_header_is_valid(header, path):
+    """Every key the docstring specifies, of its type and consistent, and a
+    ``dest`` whose key is this journal's name: a header that passes its CRC
+    but was written by something else must never direct a rollback."""
+    if not isinstance(header, dict) or not all(
+            type(header.get(key)) is kind for key, kind in _JOURNAL_KEYS.items()):
+        return False
+    if not 0 <= header["old_cd_offset"] <= header["old_size"] or header["tail_size"] != (
+            header["old_size"] - header["old_cd_offset"]):
+        return False
+    if not all(isinstance(temp, dict) and type(temp.get("zip")) is str
+               and type(temp.get("finish")) is bool for temp in header["temps"]):
+        return False
+    key = os.path.basename(path).split(".", 1)[0]
+    try:
+        dest = split_path(header["dest"] + "/_")[0]
+    except PathError:
+        return False
+    return dest == header["dest"] and _archive_key(dest) == key
+
+
+def _load_journal(path):
+    """(descriptor, header, offset of the old tail) of a journal, or None
+    if there is none.
+
+    With the archive lock held, a journal that turns out to be gone (rule 1
+    and 2 of "network filesystems") was finished by whoever held the lock
+    before.  Its bytes are read once this client's view has caught up with
+    the scavenger that wrote them (rule 3).
+    """
+    fd = _open_existing(path, os.O_RDONLY | _O_CLOEXEC)
+    if fd is None:
+        return None
+    try:
+        header, tail_offset = _await_current_view(fd, path,
+                                                  lambda _st: _read_journal(fd, path))
+    except OSError as err:
+        _close_read_only(fd)
+        if err.errno in _GONE_ERRNOS:
+            return None
+        raise
+    except BaseException:
+        _close_read_only(fd)
+        raise
+    return fd, header, tail_offset
+
+
+# ---------------------------------------------------------------- recovery
+#
+# Interrupted commits, rolled back or finished (module docstring, Recovery).
+
+
+def _finish_temps(paths, temps):
+    """Commit step 7: delete finished temp zips, record the rest as done."""
+    inbox = os.path.join(paths.base, _INBOX)
+    for temp in temps:
+        zip_path = os.path.join(inbox, os.path.basename(temp["zip"]))
+        if temp["finish"]:
+            _unlink_if_exists(zip_path)
+            _crash_test_point("temp-zip-deleted")
+            _unlink_if_exists(_sidecar_path(zip_path))
+        else:
+            try:
+                sidecar = _read_sidecar(_sidecar_path(zip_path))
+            except TempZipError:
+                sidecar = None
+            if sidecar is None:
+                continue   # gone: a crashed earlier run finished it already
+            if paths.dest not in sidecar.done:
+                sidecar.done.append(paths.dest)
+                _write_sidecar(_sidecar_path(zip_path), sidecar)
+    _sync_directory(inbox)
+
+
+def _recover_locked(paths, stats):
+    """With the archive lock held: roll back or forward an interrupted commit."""
+    # Killed while writing the journal: the archive was not touched yet.
+    # (Unlinked, not tested for: rule 1 of "network filesystems".)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(paths.journal_new)
+        _sync_directory(paths.directory)
+    _finish_committed(paths, stats)
+    _roll_back_journal(paths, stats)
+
+
+def _finish_committed(paths, stats):
+    """Redo steps 7 and 8 of a commit that passed its commit point."""
+    commit = _load_journal(paths.commit)
+    if commit is None:
+        return
+    fd, header, _tail_offset = commit
+    _close_read_only(fd)
+    paths.set_dest(header["dest"])
+    _finish_temps(paths, header["temps"])
+    os.unlink(paths.commit)
+    _sync_directory(paths.directory)
+    stats.recovered_journals += 1
+    _log.warning("finished the interrupted commit to %s", paths.archive)
+
+
+def _roll_back_journal(paths, stats):
+    """Undo a commit that did not reach its commit point: write the old tail
+    back and truncate (or delete an archive the commit created)."""
+    journal = _load_journal(paths.journal)
+    if journal is None:
+        return
+    journal_fd, header, tail_offset = journal
+    try:
+        paths.set_dest(header["dest"])
+        if header["created"]:
+            _unlink_if_exists(paths.archive)
+            if os.path.isdir(os.path.dirname(paths.archive)):
+                _sync_directory(os.path.dirname(paths.archive))
+        else:
+            fd = _open_existing(paths.archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+            if fd is None:
+                raise ArchiveError("%s is missing, but the journal %s says a commit to it "
+                                   "was interrupted; restore the archive (or move the "
+                                   "journal away if it is gone for good)"
+                                   % (paths.archive, paths.journal), paths.archive)
+            try:
+                _copy_range(journal_fd, tail_offset, fd, header["old_cd_offset"],
+                            header["tail_size"], paths.journal)
+                os.ftruncate(fd, header["old_size"])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        _close_read_only(journal_fd)
+    _log.warning("rolled back the interrupted commit to %s", paths.archive)
+    os.unlink(paths.journal)
+    _sync_directory(paths.directory)
+    stats.recovered_journals += 1
+
+
+def _roll_back_quietly(paths, stats):
+    """Roll back a failed commit; a failing rollback never hides the cause."""
+    try:
+        _recover_locked(paths, stats)
+    except Exception:
+        _log.exception("rolling back the failed commit to %s failed too; the journal "
+                       "%s stays for 'rear recover'", paths.archive, paths.journal)
+
+
+def _recover_all_journals(base, stats):
+    """Recover every interrupted commit whose archive is not locked now.
+
+    A journal's name is its archive's key, so its lock can be taken before
+    the journal is read: one being written by a live scavenger is never
+    mistaken for a torn one.
+    """
+    directory = os.path.join(base, _INBOX, _ARCHIVES_DIR)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    keys = {name.rsplit(".", 1)[0] for name in names
+            if name.endswith(_PENDING_JOURNAL_SUFFIXES)}
+    # Index files being replaced when a scavenger died (.<key>.index.<hex>.tmp)
+    leftovers = {}
+    for name in names:
+        if name.startswith(".") and name.endswith(".tmp") and _INDEX_SUFFIX + "." in name:
+            leftovers.setdefault(name[1:].split(".", 1)[0], []).append(name)
+    for key in sorted(keys | set(leftovers)):
+        paths = _ArchivePaths(base, key=key)
+        try:
+            with _archive_lock(paths, blocking=False) as held:
+                if held:
+                    if key in keys:
+                        _recover_locked(paths, stats)
+                    for name in leftovers.get(key, []):
+                        _unlink_if_exists(os.path.join(directory, name))
+        except (OSError, RearError, ValueError, KeyError) as err:
+            _report(stats, paths.journal, "recovery failed: %s" % err)
+
+
+# ---------------------------------------------------------------- commit
+#
+# Steps 1-8 of the module docstring: the archive opened for appending,
+# what to add, the journal written, the entries appended, the commit point.
 
 
 class _ArchiveState:
@@ -3448,9 +3528,6 @@ class _RolledArchive:
         _close_held(self)
 
 
-# -- scavenger: the commit (steps 1-8 of the module docstring)
-
-
 def _commit_to_archive(base, dest, items, limits, stats):
     """Append (claim, member, entry) items to one archive atomically (steps 1-8)."""
     paths = _ArchivePaths(base, dest)
@@ -3584,7 +3661,10 @@ def _write_entries(archive, additions):
     return offset, records
 
 
-# -- scavenger: claiming temp zips
+# ---------------------------------------------------------------- claim
+#
+# Taking temp zips: locked, read (sealed) or salvaged (dead writers'),
+# their entries routed to archives.
 
 
 class _Claim:
@@ -3852,28 +3932,9 @@ def _remove_orphans(inbox, grace, stats):
             _report(stats, path, "could not remove this leftover: %s" % err)
 
 
-# -- scavenger: the pass
-
-
-@dataclasses.dataclass
-class ScavengeStats:
-    """What one scavenger pass did."""
-
-    files_moved: int = 0        # entries appended to final archives
-    temp_zips_done: int = 0     # temp zips fully ingested and deleted
-    archives_touched: int = 0   # commits made
-    conflicts: int = 0          # entries kept under a name.~N~ name
-    salvaged: int = 0           # unsealed temp zips of dead writers recovered
-    duplicates: int = 0         # entries skipped because already archived
-    busy: int = 0               # temp zips skipped: locked by a writer or scavenger
-    taken_over: int = 0         # locked temp zips of hosts declared down (dead_hosts)
-    waiting: int = 0            # unsealed temp zips not yet past the grace period
-    recovered_journals: int = 0  # interrupted commits rolled back or forward
-    errors: list = dataclasses.field(default_factory=list)  # (path, reason)
-
-    def add(self, other):
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+# ---------------------------------------------------------------- scavenger
+#
+# The pass that ties claims and commits together, and the public API.
 
 
 def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SIZE,
@@ -3926,14 +3987,6 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                 for claim in claims:
                     claim.release()
     return stats
-
-
-def _report(stats, path, reason, level=logging.ERROR):
-    """Record a problem of the pass in ``stats.errors`` and log it once (the
-    CLI prints ``stats.errors`` itself, so its handler skips these records)."""
-    stats.errors.append((path, reason))
-    _log.log(level, "%s", reason if path in reason else "%s: %s" % (path, reason),
-             extra={"rear_reported": True})
 
 
 def _claim_or_report(path, stats, **options):
@@ -4115,19 +4168,6 @@ def _dos_to_unix(dos_date, dos_time):
                                 (dos_time & 0x1F) * 2, 0, 0, -1)))
     except (OverflowError, ValueError):
         return 0
-
-
-def _locate_base(archive):
-    """(base, dest) of an archive under a rear base (the nearest directory
-    above it that has inbox/archives/), or (None, None)."""
-    directory = os.path.dirname(os.path.abspath(archive))
-    while True:
-        if os.path.isdir(os.path.join(directory, _INBOX, _ARCHIVES_DIR)):
-            return directory, _dest_of(directory, os.path.abspath(archive))
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return None, None
-        directory = parent
 
 
 def _wait_for(acquire, timeout, what, path):
@@ -4472,25 +4512,6 @@ def _complete_local_entries(fd, path, size):
             return
         yield entry
         offset = entry.data_offset + entry.compressed_size
-
-
-def _series(base, dest):
-    """The files of an archive series, oldest first: name-0.zip, name-1.zip,
-    ... (rolled over), then name.zip.  Only those that exist."""
-    archive = _ArchivePaths(base, dest).archive
-    directory, file_name = os.path.split(archive)
-    stem = file_name[:-len(".zip")]
-    numbered = []
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for name in os.listdir(directory):
-            number = name[len(stem) + 1:-len(".zip")]
-            if (name.startswith(stem + "-") and name.lower().endswith(".zip")
-                    and number.isdigit() and str(int(number)) == number):
-                numbered.append((int(number), os.path.join(directory, name)))
-    paths = [path for _number, path in sorted(numbered)]
-    if os.path.lexists(archive):
-        paths.append(archive)
-    return paths
 
 
 class ArchiveReader:
