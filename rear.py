@@ -193,6 +193,21 @@ Usage
     $ python -m rear scavenge /scratch/run42 --flush     # or from the shell
 
     rear.read_bytes("/scratch/run42", "logs.zip/task-17/out.txt")   # any time
+
+Sections of this file
+=====================
+In this order, each under a banner comment, each using only names defined
+above it (late binding through methods, such as a forked child's reset of
+every rear_fs, is the only way back up):
+
+constants, errors, process-wide state, platform, network filesystems,
+durable I/O, zip format, paths, sidecar, settings, temp zip, writer,
+archive files, name index, scavenger results, journal, recovery, commit,
+claim, scavenger, reading, inspection, CLI.
+
+Names say what a function does: ``_pack_*`` builds bytes, ``_parse_*``
+and ``_iter_*`` read them, ``_is_*``/``_has_*`` answer yes or no, and
+``*_error`` returns an exception for the caller to raise.
 """
 
 import argparse

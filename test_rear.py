@@ -5,6 +5,7 @@ Every archive a test produces is also checked by an independent reader
 and scavenger processes are killed with SIGKILL.
 """
 
+import ast
 import asyncio
 import collections
 import errno
@@ -2435,6 +2436,56 @@ def test_the_module_docstring_specifies_every_key_and_layout_rear_writes(base, m
     assert rear._JOURNAL_MAGIC.decode() in spec and rear._INDEX_MAGIC.decode() in spec
     assert "header  %d bytes" % rear._INDEX_HEADER.size in spec
     assert "%d bytes" % rear._INDEX_STAMP_BYTES in spec
+
+
+def rear_sections():
+    """[(title, first line, last line)] of rear.py's banner-commented sections."""
+    lines = open(os.path.join(HERE, "rear.py")).read().splitlines()
+    starts = [(number, line.split(" ", 2)[2]) for number, line in enumerate(lines, 1)
+              if re.match(r"^# -{10,} \S", line)]
+    return [(title, start, (starts[index + 1][0] - 1 if index + 1 < len(starts)
+                            else len(lines)))
+            for index, (start, title) in enumerate(starts)]
+
+
+def test_the_docstring_lists_rear_py_sections_in_their_order():
+    listed = rear.__doc__.split("Sections of this file", 1)[1].split(":", 1)[1]
+    listed = " ".join(listed.split("\n\n")[1].split())
+    assert listed == ", ".join(title for title, _start, _end in rear_sections()) + "."
+
+
+def test_no_section_of_rear_py_is_over_700_lines():
+    for title, start, end in rear_sections():
+        assert end - start < 700, "section %r is %d lines" % (title, end - start)
+
+
+def test_each_section_of_rear_py_uses_only_names_defined_above_it():
+    tree = ast.parse(open(os.path.join(HERE, "rear.py")).read())
+    sections = rear_sections()
+
+    def section_of(line):     # -1: the imports and names above the first section
+        return max([-1] + [index for index, (_title, start, _end) in enumerate(sections)
+                           if start <= line])
+
+    defined = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            defined.setdefault(node.name, section_of(node.lineno))
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    defined.setdefault(target.id, section_of(node.lineno))
+    later = []
+    for node in tree.body:
+        if node.lineno < sections[0][1]:
+            continue
+        here = section_of(node.lineno)
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Name) and defined.get(inner.id, here) > here:
+                later.append("%s (%s) uses %s (%s)" % (
+                    getattr(node, "name", node.lineno), sections[here][0], inner.id,
+                    sections[defined[inner.id]][0]))
+    assert later == []
 
 
 def test_ci_runs_the_commands_at_the_top_of_the_readme():
