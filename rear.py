@@ -1293,13 +1293,13 @@ def _iter_central_records(reader, directory, path, error=ArchiveError, start=0, 
     while remaining:
         remaining -= 1
         if position + fixed_size > cd_size:
-            raise _short_central_directory(path, directory, error)
+            raise _short_central_directory_error(path, directory, error)
         if offset + fixed_size + _TYPICAL_NAME > len(data):
             data = os.pread(reader.fd, max(reader.readahead, fixed_size + _TYPICAL_NAME),
                             cd_offset + position)
             offset = 0
             if len(data) < fixed_size:
-                raise _short_central_directory(path, directory, error)
+                raise _short_central_directory_error(path, directory, error)
         fields = unpack(data, offset)
         if fields[0] != signature:
             raise error("%s: bad central directory record at byte %d"
@@ -1308,7 +1308,7 @@ def _iter_central_records(reader, directory, path, error=ArchiveError, start=0, 
         extra_end = name_end + fields[extra_length]
         record_size = extra_end - offset + fields[comment_length]
         if position + record_size > cd_size:
-            raise _short_central_directory(path, directory, error)
+            raise _short_central_directory_error(path, directory, error)
         if extra_end > len(data):    # a long name: read it from its record's start
             data = os.pread(reader.fd, max(reader.readahead, extra_end - offset),
                             cd_offset + position)
@@ -1316,13 +1316,13 @@ def _iter_central_records(reader, directory, path, error=ArchiveError, start=0, 
             extra_end -= offset
             offset = 0
             if extra_end > len(data):
-                raise _short_central_directory(path, directory, error)
+                raise _short_central_directory_error(path, directory, error)
         yield position, fields, data[offset + fixed_size:name_end], data[name_end:extra_end]
         position += record_size
         offset += record_size
 
 
-def _short_central_directory(path, directory, error):
+def _short_central_directory_error(path, directory, error):
     return error("%s: central directory is shorter than its %d records"
                  % (path, directory.count), path)
 
@@ -1401,7 +1401,7 @@ def _new_decompressor(method):
     return zipfile._get_decompressor(method)
 
 
-def _entry_data_is_intact(reader, entry):
+def _is_entry_data_intact(reader, entry):
     """Decompress ``entry`` read through ``reader``: size, CRC-32 and a
     complete stream."""
     try:
@@ -1465,7 +1465,7 @@ def _salvage_entries(fd, size, path):
         if entry is None or entry.flags & ~(_FLAG_COMPRESSION_OPTIONS | _FLAG_UTF8):
             break
         end = entry.data_offset + entry.compressed_size
-        if end > size or not _entry_data_is_intact(reader, entry):
+        if end > size or not _is_entry_data_intact(reader, entry):
             break
         entries.append(entry)
         offset = end
@@ -1537,7 +1537,7 @@ def _read_central_entries(fd, size, path, error, check_small=False, small_crc=No
                 running = zlib.crc32(reader.read_exact(entry.header_offset,
                                                        end - entry.header_offset), running)
         elif (check_small and entry.compressed_size <= _SMALL_ENTRY
-              and _is_copyable(entry) and not _entry_data_is_intact(reader, entry)):
+              and _is_copyable(entry) and not _is_entry_data_intact(reader, entry)):
             # (an entry rear would not copy anyway gets its precise error
             # from the claim)
             raise _damaged_entry_error(path, entry.name, error)
@@ -1877,7 +1877,7 @@ def _checked_base(base, *, writing=False, may_be_missing=False):
     """
     base = os.path.abspath(_base_or_env(base))
     if not may_be_missing:
-        _check_checked_base(base, writing)
+        _check_existing_base(base, writing)
     if writing:
         for path in (base, os.path.join(base, _INBOX)) if may_be_missing \
                 else (os.path.join(base, _INBOX),):
@@ -1886,7 +1886,7 @@ def _checked_base(base, *, writing=False, may_be_missing=False):
     return base
 
 
-def _check_checked_base(base, writing):
+def _check_existing_base(base, writing):
     try:
         st = os.stat(base)
     except FileNotFoundError:
@@ -1988,7 +1988,7 @@ class _Spool(io.RawIOBase):
         self._memory = io.BytesIO()
         self._file = None
 
-    def _target(self):
+    def _current_store(self):
         return self._memory if self._file is None else self._file
 
     def readable(self):
@@ -2001,14 +2001,14 @@ class _Spool(io.RawIOBase):
         return True
 
     def readinto(self, buffer):
-        return self._target().readinto(buffer)
+        return self._current_store().readinto(buffer)
 
     def read_all_for_archive(self):
         """(bytes or None): the content when it is in memory, for the fast path."""
         return self._memory.getvalue() if self._file is None else None
 
     def write(self, data):
-        target = self._target()
+        target = self._current_store()
         if self._file is None and target.tell() + len(data) > self._limit:
             self._file = tempfile.TemporaryFile()
             self._file.write(self._memory.getbuffer())
@@ -2018,24 +2018,24 @@ class _Spool(io.RawIOBase):
         return target.write(data)
 
     def seek(self, offset, whence=io.SEEK_SET):
-        return self._target().seek(offset, whence)
+        return self._current_store().seek(offset, whence)
 
     def tell(self):
-        return self._target().tell()
+        return self._current_store().tell()
 
     def truncate(self, size=None):
-        return self._target().truncate(size)
+        return self._current_store().truncate(size)
 
     def size(self):
-        target = self._target()
+        target = self._current_store()
         position = target.tell()
         end = target.seek(0, io.SEEK_END)
         target.seek(position)
         return end
 
     def rewind_for_archive(self):
-        self._target().seek(0)
-        return self._target()
+        self._current_store().seek(0)
+        return self._current_store()
 
     def close(self):
         if self._file is not None:
@@ -2459,7 +2459,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
             # in place would be archived twice by a retry.
             members = _pickup_members(source, name)
             with self._lock:
-                mark = self._mark()
+                mark = self._end_mark()
                 self._no_timed_rotation = True
                 try:
                     for path, member, member_st in members:
@@ -2474,7 +2474,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
             self._archive_member(source, name, st)
             os.unlink(source)
 
-    def _mark(self):
+    def _end_mark(self):
         """Where the current temp zip ends now, for _undo_to."""
         temp = self._temp
         if temp is None:
@@ -3094,7 +3094,7 @@ class ScavengeStats:
             setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
-def _report(stats, path, reason, level=logging.ERROR):
+def _report_problem(stats, path, reason, level=logging.ERROR):
     """Record a problem of the pass in ``stats.errors`` and log it once (the
     CLI prints ``stats.errors`` itself, so its handler skips these records)."""
     stats.errors.append((path, reason))
@@ -3170,7 +3170,7 @@ def _read_journal(fd, path):
         header = json.loads(body[:head_len].decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise damaged from None
-    if not _journal_header_is_valid(header, path) or size != data_offset + header["tail_size"]:
+    if not _is_valid_journal_header(header, path) or size != data_offset + header["tail_size"]:
         raise damaged
     return header, data_offset
 
@@ -3179,7 +3179,7 @@ _JOURNAL_KEYS = {"dest": str, "archive": str, "created": bool, "old_size": int,
                  "old_cd_offset": int, "temps": list, "tail_size": int}
 
 
-def _journal_header_is_valid(header, path):
+def _is_valid_journal_header(header, path):
     """Every key the docstring specifies, of its type and consistent, and a
     ``dest`` whose key is this journal's name: a header that passes its CRC
     but was written by something else must never direct a rollback."""
@@ -3352,7 +3352,7 @@ def _recover_all_journals(base, stats):
                     for name in leftovers.get(key, []):
                         _unlink_if_exists(os.path.join(directory, name))
         except (OSError, RearError, ValueError, KeyError) as err:
-            _report(stats, paths.journal, "recovery failed: %s" % err)
+            _report_problem(stats, paths.journal, "recovery failed: %s" % err)
 
 
 # ---------------------------------------------------------------- commit
@@ -3395,12 +3395,12 @@ class _ArchiveState:
         if fd is not None:
             self.fd = fd
         try:
-            self._load(limits)
+            self._load_central_directory(limits)
         except BaseException:
             self.close()
             raise
 
-    def _load(self, limits):
+    def _load_central_directory(self, limits):
         if self.created:
             self._start_empty()
             return
@@ -3510,7 +3510,7 @@ class _ArchiveState:
             try:
                 index.update(new, fd, index_cd, index_size)
             except OSError as err:
-                _report(stats, index.path, "could not update the name index (%s); the "
+                _report_problem(stats, index.path, "could not update the name index (%s); the "
                         "next commit rebuilds it" % err, logging.WARNING)
 
     def close(self):
@@ -3944,7 +3944,7 @@ def _remove_orphans(inbox, grace, stats):
         except FileNotFoundError:
             continue
         except OSError as err:   # not worth failing the pass over
-            _report(stats, path, "could not remove this leftover: %s" % err)
+            _report_problem(stats, path, "could not remove this leftover: %s" % err)
 
 
 # ---------------------------------------------------------------- scavenger
@@ -4010,7 +4010,7 @@ def _claim_or_report(path, stats, **options):
         return _claim(path, stats, **options)
     except (TempZipError, OSError) as err:
         if not _is_vanished(err, path):   # else ingested by a scavenger on another client
-            _report(stats, path, str(err))
+            _report_problem(stats, path, str(err))
         return None
 
 
@@ -4048,7 +4048,7 @@ def _commit_claims(base, claims, limits, stats, report=None):
             # while being read is left out of the rest of the pass.
             archive = os.path.join(base, dest)
             reason = str(err) if archive in str(err) else "%s: %s" % (archive, err)
-            _report(stats, getattr(err, "path", None) or archive,
+            _report_problem(stats, getattr(err, "path", None) or archive,
                     "%s; its entries stay in their temp zips in inbox/ until then" % reason)
             if isinstance(err, TempZipError):
                 for claim, _member, _entry in items:
@@ -4076,7 +4076,7 @@ def _delete_temp_zip(claim, stats):
     except OSError as err:
         # Its entries are committed: a later pass deletes it and skips them
         # as duplicates.
-        _report(stats, claim.path, "could not delete it: %s" % err)
+        _report_problem(stats, claim.path, "could not delete it: %s" % err)
         return False
     return True
 
@@ -4103,7 +4103,7 @@ class scavengerd:  # noqa: N801 -- the public name rear 0.1 users know
     def __exit__(self, exc_type, exc, traceback):
         self._stop.set()
         self._thread.join()
-        self._pass(flush=True)
+        self._one_pass(flush=True)
 
     async def __aenter__(self):
         return self.__enter__()
@@ -4113,9 +4113,9 @@ class scavengerd:  # noqa: N801 -- the public name rear 0.1 users know
 
     def _run_passes(self):
         while not self._stop.wait(self.rotation_span):
-            self._pass(flush=False)
+            self._one_pass(flush=False)
 
-    def _pass(self, flush):
+    def _one_pass(self, flush):
         try:
             self.stats.add(scavenge(self.base, flush=flush, rotation_span=self.rotation_span,
                                     max_size=self.limits.max_size,
@@ -4268,7 +4268,7 @@ class _ArchiveView:
         self.index = None
         try:
             with self._locked():
-                self._load()
+                self._load_central_directory()
         except BaseException:
             self.close()
             raise
@@ -4278,7 +4278,7 @@ class _ArchiveView:
             return contextlib.nullcontext()
         return _shared_lock(self.paths.lock, self.path, self.lock_timeout)
 
-    def _load(self):
+    def _load_central_directory(self):
         def read():
             size = os.fstat(self.fd).st_size
             return size, _read_end_records(self.fd, size, self.path)
@@ -4296,7 +4296,7 @@ class _ArchiveView:
         """With the lock held: reload what a commit since the last look
         changed (it moved the central directory, and grew the file)."""
         if os.fstat(self.fd).st_size != self.size:
-            self._load()
+            self._load_central_directory()
 
     def find(self, name):
         """The _Entry of member ``name``, or None."""
@@ -4429,7 +4429,7 @@ class _MemberReader(io.RawIOBase):
         if self._left:
             raw = os.pread(self._fd, min(self._left, _CHUNK), self._offset)
             if not raw:
-                raise self._damaged("ends early")
+                raise self._damaged_error("ends early")
             self._offset += len(raw)
             self._left -= len(raw)
             data = raw if self._decompressor is None else self._decompress(raw)
@@ -4439,17 +4439,17 @@ class _MemberReader(io.RawIOBase):
         self._crc = zlib.crc32(data, self._crc)
         self._produced += len(data)
         if self._produced > self._entry.file_size:
-            raise self._damaged("is longer than its size")
+            raise self._damaged_error("is longer than its size")
         if self._done and (self._produced, self._crc) != (self._entry.file_size,
                                                           self._entry.crc):
-            raise self._damaged("fails its CRC-32 or size check")
+            raise self._damaged_error("fails its CRC-32 or size check")
         return data
 
     def _decompress(self, raw):
         try:
             return self._decompressor.decompress(raw)
         except (zlib.error, EOFError, OSError, ValueError, LookupError) as err:
-            raise self._damaged("does not decompress (%s)" % err) from None
+            raise self._damaged_error("does not decompress (%s)" % err) from None
 
     def _flush(self):
         if self._decompressor is None or not hasattr(self._decompressor, "flush"):
@@ -4457,9 +4457,9 @@ class _MemberReader(io.RawIOBase):
         try:
             return self._decompressor.flush()
         except (zlib.error, EOFError, OSError, ValueError) as err:
-            raise self._damaged("does not decompress (%s)" % err) from None
+            raise self._damaged_error("does not decompress (%s)" % err) from None
 
-    def _damaged(self, what):
+    def _damaged_error(self, what):
         return ArchiveError("%s: member %r %s; the archive is damaged ('rear verify' tells "
                             "more)" % (self._path, self._entry.name, what), self._path)
 
@@ -4549,7 +4549,7 @@ class ArchiveReader:
             view.close()
         self._views = []
 
-    def _find(self, member):
+    def _find_member(self, member):
         """(view or None, _Entry) of ``member``, newest archive first, then
         pending; (None, None) if absent."""
         for view in reversed(self._views):
@@ -4561,13 +4561,13 @@ class ArchiveReader:
         return None, None
 
     def __contains__(self, member):
-        return self._find(member)[1] is not None
+        return self._find_member(member)[1] is not None
 
     def info(self, member):
         """MemberInfo of ``member``; KeyError if it is not there."""
-        view, entry = self._find(member)
+        view, entry = self._find_member(member)
         if entry is None:
-            raise self._missing(member)
+            raise self._missing_error(member)
         if view is None:
             return MemberInfo.of(entry, member, self._pending.entries[member][0], True)
         return MemberInfo.of(entry, member, view.path)
@@ -4575,14 +4575,14 @@ class ArchiveReader:
     def open(self, member):
         """A binary file object streaming ``member``'s bytes, CRC-checked at
         the end; KeyError if it is not there."""
-        view, entry = self._find(member)
+        view, entry = self._find_member(member)
         if entry is None:
-            raise self._missing(member)
+            raise self._missing_error(member)
         if view is not None:
             return io.BufferedReader(view.open_member(entry), _CHUNK)
         reader = self._pending.open_member(member)
         if reader is None:     # scavenged since we looked: it is in an archive now
-            self._refresh()
+            self._reopen()
             return self.open(member)
         return io.BufferedReader(_OwningReader(reader), _CHUNK)
 
@@ -4621,13 +4621,13 @@ class ArchiveReader:
     def __iter__(self):
         return self.names()
 
-    def _refresh(self):
+    def _reopen(self):
         for view in self._views:
             view.close()
         fresh = open_archive(*self._reopen_args)
         self._views, self._pending = fresh._views, fresh._pending
 
-    def _missing(self, member):
+    def _missing_error(self, member):
         return KeyError("%s has no member %r%s" % (
             self.name, member, "" if self._pending is not None else
             " (files not scavenged yet are looked for with pending=True, 'rear ls "
@@ -5089,7 +5089,7 @@ def _report_errors(stats):
 
 
 def _not_reported(record):
-    """Logging filter of the CLI: what _report logged, _report_errors prints."""
+    """Logging filter of the CLI: what _report_problem logged, _report_errors prints."""
     return not getattr(record, "rear_reported", False)
 
 
@@ -5104,7 +5104,7 @@ def _cmd_scavenge(args):
     if args.watch:
         # A job step is stopped with SIGTERM (scancel, a time limit): end it
         # as Ctrl-C ends it, the commit in progress finished or rolled back.
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         while True:
             stats = _scavenge_pass(args)
@@ -5129,7 +5129,7 @@ def _cmd_scavenge(args):
         return code
 
 
-def _interrupt(_signum, _frame):
+def _raise_keyboard_interrupt(_signum, _frame):
     raise KeyboardInterrupt
 
 
@@ -5157,7 +5157,7 @@ def _report_unfinished(base, rotation_span=None):
     if temps:
         sys.stderr.write("rear: error: %s not archived; once their writers have ended, run "
                          "'rear scavenge --flush %s' again\n"
-                         % (_count(len(temps), "temp zip"), base))
+                         % (_counted(len(temps), "temp zip"), base))
         return _EXIT_UNFINISHED
     return 0
 
@@ -5307,7 +5307,7 @@ def _cmd_ls(args):
         totals = [0, 0, 0]
         _write_lines(sys.stdout, _listing_lines(rows, totals))
         sys.stdout.write("%12d %12d  %-16s  %s\n" % (totals[0], totals[1], "",
-                                                     _count(totals[2], "file")))
+                                                     _counted(totals[2], "file")))
     return 0
 
 
@@ -5373,10 +5373,10 @@ def _cmd_verify(args):
     report = verify(args.path)
     for archive, problem in report:
         sys.stderr.write("rear: error: %s: %s\n" % (archive, problem))
-    what = "%s, %s" % (_count(report.archives, "archive"), _count(report.entries, "entry"))
+    what = "%s, %s" % (_counted(report.archives, "archive"), _counted(report.entries, "entry"))
     if report:
         sys.stderr.write("rear: error: %s under %s; checked %s intact\n"
-                         % (_count(len(report), "problem"), args.path, what))
+                         % (_counted(len(report), "problem"), args.path, what))
         return 1
     if not report.archives:
         # Nothing read is nothing verified: never "intact".
@@ -5400,12 +5400,12 @@ def _report_pending(path):
     entries = sum(temp.entries or 0 for temp in temps)
     sys.stderr.write("rear: error: but %s holding %s are still in %s: not in the archives "
                      "yet; run 'rear scavenge --flush %s' ('rear status' says whose)\n"
-                     % (_count(len(temps), "temp zip"), _count(entries, "entry"),
+                     % (_counted(len(temps), "temp zip"), _counted(entries, "entry"),
                         os.path.join(path, _INBOX), path))
     return _EXIT_UNFINISHED
 
 
-def _count(number, noun):
+def _counted(number, noun):
     """'1 archive', '2 archives', '1 entry', '0 entries'."""
     if number == 1:
         return "1 " + noun
