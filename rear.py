@@ -239,7 +239,7 @@ import weakref
 import zipfile
 import zlib
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 __all__ = [
     "rear_fs",
@@ -852,7 +852,7 @@ def _await_current_view(fd, path, read):
     again by _STALE_VIEW_RETRY, then the error stands.  On a
     local filesystem nothing lags and an error stands at once.  Trusting a
     lagging view, a scavenger on GlusterFS appended over entries another
-    client had just committed (found by test_netfs.py).
+    client had just committed (tests/test_netfs.py shows it).
     """
     lagged = False
     for delay in _STALE_VIEW_RETRY.delays():

@@ -7,7 +7,6 @@ and scavenger processes are killed with SIGKILL.
 
 import ast
 import asyncio
-import collections
 import errno
 import glob
 import hashlib
@@ -26,7 +25,6 @@ import struct
 import subprocess
 import tempfile
 import sys
-import textwrap
 import threading
 import time
 import tracemalloc
@@ -36,53 +34,14 @@ import zlib
 import pytest
 
 import rear
-from conftest import fill
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-UNZIP_UNSUPPORTED_METHOD = 81
-NOT_IN_INFO_ZIP = {zipfile.ZIP_LZMA, getattr(zipfile, "ZIP_ZSTANDARD", -1)}
-CHILD_ENV = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+from tests.support import (BAD_PATHS, CHILD_ENV, HERE, MTIME_1970, MTIME_2050, MTIME_2200,
+                           MTIME_ODD, SALVAGED_PICKUP, SCAVENGER_LOOP_SCRIPT, Acknowledged,
+                           archives_of, as_sets, check_archives, fill, inbox_temp_zips,
+                           make_faithful_tree, read_archive, run_child, run_cli, run_in_threads,
+                           unzip_test, write_raw_temp_zip)
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def unzip_test(path):
-    """Info-ZIP's verdict on an archive: an independent reader."""
-    if shutil.which("unzip") is None:
-        pytest.skip("Info-ZIP unzip is not installed (apt-get install unzip)")
-    result = subprocess.run(["unzip", "-tqq", path], capture_output=True, text=True)
-    if result.returncode == UNZIP_UNSUPPORTED_METHOD:
-        # Info-ZIP 6.0 as Debian builds it has no LZMA (or zstd): that is the
-        # only refusal accepted, and only for archives holding such entries.
-        with zipfile.ZipFile(path) as handle:
-            methods = {info.compress_type for info in handle.infolist()}
-        assert methods & NOT_IN_INFO_ZIP, "unzip -t %s: unsupported method" % path
-        return
-    assert result.returncode == 0, "unzip -t %s: %s%s" % (path, result.stdout, result.stderr)
-
-
-def read_archive(path):
-    """{name: bytes} of an archive, after unzip -t and zipfile's CRC check."""
-    unzip_test(path)
-    with zipfile.ZipFile(path) as handle:
-        assert handle.testzip() is None
-        names = handle.namelist()
-        assert len(names) == len(set(names)), "duplicate names in %s" % path
-        return {name: handle.read(name) for name in names}
-
-
-def archives_of(base):
-    """{relative archive path: {name: bytes}} for every final archive under base."""
-    found = {}
-    for directory, subdirs, files in os.walk(base):
-        if os.path.abspath(directory) == os.path.abspath(base) and "inbox" in subdirs:
-            subdirs.remove("inbox")
-        for name in files:
-            if name.endswith(".zip"):
-                path = os.path.join(directory, name)
-                found[os.path.relpath(path, base)] = read_archive(path)
-    return found
 
 
 def all_entries(base):
@@ -96,92 +55,16 @@ def all_entries(base):
     return entries
 
 
-def inbox_temp_zips(base):
-    inbox = os.path.join(base, "inbox")
-    if not os.path.isdir(inbox):
-        return []
-    return sorted(name for name in os.listdir(inbox)
-                  if name.endswith(".zip") and not name.startswith("."))
-
-
 def sidecars(base):
     inbox = os.path.join(base, "inbox")
     return [json.load(open(os.path.join(inbox, name))) for name in sorted(os.listdir(inbox))
             if name.endswith(".json")]
 
 
-# Counts for the torture suite's summary line (printed by conftest.py).
-COUNTS = collections.Counter()
-
-
-def logical_key(archive, member, conflicts):
-    """Rolled-over name-N.zip counts as name.zip; with ``conflicts``, a
-    conflict name.~N~ counts as name."""
-    archive = re.sub(r"-\d+\.zip$", ".zip", archive)
-    if conflicts:
-        member = re.sub(r"\.~\d+~$", "", member)
-    return archive + "/" + member
-
-
-def check_archives(base, must_have, allowed, conflicts=False):
-    """The invariant, over every final archive under ``base``.
-
-    ``must_have`` and ``allowed`` map "dest/member" to sets of contents: each
-    content in must_have is archived exactly once; every archived entry has a
-    content from allowed (nothing torn, nothing invented).  Every archive is
-    read by Info-ZIP unzip -t and by zipfile with CRC checks.
-    """
-    found = collections.defaultdict(list)
-    for archive, members in archives_of(base).items():
-        for member, data in members.items():
-            found[logical_key(archive, member, conflicts)].append(data)
-    for key, contents in found.items():
-        if len(contents) != len(set(contents)):
-            COUNTS["corrupt"] += 1
-            pytest.fail("%s is archived twice with the same content" % key)
-        for data in contents:
-            if data not in allowed.get(key, ()):
-                COUNTS["corrupt"] += 1
-                pytest.fail("%s holds content nobody wrote (%d bytes)" % (key, len(data)))
-    for key, contents in must_have.items():
-        for data in contents:
-            if data not in found.get(key, ()):
-                COUNTS["lost"] += 1
-                pytest.fail("acknowledged %s was lost" % key)
-
-
-def as_sets(files):
-    sets = collections.defaultdict(set)
-    for key, data in files.items():
-        sets[key].add(data)
-    return sets
-
-
 def assert_exactly_once(base, expected):
     """Every expected "dest/member" is archived once, byte-identical, nothing
     else; members of a rolled-over name-N.zip count as members of name.zip."""
     check_archives(base, as_sets(expected), as_sets(expected))
-
-
-def run_in_threads(count, target, *args):
-    """Run target(*args, n) in count threads at once and wait for them all."""
-    threads = [threading.Thread(target=target, args=args + (n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-
-def run_child(script, *args, **kwargs):
-    kwargs.setdefault("env", CHILD_ENV)
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)] + list(args),
-                            **kwargs)
-
-
-def run_cli(*args, **kwargs):
-    kwargs.setdefault("env", CHILD_ENV)
-    return subprocess.run([sys.executable, "-m", "rear"] + list(args),
-                          capture_output=True, text=True, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -505,34 +388,6 @@ def test_closed_rear_fs_refuses_writes(base):
 # ---------------------------------------------------------------- paths
 
 
-BAD_PATHS = [
-    ("/abs/ar.zip/x", "absolute"),
-    ("ar.zip/../x", "'..'"),
-    ("../ar.zip/x", "'..'"),
-    ("sub/../ar.zip/x", "'..'"),
-    ("ar.zip/x/..", "'..'"),
-    ("ar.zip//x", "''"),
-    ("ar.zip/x/", "''"),
-    ("ar.zip/./x", "'.'"),
-    ("ar.zip\\x", "backslash"),
-    ("ar.zip/x\x00y", "NUL"),
-    ("nozip/x", "no component ending in '.zip'"),
-    ("ar.zip", "no member"),
-    ("ar.zip/", "''"),
-    ("inbox/ar.zip/x", "reserves"),
-    ("ar.zip/" + "x" * 65536, "65535"),
-    ("ar.zip/\udcff", "component '\\udcff' is not valid UTF-8 (a file name in another "
-     "encoding?); rename it"),
-    ("ar.zip/d/\udcffname", "component '\\udcffname' is not valid UTF-8"),
-    ("ar.zip/" + "n" * 256, "is 256 UTF-8 bytes; unzip and most filesystems cannot extract "
-     "a name longer than 255"),
-    (b"ar.zip/\xff", "UTF-8"),
-    (42, "must be a str"),
-    ("", "''"),
-    (".zip/x", "no component ending in '.zip'"),
-]
-
-
 def test_the_scavengers_cached_split_agrees_with_split_path_on_every_name():
     # The scavenger reuses what it learnt about a directory; names sharing
     # one, valid and not, must come out exactly as split_path has them.
@@ -659,39 +514,7 @@ def test_pickup_streams_a_large_file_with_bounded_memory(base, tmp_path):
 
 # ---------------------------------------------------------------- faithful archives: times, links, directories, modes
 
-# Times chosen to catch each way a zip's time goes wrong: an odd second (DOS
-# fields round to 2 s), 1970 (before the DOS epoch), 2050 (past 2^31, where
-# a signed reading of the UT field breaks) and 2200 (past what UT holds).
-MTIME_ODD = 1700000001           # 2023-11-14 22:13:21 UTC
-MTIME_1970 = 86403               # 1970-01-02 00:00:03 UTC
-MTIME_2050 = 2537697601          # 2050-06-01 12:00:01 UTC
-MTIME_2200 = 7258118401          # 2200-01-01 00:00:01 UTC
 TIME_ZONES = ["UTC", "America/New_York", "Asia/Tokyo"]
-
-
-def make_faithful_tree(root):
-    """A tree with every kind of thing a pickup must keep; returns what each
-    relative path must come back as: ("dir",), ("link", target) or
-    ("file", bytes, permission bits, mtime)."""
-    os.makedirs(os.path.join(root, "empty"))
-    os.makedirs(os.path.join(root, "sub"))
-    files = {"sub/odd.txt": (b"odd second\n", 0o644, MTIME_ODD),
-             "old.txt": (b"from 1970\n", 0o640, MTIME_1970),
-             "run.sh": (b"#!/bin/sh\necho 2050\n", 0o755, MTIME_2050)}
-    for relative, (data, mode, mtime) in files.items():
-        path = os.path.join(root, relative)
-        with open(path, "wb") as handle:
-            handle.write(data)
-        os.chmod(path, mode)
-        os.utime(path, (mtime, mtime))
-    links = {"to-file": "sub/odd.txt", "to-dir": "sub", "dangling": "no/such/file",
-             "out-of-tree": "../../../etc/hostname", "absolute": "/etc/hostname"}
-    for relative, target in links.items():
-        os.symlink(target, os.path.join(root, relative))
-    expected = {"empty": ("dir",), "sub": ("dir",)}
-    expected.update((relative, ("link", target)) for relative, target in links.items())
-    expected.update((relative, ("file",) + spec) for relative, spec in files.items())
-    return expected
 
 
 def assert_tree_restored(root, expected):
@@ -887,16 +710,6 @@ def test_a_tree_whose_archiving_fails_halfway_is_cut_off_and_earlier_files_kept(
     assert rear.scavenge(base).errors == []
     assert archives_of(base) == {"t.zip": {"before": b"acknowledged before the pickup",
                                            "after": b"acknowledged after it"}}
-
-
-SALVAGED_PICKUP = """
-    import os, sys, rear
-    base, source = sys.argv[1:3]
-    fs = rear.rear_fs(base)
-    with fs.pickup(source, "t.zip/tree"):
-        pass
-    os._exit(0)          # never sealed: the temp zip is a dead writer's
-"""
 
 
 def test_a_salvaged_temp_zip_keeps_links_directories_modes_and_times(base, tmp_path):
@@ -1109,36 +922,6 @@ WRITER_SCRIPT = """
 """
 
 
-class Acknowledged:
-    """Collects the files a writer process acknowledged on its stdout."""
-
-    def __init__(self, process):
-        self.files = {}
-        self.process = process
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            if line.endswith("\n"):
-                name, hexdata = line.split()
-                self.files[name] = bytes.fromhex(hexdata)
-
-    def wait_for_first(self, timeout=60):
-        """Wait until the writer acknowledged a file: a loaded machine may
-        take a while to start it, and a kill before that proves nothing."""
-        deadline = time.monotonic() + timeout
-        while not self.files and self.process.poll() is None:
-            assert time.monotonic() < deadline, "the writer acknowledged nothing"
-            time.sleep(0.01)
-
-    def kill(self):
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(60)
-        self.thread.join(60)
-        return self.files
-
-
 def start_writer(base, seed, threads=1):
     return Acknowledged(run_child(WRITER_SCRIPT, base, str(seed), str(threads),
                                   stdout=subprocess.PIPE, text=True))
@@ -1221,28 +1004,6 @@ def test_a_flush_while_a_writer_is_between_creating_and_locking_loses_nothing(ba
 
 
 # ---------------------------------------------------------------- salvage
-
-
-def write_raw_temp_zip(base, entries, sealed=False, cut=0, sidecar=True):
-    """A temp zip built by zipfile (an independent writer), optionally torn."""
-    inbox = os.path.join(base, "inbox")
-    os.makedirs(inbox, exist_ok=True)
-    path = os.path.join(inbox, "handmade-%d.zip" % random.getrandbits(32))
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as handle:
-        for name, data in entries:
-            handle.writestr(name, data)
-    if not sealed:
-        size = zipfile.ZipFile(path).start_dir
-        with open(path, "r+b") as handle:
-            handle.truncate(size - cut)
-    an_hour_ago = time.time() - 3600
-    os.utime(path, (an_hour_ago, an_hour_ago))    # its writer died long ago
-    if sidecar:
-        manifest = rear._Sidecar(an_hour_ago).to_json()
-        manifest["state"] = "sealed" if sealed else "open"
-        with open(path[:-4] + ".json", "w") as handle:
-            json.dump(manifest, handle)
-    return path
 
 
 def test_salvage_recovers_complete_entries_and_drops_a_torn_one(base):
@@ -1798,18 +1559,6 @@ def test_scavenger_killed_at_each_commit_step_then_rerun_loses_and_duplicates_no
     assert stats.errors == []
     assert inbox_temp_zips(base) == []
     assert_exactly_once(base, files)
-
-
-SCAVENGER_LOOP_SCRIPT = """
-    import sys, time, rear
-    base, until, rotation = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-    while time.time() < until:
-        stats = rear.scavenge(base, rotation_span=rotation)
-        if stats.errors:
-            print(stats.errors, file=sys.stderr)
-            sys.exit(1)
-        time.sleep(0.05)
-"""
 
 
 def test_concurrent_writers_and_scavengers_lose_and_duplicate_nothing(base):
@@ -2488,14 +2237,43 @@ def test_each_section_of_rear_py_uses_only_names_defined_above_it():
     assert later == []
 
 
-def test_ci_runs_the_commands_at_the_top_of_the_readme():
+def readme_blocks(language):
+    """The code blocks of README.md in ``language``, in order."""
     readme = open(os.path.join(HERE, "README.md")).read()
-    commands = [line.split("  #")[0].strip()
-                for line in readme.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()]
+    return [block.split("```", 1)[0] for block in readme.split("```%s\n" % language)[1:]]
+
+
+def shell_commands(block):
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readmes_get_it_and_test_commands():
+    get_it, _quick_start, development = [shell_commands(block)
+                                         for block in readme_blocks("sh")]
     ci = open(os.path.join(HERE, ".ci", "run")).read().splitlines()
-    assert len(commands) == 2
-    for command in commands:
+    assert len(get_it) == 2 and len(development) == 1
+    for command in get_it + development:
         assert command in ci, "%r is in README.md but not run by .ci/run" % command
+
+
+def test_the_readme_quick_start_runs_as_written(tmp_path):
+    if shutil.which("unzip") is None:
+        pytest.skip("Info-ZIP unzip is not installed (apt-get install unzip)")
+    shutil.copy(os.path.join(HERE, "rear.py"), str(tmp_path))     # a vendored copy
+    (python,) = readme_blocks("python")
+    env = dict(os.environ)
+    env.pop("REAR_BASE", None)
+    result = subprocess.run([sys.executable, "-c", python], cwd=str(tmp_path), env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "b'task 1 done\\n'\n"
+    assert not os.path.exists(str(tmp_path / "table.csv"))     # picked up: archived, removed
+    for command in shell_commands(readme_blocks("sh")[1]):
+        result = subprocess.run(command.replace("python3 ", sys.executable + " ", 1),
+                                shell=True, cwd=str(tmp_path), env=env,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, (command, result.stdout, result.stderr)
+    assert "task-2/table.csv" in result.stdout
 
 
 # ---------------------------------------------------------------- careless use, as an unprivileged user

@@ -22,8 +22,9 @@ import zipfile
 import pytest
 
 import rear
-from test_rear import (CHILD_ENV, HERE, MTIME_ODD, NOT_IN_INFO_ZIP, SALVAGED_PICKUP,
-                       UNZIP_UNSUPPORTED_METHOD, make_faithful_tree, write_raw_temp_zip)
+from tests.support import (CHILD_ENV, HERE, MTIME_ODD, NOT_IN_INFO_ZIP, SALVAGED_PICKUP,
+                           UNZIP_UNSUPPORTED_METHOD, make_faithful_tree, mounted,
+                           write_raw_temp_zip)
 
 EXAMPLES = os.path.join(HERE, "examples")
 
@@ -153,15 +154,9 @@ def fuse_zip_mount(archive, tmp_path):
     if shutil.which("fuse-zip") is None or shutil.which("fusermount") is None:
         pytest.skip("fuse-zip is not installed (apt-get install fuse-zip)")
     mount_point = str(tmp_path / "mnt")
-    os.makedirs(mount_point)
-    result = subprocess.run(["fuse-zip", "-r", archive, mount_point], capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        pytest.skip("fuse-zip cannot mount here: %s" % result.stderr.strip())
-    try:
+    with mounted(["fuse-zip", "-r", archive, mount_point], mount_point,
+                 ["fusermount", "-u", mount_point], "fuse-zip") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["fusermount", "-u", mount_point], capture_output=True)
 
 
 def test_an_archive_mounted_read_only_with_fuse_zip_reads_back(zoo, tmp_path):

@@ -17,9 +17,9 @@ import zipfile
 
 import pytest
 
-import slurm_harness
+from tests import slurm_harness
+from tests.support import HERE
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEM_PYTHON = "/usr/bin/python3"
 #: What the jobs see: the system's tools first, so that python3 is one that
 #: has no rear installed (pip installed it into the tests' own Python).

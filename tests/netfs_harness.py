@@ -3,8 +3,8 @@ FUSE clients that stand in for two nodes: GlusterFS, CephFS and MooseFS.
 
 Used by test_netfs.py; also a script for poking at them by hand (as root)::
 
-    python netfs_harness.py up cephfs /tmp/ceph     # prints the mount points
-    python netfs_harness.py down /tmp/ceph          # stops and removes everything
+    python tests/netfs_harness.py up cephfs /tmp/ceph     # prints the mount points
+    python tests/netfs_harness.py down /tmp/ceph          # stops and removes everything
 
 ``glusterfs``  one glusterd, two single-brick volumes on loopback:
                ``default`` (Gluster's client caching, what users get) and
@@ -323,7 +323,7 @@ class GlusterCluster(Cluster):
         self._begin()
         if not _port_is_free(GLUSTERD_PORT):
             raise RuntimeError("port %d is taken: another glusterd runs here; stop it "
-                               "(or run 'python netfs_harness.py down DIR')" % GLUSTERD_PORT)
+                               "(or run 'python tests/netfs_harness.py down DIR')" % GLUSTERD_PORT)
         os.makedirs(os.path.join(self.workdir, "glusterd"), exist_ok=True)
         volfile = os.path.join(self.workdir, "glusterd.vol")
         with open(volfile, "w") as handle:
@@ -430,7 +430,7 @@ class CephCluster(Cluster):
         for port in CEPH_MON_PORTS:
             if not _port_is_free(port):
                 raise RuntimeError("port %d is taken: another Ceph monitor runs here; stop "
-                                   "it (or run 'python netfs_harness.py down DIR')" % port)
+                                   "it (or run 'python tests/netfs_harness.py down DIR')" % port)
         root = self.workdir
         for directory in ("mon/ceph-a", "mgr/ceph-x", "mds/ceph-a", "run"):
             os.makedirs(os.path.join(root, directory), exist_ok=True)

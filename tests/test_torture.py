@@ -16,7 +16,6 @@ crash could leave on disk (after ALICE, OSDI 2014, and LazyFS).
 """
 
 import errno
-import inspect
 import io
 import json
 import os
@@ -33,9 +32,10 @@ import zlib
 import pytest
 
 import rear
-from test_rear import (BAD_PATHS, COUNTS, SCAVENGER_LOOP_SCRIPT, Acknowledged, archives_of,
-                       as_sets, check_archives, inbox_temp_zips, make_faithful_tree,
-                       read_archive, run_child, run_in_threads, write_raw_temp_zip)
+from tests.support import (BAD_PATHS, SCAVENGER_LOOP_SCRIPT, WriterContents, archives_of,
+                           as_sets, check_archives, inbox_temp_zips, make_faithful_tree,
+                           mounted, read_archive, run_child, run_in_threads,
+                           start_torture_writer, torture_content, write_raw_temp_zip)
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -44,14 +44,14 @@ except ImportError:   # the fuzz tests skip with a reason
     given = None
 
 
-# ---------------------------------------------------------------- the invariant (check_archives in test_rear)
+# ---------------------------------------------------------------- the invariant (check_archives in support)
 
 
-def recover_and_check(base, must_have, allowed, **scavenge_options):
+def recover_and_check(tally, base, must_have, allowed, **scavenge_options):
     stats = rear.scavenge(base, flush=True, rotation_span=3600, **scavenge_options)
     assert stats.errors == [], "recovery reported %s" % stats.errors
     assert inbox_temp_zips(base) == []
-    check_archives(base, must_have, allowed, conflicts=True)
+    check_archives(base, must_have, allowed, conflicts=True, tally=tally.torture)
 
 
 # ---------------------------------------------------------------- recording and faulting file operations
@@ -427,7 +427,7 @@ def initial_archive(base):
 
 
 @pytest.mark.parametrize("sync", ["rotation", "file"])
-def test_every_power_loss_crash_state_recovers_without_loss(tmp_path, monkeypatch, long_mode,
+def test_every_power_loss_crash_state_recovers_without_loss(tally, tmp_path, monkeypatch, long_mode,
                                                             sync):
     rng = random.Random(sync)
     base = str(tmp_path / "traced")
@@ -453,7 +453,7 @@ def test_every_power_loss_crash_state_recovers_without_loss(tmp_path, monkeypatc
             state = str(tmp_path / ("state-%d" % explored))
             materialize(files, dirs, state)
             try:
-                recover_and_check(state, acknowledged, allowed, max_size=600)
+                recover_and_check(tally, state, acknowledged, allowed, max_size=600)
             except BaseException:
                 last = recorder.ops[index - 1] if index else ("start",)
                 print("crash state after operation %d of %d (%s %s), %s: %s"
@@ -470,98 +470,17 @@ def test_every_power_loss_crash_state_recovers_without_loss(tmp_path, monkeypatc
                     acknowledged[name].add(data)
             else:
                 model.apply(op)
-    COUNTS["crash states"] += explored
+    tally.torture["crash states"] += explored
     assert explored > 100
 
 
 # ---------------------------------------------------------------- deterministic writer content
 
-# The content of any file a torture writer may write follows from its name
-# (the writer processes run this function's source), so a file whose with
-# block exited just before the kill, not yet reported, is still known.
-def torture_content(name):
-    """The content a torture writer writes as ``name``: a directory entry
-    (a name ending in "/") is empty, a symlink's (".lnk") is its target."""
-    rng = random.Random(name)
-    if name.endswith("/"):
-        return b""
-    if name.endswith(".lnk"):
-        return ("../target-%08x" % rng.getrandbits(32)).encode()
-    return rng.randbytes(rng.randint(0, 1500)) + b"y" * rng.randint(0, 5000)
-
-
-class WriterContents:
-    """``allowed`` for check_archives: any name's content follows from it."""
-
-    def get(self, key, default=()):
-        return {torture_content(key)}
-
-
-TORTURE_WRITER = "import random\n" + inspect.getsource(torture_content) + '''
-import os, sys, threading, rear
-base, seed, threads, rotation = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-rng = random.Random(seed)
-compression = rng.choice(["stored", "deflated", "bzip2", "lzma"])
-sync = rng.choice(["rotation", "file"])
-report = threading.Lock()
-# Picked-up symlinks and empty directories come from here (never followed,
-# removed once archived).
-scratch = os.path.join(base, "pickup-scratch-%d" % seed)
-os.makedirs(scratch, exist_ok=True)
-def work(fs, thread):
-    local = random.Random(seed * 1000 + thread)
-    n = 0
-    while True:
-        name = "%s/s%d/t%d/%06d" % (local.choice(["a.zip", "b.zip", "sub/c.zip"]), seed, thread, n)
-        data = torture_content(name)
-        kind = local.random()
-        if kind < 0.03:       # a symlink, stored as a link (Info-ZIP convention)
-            source = os.path.join(scratch, "%d-%d" % (thread, n))
-            os.symlink(torture_content(name + ".lnk").decode(), source)
-            with fs.pickup(source, name + ".lnk"):
-                pass
-            name += ".lnk"
-        elif kind < 0.06:     # an empty directory, stored as "name/"
-            source = os.path.join(scratch, "%d-%d" % (thread, n))
-            os.mkdir(source)
-            with fs.pickup(source, name):
-                pass
-            name += "/"
-        elif kind < 0.5:
-            with rear.rear_open(name, "wb") as handle:
-                handle.write(data[:100])
-                handle.write(data[100:])
-        else:
-            fs.write_bytes(name, data)
-        with report:   # acknowledged: the with block exited
-            sys.stdout.write(name + "\\n")
-            sys.stdout.flush()
-        n += 1
-with rear.rear_fs(base, rotation_span=rotation, compression=compression, sync=sync) as fs:
-    for thread in range(1, threads):
-        threading.Thread(target=work, args=(fs, thread), daemon=True).start()
-    work(fs, 0)
-'''
-
-
-class Reported(Acknowledged):
-    """The names a torture writer reported as acknowledged."""
-
-    def _read(self):
-        for line in self.process.stdout:
-            if line.endswith("\n"):
-                self.files[line.strip()] = torture_content(line.strip())
-
-
-def start_torture_writer(base, seed, threads, rotation):
-    return Reported(run_child(TORTURE_WRITER, base, str(seed), str(threads), str(rotation),
-                              stdout=subprocess.PIPE, text=True))
-
 
 # ---------------------------------------------------------------- 2. writer SIGKILL
 
 
-def test_writers_killed_at_random_instants_lose_nothing_acknowledged(tmp_path, long_mode):
+def test_writers_killed_at_random_instants_lose_nothing_acknowledged(tally, tmp_path, long_mode):
     trials = 1000 if long_mode else 50
     for trial in range(trials):
         rng = random.Random(trial)
@@ -572,8 +491,8 @@ def test_writers_killed_at_random_instants_lose_nothing_acknowledged(tmp_path, l
         writer.wait_for_first()
         time.sleep(rng.uniform(0.0, 0.6))
         acknowledged = writer.kill()
-        recover_and_check(base, as_sets(acknowledged), WriterContents())
-        COUNTS["writer kills"] += 1
+        recover_and_check(tally, base, as_sets(acknowledged), WriterContents())
+        tally.torture["writer kills"] += 1
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -619,7 +538,7 @@ def _scavenge_killed_at(base, kill_at, max_size):
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
 
-def test_scavenger_killed_at_every_operation_then_rerun_loses_and_duplicates_nothing(
+def test_scavenger_killed_at_every_operation_then_rerun_loses_and_duplicates_nothing(tally, 
         tmp_path, monkeypatch, long_mode):
     prepared = str(tmp_path / "prepared")
     os.makedirs(prepared)
@@ -653,17 +572,17 @@ def test_scavenger_killed_at_every_operation_then_rerun_loses_and_duplicates_not
         shutil.copytree(prepared, trial)
         assert _scavenge_killed_at(trial, kill_at, max_size), "not killed at %d" % kill_at
         try:
-            recover_and_check(trial, must_have, allowed, max_size=max_size)
+            recover_and_check(tally, trial, must_have, allowed, max_size=max_size)
         except BaseException:
             print("scavenger killed at operation %d of %d" % (kill_at, total))
             raise
-        COUNTS["scavenger kills"] += 1
+        tally.torture["scavenger kills"] += 1
         shutil.rmtree(trial)
 
 
 # ---------------------------------------------------------------- 4. concurrency
 
-def test_eight_writers_and_three_scavengers_lose_and_duplicate_nothing(tmp_path, long_mode):
+def test_eight_writers_and_three_scavengers_lose_and_duplicate_nothing(tally, tmp_path, long_mode):
     base = str(tmp_path / "base")
     os.makedirs(base)
     duration = 120.0 if long_mode else 8.0
@@ -677,11 +596,11 @@ def test_eight_writers_and_three_scavengers_lose_and_duplicate_nothing(tmp_path,
         acknowledged.update(writer.kill())
     assert [scavenger.wait(300) for scavenger in scavengers] == [0, 0, 0]
     assert len(acknowledged) > 100
-    recover_and_check(base, as_sets(acknowledged), WriterContents())
-    COUNTS["writer kills"] += len(writers)
+    recover_and_check(tally, base, as_sets(acknowledged), WriterContents())
+    tally.torture["writer kills"] += len(writers)
 
 
-def test_many_threads_of_one_process_and_an_in_process_scavenger(tmp_path, long_mode):
+def test_many_threads_of_one_process_and_an_in_process_scavenger(tally, tmp_path, long_mode):
     base = str(tmp_path / "base")
     per_thread = 2000 if long_mode else 200
     written = {}
@@ -696,7 +615,7 @@ def test_many_threads_of_one_process_and_an_in_process_scavenger(tmp_path, long_
     with rear.scavengerd(base, rotation_span=0.2):
         with rear.rear_fs(base, rotation_span=0.1) as fs:
             run_in_threads(16, work, fs)
-    recover_and_check(base, as_sets(written), as_sets(written))
+    recover_and_check(tally, base, as_sets(written), as_sets(written))
 
 
 # ---------------------------------------------------------------- 5. disk full and I/O errors
@@ -708,18 +627,12 @@ def small_filesystem(tmp_path):
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a size-limited tmpfs needs root")
     mount_point = str(tmp_path / "small")
-    os.makedirs(mount_point)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount_point],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: %s" % result.stderr.strip())
-    try:
+    with mounted(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount_point], mount_point,
+                 ["umount", "-l", mount_point], "a tmpfs") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", mount_point], capture_output=True)
 
 
-def test_disk_full_raises_to_the_writer_and_keeps_what_was_acknowledged(small_filesystem):
+def test_disk_full_raises_to_the_writer_and_keeps_what_was_acknowledged(tally, small_filesystem):
     base = os.path.join(small_filesystem, "base")
     acknowledged = {}
     failure = None
@@ -744,8 +657,8 @@ def test_disk_full_raises_to_the_writer_and_keeps_what_was_acknowledged(small_fi
         read_archive(path)   # whatever exists is a valid archive
     assert inbox_temp_zips(base), "the temp zip must stay until its archive has it"
     subprocess.run(["mount", "-o", "remount,size=64m", small_filesystem], check=True)
-    recover_and_check(base, as_sets(acknowledged), as_sets(acknowledged))
-    COUNTS["injected errors"] += 1
+    recover_and_check(tally, base, as_sets(acknowledged), as_sets(acknowledged))
+    tally.torture["injected errors"] += 1
 
 
 def archives_of_paths(base):
@@ -793,7 +706,7 @@ def scavenge_and_check(base, **options):
     return errors
 
 
-def test_an_injected_io_error_at_any_operation_reaches_its_caller_and_loses_nothing(
+def test_an_injected_io_error_at_any_operation_reaches_its_caller_and_loses_nothing(tally, 
         tmp_path, monkeypatch, long_mode):
     dry = str(tmp_path / "dry")
     os.makedirs(dry)
@@ -826,13 +739,13 @@ def test_an_injected_io_error_at_any_operation_reaches_its_caller_and_loses_noth
                                                             "a.zip/f/1"]:
             allowed[name].add(torture_content(name))
         try:
-            recover_and_check(base, as_sets(dict(old, **acknowledged)), allowed,
+            recover_and_check(tally, base, as_sets(dict(old, **acknowledged)), allowed,
                               max_size=30000)
         except BaseException:
             print("injected %s at operation %d of %d: %s"
                   % (errno.errorcode[code], fail_at, total, faulty.failed))
             raise
-        COUNTS["injected errors"] += 1
+        tally.torture["injected errors"] += 1
         shutil.rmtree(base)
 
 
@@ -876,7 +789,7 @@ def _api_cases():
 
 @pytest.mark.parametrize("description,call,expected,fragment", _api_cases(),
                          ids=[case[0] for case in _api_cases()])
-def test_hostile_api_input_gets_a_clear_error(tmp_path, description, call, expected, fragment):
+def test_hostile_api_input_gets_a_clear_error(tally, tmp_path, description, call, expected, fragment):
     base = str(tmp_path / "base")
     with rear.rear_fs(base) as fs:
         with pytest.raises(expected) as info:
@@ -885,7 +798,7 @@ def test_hostile_api_input_gets_a_clear_error(tmp_path, description, call, expec
     assert fragment in str(info.value)
     rear.scavenge(base)
     assert archives_of(base) == {"a.zip": {"good": b"good"}}
-    COUNTS["hostile inputs"] += 1
+    tally.torture["hostile inputs"] += 1
 
 
 def _sealed_sidecar(zip_path, **changes):
@@ -1073,7 +986,7 @@ FS_CASES = [
 
 
 @pytest.mark.parametrize("description,make,fragment", FS_CASES, ids=[c[0] for c in FS_CASES])
-def test_hostile_files_are_reported_left_in_place_and_the_rest_goes_on(
+def test_hostile_files_are_reported_left_in_place_and_the_rest_goes_on(tally, 
         tmp_path, description, make, fragment):
     base = str(tmp_path / "base")
     os.makedirs(os.path.join(base, "inbox"))
@@ -1098,7 +1011,7 @@ def test_hostile_files_are_reported_left_in_place_and_the_rest_goes_on(
     assert read_archive(os.path.join(base, "ok.zip")) == {"fine": b"fine"}
     assert not os.path.exists(os.path.join(os.path.dirname(base), "evil.zip"))
     assert os.listdir(str(tmp_path / "outside")) == [] if (tmp_path / "outside").exists() else True
-    COUNTS["hostile inputs"] += 1
+    tally.torture["hostile inputs"] += 1
 
 
 # ---------------------------------------------------------------- 7. fuzzing the zip parsers
@@ -1182,7 +1095,7 @@ def _independent_crc(data, entry):
 
 
 @pytest.mark.skipif(given is None, reason="hypothesis is not installed (pip install hypothesis)")
-def test_fuzzed_zips_never_crash_the_parsers_and_salvage_only_intact_entries(tmp_path, long_mode):
+def test_fuzzed_zips_never_crash_the_parsers_and_salvage_only_intact_entries(tally, tmp_path, long_mode):
     path = str(tmp_path / "fuzz.zip")
 
     @_fuzz_settings(long_mode)
@@ -1209,14 +1122,14 @@ def test_fuzzed_zips_never_crash_the_parsers_and_salvage_only_intact_entries(tmp
                 pass
         finally:
             os.close(fd)
-        COUNTS["fuzzed zips"] += 1
+        tally.torture["fuzzed zips"] += 1
 
     check()
 
 
 @pytest.mark.skipif(given is None, reason="hypothesis is not installed (pip install hypothesis)")
 @pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "unsealed"])
-def test_fuzzed_temp_zips_never_put_garbage_into_an_archive(tmp_path, long_mode, sealed):
+def test_fuzzed_temp_zips_never_put_garbage_into_an_archive(tally, tmp_path, long_mode, sealed):
     counter = iter(range(10 ** 9))
 
     @_fuzz_settings(long_mode)
@@ -1236,22 +1149,22 @@ def test_fuzzed_temp_zips_never_put_garbage_into_an_archive(tmp_path, long_mode,
         if stats.errors:
             assert os.path.exists(path), "a damaged temp zip must be left in place"
         shutil.rmtree(base)
-        COUNTS["fuzzed zips"] += 1
+        tally.torture["fuzzed zips"] += 1
 
     check()
 
 
-def test_a_failure_to_remove_a_leftover_is_reported_not_raised(tmp_path, monkeypatch):
+def test_a_failure_to_remove_a_leftover_is_reported_not_raised(tally, tmp_path, monkeypatch):
     base = str(tmp_path / "base")
     os.makedirs(os.path.join(base, "inbox"))
     open(os.path.join(base, "inbox", "orphan.json"), "w").close()
     monkeypatch.setattr(rear, "os", FaultyOS(base, fail_at=1, fail_errno=errno.EACCES))
     stats = rear.scavenge(base)         # its first change is removing the orphan
     assert "could not remove this leftover" in stats.errors[0][1]
-    COUNTS["injected errors"] += 1
+    tally.torture["injected errors"] += 1
 
 
-def test_a_failure_to_delete_a_fully_archived_temp_zip_is_reported_not_raised(
+def test_a_failure_to_delete_a_fully_archived_temp_zip_is_reported_not_raised(tally, 
         tmp_path, monkeypatch):
     base = str(tmp_path / "base")
     with rear.rear_fs(base) as fs:
@@ -1268,4 +1181,4 @@ def test_a_failure_to_delete_a_fully_archived_temp_zip_is_reported_not_raised(
     assert "could not delete it" in stats.errors[0][1]
     monkeypatch.undo()
     assert rear.scavenge(base).errors == [] and inbox_temp_zips(base) == []
-    COUNTS["injected errors"] += 1
+    tally.torture["injected errors"] += 1

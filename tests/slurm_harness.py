@@ -2,8 +2,8 @@
 
 Used by test_schedulers.py; also a script for poking at it by hand (as root)::
 
-    python slurm_harness.py up /tmp/slurm      # prints the partition when idle
-    python slurm_harness.py down /tmp/slurm    # stops exactly what 'up' started
+    python tests/slurm_harness.py up /tmp/slurm      # prints the partition when idle
+    python tests/slurm_harness.py down /tmp/slurm    # stops exactly what 'up' started
 
 Every daemon started is recorded in ``<workdir>/harness.json`` (pid and its
 start time, so that a reused pid is never hit) as soon as it runs, and
@@ -197,7 +197,7 @@ def wait_for(job, timeout=300):
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in ("up", "down"):
-        sys.exit("usage: python slurm_harness.py up|down WORKDIR")
+        sys.exit("usage: python tests/slurm_harness.py up|down WORKDIR")
     if sys.argv[1] == "up":
         print(up(os.path.abspath(sys.argv[2])), end="")
     else:

@@ -1,0 +1,1 @@
+"""rear's test suites beyond test_rear.py, and what they share (support.py)."""
