@@ -258,6 +258,7 @@ __all__ = [
     "ArchiveStatus",
     "open_archive",
     "read_bytes",
+    "register_fsspec",
     "ArchiveReader",
     "MemberInfo",
     "RearError",
@@ -964,7 +965,7 @@ def _write_file_durably(path, data):
     # Hidden (scavengers skip dot-names) and unique; plain os.open rather than
     # tempfile.mkstemp so that every file operation goes through this module.
     tmp_path = os.path.join(directory, ".%s.%s.tmp" % (os.path.basename(path),
-                                                        secrets.token_hex(6)))
+                                                       secrets.token_hex(6)))
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
     try:
         try:
@@ -1355,7 +1356,7 @@ def _iter_central_entries(reader, directory, path, error=ArchiveError):
     """Yield the _Entry of every central record, in central directory order."""
     for position, fields, raw_name, extra in _iter_central_records(reader, directory, path, error):
         yield _parse_central_entry(fields, raw_name, extra, path, directory.cd_offset + position,
-                             error)
+                                   error)
 
 
 def _read_local_header(reader, offset, size):
@@ -1648,7 +1649,8 @@ def _split_known(path, known):
     directory, _slash, last = path.rpartition("/")
     split = known.get(directory)
     if (split is not None and last not in ("", ".", "..") and "\x00" not in last
-            and "\\" not in last and _is_utf8_encodable(path) and len(path.encode("utf-8")) <= _MAX_NAME
+            and "\\" not in last and _is_utf8_encodable(path)
+            and len(path.encode("utf-8")) <= _MAX_NAME
             and len(last.encode("utf-8")) <= _MAX_COMPONENT):
         dest, prefix = split
         return dest, (prefix + "/" + last if prefix else last)
@@ -1901,7 +1903,7 @@ def _check_existing_base(base, writing):
     if not os.access(base, os.R_OK | os.X_OK | (os.W_OK if writing else 0)):
         raise RearError("base directory %s cannot be %s by this user; run as its owner or "
                         "fix its permissions" % (base, "read and written" if writing
-                                                  else "read"), base)
+                                                 else "read"), base)
 
 
 def _is_writable_directory(path):
@@ -2184,7 +2186,8 @@ class _TempZip:
 
     def seal(self):
         """Central directory, fsync, sidecar ``sealed``; then release the lock."""
-        central = b"".join(_pack_central_record(entry, entry.header_offset) for entry in self.entries)
+        central = b"".join(_pack_central_record(entry, entry.header_offset)
+                           for entry in self.entries)
         tail = central + _pack_end_records(len(self.entries), len(central), self.size)
         try:
             _pwrite_all(self.fd, tail, self.size)
@@ -3511,7 +3514,7 @@ class _ArchiveState:
                 index.update(new, fd, index_cd, index_size)
             except OSError as err:
                 _report_problem(stats, index.path, "could not update the name index (%s); the "
-                        "next commit rebuilds it" % err, logging.WARNING)
+                                "next commit rebuilds it" % err, logging.WARNING)
 
     def close(self):
         for rolled in self.rolled or ():
@@ -3847,7 +3850,7 @@ def _may_take_over(fd, path, dead_hosts):
         raise TempZipError("%s changed %.1f s ago, so its writer (%s) may be alive; "
                            "--dead-host is for a node that is down: if it is, run the "
                            "scavenger again in %.0f s" % (path, still, writer,
-                                                           _DEAD_HOST_QUIET - still), path)
+                                                          _DEAD_HOST_QUIET - still), path)
     _log.warning("taking over %s without its lock: its writer (%s) is on a host declared "
                  "down (--dead-host)", path, writer)
     return True
@@ -3912,7 +3915,7 @@ def _route_entries(path, entries):
         if entry.name.endswith("/") and entry.file_size:
             raise TempZipError("%s: entry %r is named as a directory but holds %d bytes; "
                                "the temp zip is left in place" % (path, entry.name,
-                                                                   entry.file_size), path)
+                                                                  entry.file_size), path)
         if entry.method not in _COMPRESSION.values():
             raise TempZipError("%s: entry %r uses compression method %d, which this "
                                "Python cannot handle" % (path, entry.name, entry.method),
@@ -3997,7 +4000,7 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                         claims.append(claim)
                 if claims:
                     _commit_claims(base, claims, limits, stats,
-                            _progress_report(progress, stats, looked_at, claims, len(paths)))
+                                   _progress_report(progress, stats, looked_at, claims, len(paths)))
             finally:
                 for claim in claims:
                     claim.release()
@@ -4049,7 +4052,7 @@ def _commit_claims(base, claims, limits, stats, report=None):
             archive = os.path.join(base, dest)
             reason = str(err) if archive in str(err) else "%s: %s" % (archive, err)
             _report_problem(stats, getattr(err, "path", None) or archive,
-                    "%s; its entries stay in their temp zips in inbox/ until then" % reason)
+                            "%s; its entries stay in their temp zips in inbox/ until then" % reason)
             if isinstance(err, TempZipError):
                 for claim, _member, _entry in items:
                     claim.failed = True
@@ -4096,7 +4099,8 @@ class scavengerd:  # noqa: N801 -- the public name rear 0.1 users know
 
     def __enter__(self):
         _makedirs_durably(os.path.join(self.base, _INBOX))
-        self._thread = threading.Thread(target=self._run_passes, name="rear-scavengerd", daemon=True)
+        self._thread = threading.Thread(target=self._run_passes,
+                                        name="rear-scavengerd", daemon=True)
         self._thread.start()
         return self
 
@@ -4316,7 +4320,7 @@ class _ArchiveView:
                     raw_name, fields[_CD_FLAG_BITS], self.path, position,
                     ArchiveError) == name):
                 return _parse_central_entry(fields, raw_name, extra, self.path,
-                                      self.cd.cd_offset + position)
+                                            self.cd.cd_offset + position)
         return None
 
     def _name_of(self, raw_name, fields, position):
@@ -4370,7 +4374,16 @@ class _ArchiveView:
                        False)      # _CD_CRC, _CD_EXTERNAL_FILE_ATTRIBUTES
 
     def open_member(self, entry):
-        return _MemberReader(self.fd, self.path, entry)
+        """A _MemberReader of ``entry`` on a descriptor of its own, so that
+        it outlives this view (a reader refreshed, or closed, meanwhile)."""
+        fd = os.dup(self.fd)
+        try:
+            reader = _MemberReader(fd, self.path, entry)
+        except BaseException:
+            _close_read_only(fd)
+            raise
+        reader.owned_fd = fd
+        return reader
 
     def close(self):
         if self.index is not None:
@@ -4488,7 +4501,7 @@ class _PendingView:
             sidecar = _read_sidecar(_sidecar_path(path))
             if sidecar is not None and sidecar.is_sealed:
                 entries = _iter_central_entries(_ChunkReader(fd, path),
-                                           _read_end_records(fd, size, path), path)
+                                                _read_end_records(fd, size, path), path)
             else:
                 entries = _complete_local_entries(fd, path, size)
             known = {}
@@ -4579,7 +4592,7 @@ class ArchiveReader:
         if entry is None:
             raise self._missing_error(member)
         if view is not None:
-            return io.BufferedReader(view.open_member(entry), _CHUNK)
+            return io.BufferedReader(_OwningReader(view.open_member(entry)), _CHUNK)
         reader = self._pending.open_member(member)
         if reader is None:     # scavenged since we looked: it is in an archive now
             self._reopen()
@@ -4635,7 +4648,8 @@ class ArchiveReader:
 
 
 class _OwningReader(io.RawIOBase):
-    """A _MemberReader that closes the descriptor it was given."""
+    """A _MemberReader that closes the descriptor it was given (a member's
+    stream never shares one with the reader that opened it)."""
 
     def __init__(self, reader):
         super().__init__()
@@ -4698,6 +4712,404 @@ def read_bytes(base, path, lock_timeout=_READ_LOCK_TIMEOUT):
     dest, member = split_path(path)
     with open_archive(base, dest, pending=True, lock_timeout=lock_timeout) as reader:
         return reader.read(member)
+
+
+# ---------------------------------------------------------------- fsspec filesystem
+#
+# rear:// for fsspec, so that pandas, xarray, Dask and anything else that
+# opens paths through fsspec reads a base's archives with rear's readers.
+# Optional: fsspec is imported only when the filesystem is used.  Its
+# methods live in _RearFileSystemMethods, defined here without fsspec; the
+# class fsspec sees, RearFileSystem, is made from them and fsspec's base
+# class on first use (module __getattr__, PEP 562), which is also how
+# fsspec's entry point and pickle find it.
+
+#: Characters that make an fsspec path a glob pattern.
+_GLOB_MAGIC = "*?["
+
+
+def _import_fsspec():
+    try:
+        import fsspec
+    except ImportError as err:
+        raise ImportError("rear's fsspec filesystem (rear://) needs fsspec: pip install "
+                          "fsspec; the rest of rear works without it") from err
+    return fsspec
+
+
+def _split_fs_path(path):
+    """(dest, member) of a rear:// path (``sub/name.zip/member``): dest None
+    for a directory of the base, member "" for an archive itself."""
+    components = path.split("/") if path else []
+    for component in components:
+        if component in ("", ".", ".."):
+            raise PathError("rear:// path %r has a %r component; give it like "
+                            "'sub/name.zip/member'" % (path, component))
+    if components and components[0] == _INBOX:
+        raise FileNotFoundError(errno.ENOENT, "inbox/ holds rear's temporary files, not "
+                                "archives; read files not scavenged yet with "
+                                "pending=True", path)
+    for index, component in enumerate(components):
+        if component.lower().endswith(".zip") and len(component) > len(".zip"):
+            return "/".join(components[:index + 1]), "/".join(components[index + 1:])
+    return None, path
+
+
+def _read_only_error(path):
+    return OSError(errno.EROFS, "rear:// is read-only; write files with rear.rear_open() "
+                   "inside a rear.rear_fs() (a scavenger then archives them)", path)
+
+
+class _SeekableMember(io.RawIOBase):
+    """A member's bytes with seek(): reading forward continues the stream,
+    seeking back reopens it (a compressed member has no random access)."""
+
+    def __init__(self, open_stream, size):
+        super().__init__()
+        self._open_stream = open_stream
+        self._size = size
+        self._stream = None
+        self._at = 0         # where the stream is
+        self._wanted = 0     # where the next read starts
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._wanted
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._wanted, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position %d" % (base + offset))
+        self._wanted = base + offset
+        return self._wanted
+
+    def readinto(self, buffer):
+        if self._wanted >= self._size:
+            return 0
+        if self._stream is None or self._wanted < self._at:
+            self._close_stream()
+            self._stream, self._at = self._open_stream(), 0
+        while self._at < self._wanted:    # skip forward, a chunk at a time
+            skipped = len(self._stream.read(min(_CHUNK, self._wanted - self._at)))
+            if not skipped:
+                return 0
+            self._at += skipped
+        count = self._stream.readinto(buffer)
+        self._at += count
+        self._wanted = self._at
+        return count
+
+    def _close_stream(self):
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def close(self):
+        self._close_stream()
+        super().close()
+
+
+class _RearFileSystemMethods:
+    """``rear://``: a base's archives as a read-only filesystem for fsspec.
+
+    ``fo`` is the base directory (default ``$REAR_BASE``); paths are the
+    ones rear_open takes, ``sub/name.zip/member``, and an archive is a
+    directory.  A series (``name.zip`` and its rolled-over ``name-N.zip``)
+    reads as one archive; ``pending=True`` adds the files still in temp
+    zips.  One reader per archive stays open per instance (and instances
+    are cached per process, so Dask workers reuse one); a name not found is
+    looked for once more in a freshly opened reader, so files archived (or
+    written, with ``pending``) since are found.
+    """
+
+    protocol = "rear"
+    root_marker = ""
+
+    def __init__(self, fo="", pending=False, lock_timeout=_READ_LOCK_TIMEOUT,
+                 target_protocol=None, target_options=None, **kwargs):
+        if target_protocol not in (None, "file", "local") or target_options:
+            raise ValueError("rear:// reads a base directory of this machine's filesystem "
+                             "(a mounted NFS, Lustre, GPFS ... path), not %r"
+                             % (target_protocol,))
+        super().__init__(**kwargs)
+        self.base = _checked_base(fo or None)
+        self.pending = bool(pending)
+        self.lock_timeout = lock_timeout
+        self._readers = {}
+        self._readers_pid = os.getpid()
+        # Readers parse and cache; one thread at a time (Dask runs tasks in
+        # threads).  Member bytes are read outside it, on descriptors of
+        # their own.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        if isinstance(path, list):
+            return [cls._strip_protocol(item) for item in path]
+        return super()._strip_protocol(path).strip("/")
+
+    # -- readers
+
+    def _reader(self, dest, refresh=False):
+        """The open reader of ``dest`` (with self._lock held)."""
+        if self._readers_pid != os.getpid():
+            # A forked child (a loader or pool worker): its own readers.
+            for reader in self._readers.values():
+                reader.close()
+            self._readers, self._readers_pid = {}, os.getpid()
+        reader = self._readers.pop(dest, None)
+        if reader is not None and refresh:
+            reader.close()
+            reader = None
+        if reader is None:
+            try:
+                reader = open_archive(self.base, dest, pending=self.pending,
+                                      lock_timeout=self.lock_timeout)
+            except ArchiveError as err:
+                raise FileNotFoundError(errno.ENOENT, str(err), dest) from None
+        self._readers[dest] = reader
+        return reader
+
+    def _look(self, dest, look):
+        """``look(reader)``, again with a fresh reader if it raises KeyError
+        (the name may have been archived, rolled over or written since)."""
+        with self._lock:
+            try:
+                return look(self._reader(dest))
+            except KeyError:
+                return look(self._reader(dest, refresh=True))
+
+    def close_readers(self):
+        """Close the open readers (they reopen when next needed)."""
+        with self._lock:
+            for reader in self._readers.values():
+                reader.close()
+            self._readers = {}
+
+    # -- what is there
+
+    def _member_record(self, dest, info):
+        name = info.name.rstrip("/")
+        return {"name": dest + "/" + name if name else dest,
+                "type": "directory" if info.name.endswith("/") else "file",
+                "size": 0 if info.name.endswith("/") else info.size,
+                "compressed_size": info.compressed_size, "crc": info.crc,
+                "mtime": info.mtime, "mode": info.mode, "archive": info.archive,
+                "pending": info.pending}
+
+    def info(self, path, **kwargs):
+        path = self._strip_protocol(path)
+        dest, member = _split_fs_path(path)
+        if dest is None:
+            return self._directory_record(path)
+        if not member:
+            with self._lock:
+                self._reader(dest)
+            return {"name": dest, "type": "directory", "size": 0}
+
+        def look(reader):
+            for name in (member, member + "/"):
+                if name in reader:
+                    return self._member_record(dest, reader.info(name))
+            if next(iter(reader.names(member + "/")), None) is not None:
+                return {"name": path, "type": "directory", "size": 0}
+            raise KeyError(member)
+
+        try:
+            return self._look(dest, look)
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, "no such member in %s%s" % (
+                os.path.join(self.base, dest), "" if self.pending else
+                " (files not scavenged yet are read with pending=True)"), path) from None
+
+    def _directory_record(self, path):
+        full = os.path.join(self.base, *path.split("/")) if path else self.base
+        if not os.path.isdir(full):
+            raise FileNotFoundError(errno.ENOENT, "no such directory in the base", path)
+        return {"name": path, "type": "directory", "size": 0}
+
+    def _directory_children(self, path):
+        """Records of a base directory's subdirectories and archives (a
+        series once, under the name of its current archive)."""
+        self._directory_record(path)
+        full = os.path.join(self.base, *path.split("/")) if path else self.base
+        with os.scandir(full) as entries:
+            found = {entry.name: entry.is_dir() for entry in entries}
+        records = []
+        for name, is_dir in sorted(found.items()):
+            child = path + "/" + name if path else name
+            if is_dir and not (not path and name == _INBOX):
+                records.append({"name": child, "type": "directory", "size": 0})
+            elif not is_dir and name.lower().endswith(".zip") \
+                    and not self._is_rolled_over(name, found):
+                records.append({"name": child, "type": "directory", "size": 0})
+        return records
+
+    @staticmethod
+    def _is_rolled_over(name, siblings):
+        """Is ``name`` a ``stem-N.zip`` of a series whose ``stem.zip`` is there?"""
+        stem, _dash, number = name[:-len(".zip")].rpartition("-")
+        return bool(stem) and number.isdigit() and (stem + ".zip") in siblings
+
+    def _archive_records(self, dest, prefix, withdirs):
+        """{name: record} of the members of ``dest`` whose names start with
+        ``prefix``, and with ``withdirs`` their directories below the last
+        "/" of ``prefix``; a name in several archives of a series is the
+        copy ``info`` answers with (the newest)."""
+        records = {}
+        top = prefix[:prefix.rfind("/") + 1]
+        with self._lock:
+            for row in self._reader(dest).rows(prefix):
+                record = self._member_record(dest, MemberInfo(*row))
+                if record["type"] == "file" or withdirs:
+                    records[record["name"]] = record
+                if withdirs:
+                    parts = row[0][len(top):].rstrip("/").split("/")[:-1]
+                    for depth in range(1, len(parts) + 1):
+                        name = "%s/%s%s" % (dest, top, "/".join(parts[:depth]))
+                        records.setdefault(name, {"name": name, "type": "directory",
+                                                  "size": 0})
+        return records
+
+    def ls(self, path, detail=True, **kwargs):
+        path = self._strip_protocol(path)
+        dest, member = _split_fs_path(path)
+        if dest is None:
+            records = self._directory_children(path)
+        else:
+            prefix = member + "/" if member else ""
+            below = self._archive_records(dest, prefix, withdirs=True)
+            records = [record for name, record in sorted(below.items())
+                       if "/" not in name[len(dest) + 1 + len(prefix):]]
+            if not records and member:
+                records = [self.info(path)]     # a file lists as itself
+                if records[0]["type"] == "directory":
+                    records = []
+        return records if detail else [record["name"] for record in records]
+
+    def find(self, path, maxdepth=None, withdirs=False, detail=False, prefix="", **kwargs):
+        """Every file under ``path`` (with ``withdirs``, directories too),
+        streamed from the archives' names; ``prefix`` narrows them to names
+        that continue ``path`` with it (glob passes its literal part)."""
+        path = self._strip_protocol(path)
+        dest, member = _split_fs_path(path)
+        records = {}
+        if dest is None:
+            for record in self._directories_below(path):
+                if withdirs:
+                    records[record["name"]] = record
+                if record["name"].lower().endswith(".zip"):
+                    records.update(self._archive_records(record["name"], "", withdirs))
+        else:
+            records = self._archive_records(
+                dest, (member + "/" if member else "") + prefix, withdirs)
+            if member and not prefix and not records:
+                found = self.info(path)
+                if found["type"] == "file":
+                    records = {found["name"]: found}
+        if maxdepth is not None:
+            depth = path.count("/") + 1 if path else 0
+            records = {name: record for name, record in records.items()
+                       if name.count("/") - depth < maxdepth}
+        records = dict(sorted(records.items()))
+        return records if detail else list(records)
+
+    def _directories_below(self, path):
+        """Records of the directories and archives (a series once) in the
+        base directory ``path`` and below."""
+        for record in self._directory_children(path):
+            yield record
+            if not record["name"].lower().endswith(".zip"):
+                yield from self._directories_below(record["name"])
+
+    def glob(self, path, maxdepth=None, **kwargs):
+        stripped = self._strip_protocol(path)
+        magic = min([stripped.find(char) for char in _GLOB_MAGIC if char in stripped]
+                    or [len(stripped)])
+        literal = stripped[:magic]
+        if magic < len(stripped) and "/" in literal:
+            dest, _member = _split_fs_path(literal[:literal.rindex("/")])
+            if dest is not None:   # stream only the names that begin with the literal part
+                kwargs["prefix"] = literal[literal.rindex("/") + 1:]
+        return super().glob(path, maxdepth=maxdepth, **kwargs)
+
+    def modified(self, path):
+        import datetime
+        return datetime.datetime.fromtimestamp(self.info(path).get("mtime", 0),
+                                               datetime.timezone.utc)
+
+    # -- reading
+
+    def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None,
+              **kwargs):
+        if mode != "rb":
+            raise _read_only_error(path)
+        path = self._strip_protocol(path)
+        dest, member = _split_fs_path(path)
+        record = self.info(path)
+        if record["type"] == "directory":
+            raise IsADirectoryError(errno.EISDIR, "a directory (an archive is one: open a "
+                                    "member in it)", path)
+        stored = member if record["name"] == path else member + "/"
+
+        def open_stream():
+            return self._look(dest, lambda reader: reader.open(stored))
+
+        raw = _SeekableMember(open_stream, record["size"])
+        raw.name = path     # what BufferedReader.name shows
+        return io.BufferedReader(raw, _CHUNK)
+
+    # -- read-only: everything that would change the base says how to write
+
+    def _refuse(self, path, *args, **kwargs):
+        raise _read_only_error(path)
+
+    mkdir = makedirs = rmdir = rm = rm_file = _rm = touch = pipe_file = put_file = _refuse
+
+    def cp_file(self, path1, path2, **kwargs):
+        raise _read_only_error(path2)
+
+    def mv(self, path1, path2, **kwargs):
+        raise _read_only_error(path1)
+
+
+#: RearFileSystem, once made (see __getattr__).
+_FSSPEC_CLASS = []
+
+
+def _fsspec_filesystem_class():
+    if not _FSSPEC_CLASS:
+        fsspec = _import_fsspec()
+
+        class RearFileSystem(_RearFileSystemMethods, fsspec.AbstractFileSystem):
+            __doc__ = _RearFileSystemMethods.__doc__
+
+        # Named as pickle and fsspec's registry find it: rear.RearFileSystem.
+        RearFileSystem.__module__, RearFileSystem.__qualname__ = __name__, "RearFileSystem"
+        _FSSPEC_CLASS.append(RearFileSystem)
+    return _FSSPEC_CLASS[0]
+
+
+def __getattr__(name):
+    # rear.RearFileSystem: made on first use, so that rear imports without
+    # fsspec; fsspec's entry point and pickle look it up by this name.
+    if name == "RearFileSystem":
+        return _fsspec_filesystem_class()
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def register_fsspec():
+    """Make ``rear://`` known to fsspec in this process and return the
+    filesystem class.  An installed rear is registered through fsspec's
+    entry point already; a vendored rear.py needs this one call."""
+    cls = _fsspec_filesystem_class()
+    _import_fsspec().register_implementation("rear", cls, clobber=True)
+    return cls
 
 
 # ---------------------------------------------------------------- inspection
@@ -5084,7 +5496,7 @@ def _report_errors(stats):
     """Print each of the pass's problems once, naming its file once."""
     for path, reason in stats.errors:
         sys.stderr.write("rear: error: %s\n" % (reason if path in reason
-                                                 else "%s: %s" % (path, reason)))
+                                                else "%s: %s" % (path, reason)))
     return 1 if stats.errors else 0
 
 
@@ -5303,7 +5715,7 @@ def _cmd_ls(args):
             _write_lines(sys.stdout, _json_lines(rows))
             return 0
         sys.stdout.write("%12s %12s  %-16s  %s\n" % ("Length", "Compressed", "Date Time",
-                                                    "Name"))
+                                                     "Name"))
         totals = [0, 0, 0]
         _write_lines(sys.stdout, _listing_lines(rows, totals))
         sys.stdout.write("%12d %12d  %-16s  %s\n" % (totals[0], totals[1], "",
