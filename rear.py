@@ -4772,6 +4772,10 @@ class _SeekableMember(io.RawIOBase):
         self._at = 0         # where the stream is
         self._wanted = 0     # where the next read starts
 
+    @property
+    def size(self):
+        return self._size
+
     def readable(self):
         return True
 
@@ -4812,6 +4816,15 @@ class _SeekableMember(io.RawIOBase):
     def close(self):
         self._close_stream()
         super().close()
+
+
+class _MemberFile(io.BufferedReader):
+    """What rear:// opens: buffered, seekable, and with the ``size`` fsspec's
+    callers look for."""
+
+    @property
+    def size(self):
+        return self.raw.size
 
 
 class _RearFileSystemMethods:
@@ -5062,7 +5075,7 @@ class _RearFileSystemMethods:
 
         raw = _SeekableMember(open_stream, record["size"])
         raw.name = path     # what BufferedReader.name shows
-        return io.BufferedReader(raw, _CHUNK)
+        return _MemberFile(raw, _CHUNK)
 
     # -- read-only: everything that would change the base says how to write
 

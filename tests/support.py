@@ -18,6 +18,7 @@ import textwrap
 import threading
 import time
 import zipfile
+import zlib
 
 import pytest
 
@@ -306,6 +307,55 @@ SCAVENGER_LOOP_SCRIPT = """
             sys.exit(1)
         time.sleep(0.05)
 """
+
+
+# ---------------------------------------------------------------- big archives
+
+
+def series_member(number):
+    """The name and bytes of member ``number`` of write_series's archives."""
+    name = "part-%03d/item-%07d.txt" % (number // 10000, number)
+    return name, ("%s\n" % name).encode()
+
+
+def write_series(base, dest, count, per_archive):
+    """A series of ``count`` small stored members (series_member) under
+    ``base``: ``dest`` and its rolled-over ``name-N.zip``, each of
+    ``per_archive`` members, written directly with rear's header functions
+    (zipfile needs minutes for a million entries), then indexed by one rear
+    commit (member "indexed")."""
+    stem = dest[:-len(".zip")]
+    archives = (count + per_archive - 1) // per_archive
+    for archive in range(archives):
+        path = os.path.join(base, (stem + "-%d.zip" % archive) if archive < archives - 1
+                            else dest)
+        first = archive * per_archive
+        _write_stored_archive(path, (series_member(number) for number in
+                                     range(first, min(count, first + per_archive))))
+    fill(base, {dest + "/indexed": b"i"})
+    stats = rear.scavenge(base, max_entries=per_archive + 1)
+    assert stats.errors == [] and stats.files_moved == 1
+
+
+def _write_stored_archive(path, members):
+    records = []
+    offset = 0
+    with open(path, "wb") as handle:
+        chunk = []
+        for name, data in members:
+            entry = rear._Entry(name, 0, 0, 0, 33, zlib.crc32(data), len(data), len(data),
+                                0o100644 << 16)
+            local = rear._pack_local_header(entry) + data
+            records.append(rear._pack_central_record(entry, offset))
+            offset += len(local)
+            chunk.append(local)
+            if len(chunk) >= 10000:
+                handle.write(b"".join(chunk))
+                chunk = []
+        handle.write(b"".join(chunk))
+        central = b"".join(records)
+        handle.write(central)
+        handle.write(rear._pack_end_records(len(records), len(central), offset))
 
 
 # ---------------------------------------------------------------- torture writers
