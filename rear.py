@@ -203,7 +203,7 @@ every rear_fs, is the only way back up):
 constants, errors, process-wide state, platform, network filesystems,
 durable I/O, zip format, paths, sidecar, settings, temp zip, writer,
 archive files, name index, scavenger results, journal, recovery, commit,
-claim, scavenger, reading, inspection, CLI.
+claim, scavenger, reading, fsspec filesystem, inspection, CLI.
 
 Names say what a function does: ``_pack_*`` builds bytes, ``_parse_*``
 and ``_iter_*`` read them, ``_is_*``/``_has_*`` answer yes or no, and
