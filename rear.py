@@ -4850,6 +4850,10 @@ class _RearFileSystemMethods:
                              "(a mounted NFS, Lustre, GPFS ... path), not %r"
                              % (target_protocol,))
         super().__init__(**kwargs)
+        if not fo and not os.environ.get("REAR_BASE"):
+            raise ValueError("rear:// needs the base directory: chain it, like "
+                             "'rear://logs.zip/task-1/out.txt::/scratch/run42', or give "
+                             "fo='/scratch/run42' (or set $REAR_BASE)")
         self.base = _checked_base(fo or None)
         self.pending = bool(pending)
         self.lock_timeout = lock_timeout

@@ -18,6 +18,7 @@ Prints a table, then one line ``BENCH_JSON {...}`` with every number.
 
 import argparse
 import base64
+import importlib.util
 import json
 import os
 import random
@@ -40,6 +41,8 @@ SCALES = {
                  big_entries=2, big_size=1024 ** 3, append_sizes=[0, 100000, 1000000],
                  append_new=1000, memory_size=2 * 1024 ** 3, strace_files=[1000, 10000],
                  read_entries=1000000, campaign_entries=5000000, campaign_max_entries=None,
+                 fsspec_entries=[100000, 1000000], dask_members=10000,
+                 dask_pattern="old/000*/*", dask_timeout=600,
                  repeats=3),
     # campaign_max_entries None: rear's default; smoke scale shrinks it to
     # keep the mechanics (a series of rolled archives) in seconds.
@@ -47,7 +50,8 @@ SCALES = {
                   big_entries=1, big_size=4 * 1024 ** 2, append_sizes=[0, 3000],
                   append_new=100, memory_size=32 * 1024 ** 2, strace_files=[100, 300],
                   read_entries=20000, campaign_entries=20000, campaign_max_entries=5000,
-                  repeats=1),
+                  fsspec_entries=[20000], dask_members=100,
+                  dask_pattern="old/0000/result-00000*.txt", dask_timeout=120, repeats=1),
 }
 WRITERS = ["rear", "legacy", "writestr", "open"]
 #: max_entries for rows that measure one archive as it grows (append, read).
@@ -177,6 +181,41 @@ def worker_read(args):
     seconds = time.perf_counter() - start
     assert data == b"0123456789"
     return {"seconds": seconds, "added_mib": _peak_rss_mib() - before}
+
+
+def worker_fsspec_read(args):
+    """Open and read one member through a ``rear://`` or ``zip://`` URL in
+    this fresh process, then a second member through a second URL:
+    seconds after the imports, and the memory they added."""
+    rear = _import_rear()
+    import fsspec
+    rear.register_fsspec()       # the entry point does it for an installed rear
+    before = _current_rss_mib()
+    times = []
+    for member, expected in zip(args["members"], args["expected"]):
+        start = time.perf_counter()
+        with fsspec.open(args["url"] % member) as handle:
+            data = handle.read()
+        times.append(time.perf_counter() - start)
+        assert data == expected.encode(), (data, expected)
+    return {"first_seconds": times[0], "further_seconds": times[1],
+            "added_mib": _peak_rss_mib() - before}
+
+
+def worker_dask_bag(args):
+    """Count the lines of the members a glob URL names with a Dask bag on a
+    LocalCluster of two worker processes (one thread each)."""
+    rear = _import_rear()
+    rear.register_fsspec()
+    import dask.bag
+    from dask.distributed import Client, LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster):
+        start = time.perf_counter()
+        lines = dask.bag.read_text(args["url"]).count().compute()
+        seconds = time.perf_counter() - start
+    assert lines == args["members"], (lines, args["members"])
+    return {"seconds": seconds}
 
 
 def _current_rss_mib():
@@ -591,6 +630,71 @@ def bench_campaign(root, scale, pythons, results):
                            "rows": rows}
 
 
+def bench_fsspec(root, scale, pythons, results):
+    """Row 8: rear:// against fsspec's zip:// on the same archive: one
+    member opened and read in a fresh process, a second URL, the memory
+    added; a Dask bag over dask_members members with two workers."""
+    if importlib.util.find_spec("fsspec") is None:
+        print("  fsspec is not installed: row left out")
+        return
+    rows = {}
+    for count in scale["fsspec_entries"]:
+        base = fresh_dir(root, "f")
+        archive = os.path.join(base, "a.zip")
+        make_archive(archive, count)
+        make_rear_inbox(base, [("a.zip/indexed", b"i")], "deflated", workers=1)
+        run_worker(sys.executable, "scavenge", {"method": "rear", "base": base,
+                                                "max_entries": NO_ROLLOVER})
+        members = ["old/%04d/result-%07d.txt" % (number // 1000, number)
+                   for number in (count // 2, count // 3)]
+        urls = {"rear://": "rear://a.zip/%s::" + base, "zip://": "zip://%s::" + archive}
+        for what, url in urls.items():
+            report = run_worker(sys.executable, "fsspec_read", {
+                "url": url, "members": members, "expected": ["0123456789"] * 2})
+            rows["%s %d" % (what, count)] = report
+            print("  %s %8d entries: open + read %7.1f ms, a further URL %7.1f ms, "
+                  "+%.1f MiB" % (what, count, report["first_seconds"] * 1000,
+                                 report["further_seconds"] * 1000, report["added_mib"]),
+                  flush=True)
+        if count != scale["fsspec_entries"][-1]:
+            continue
+        if importlib.util.find_spec("distributed") is None:
+            print("  dask distributed is not installed: no Dask rows")
+            continue
+        pattern, expected = scale["dask_pattern"], scale["dask_members"]
+        for what, url in (("rear://", "rear://a.zip/%s::%s" % (pattern, base)),
+                          ("zip://", "zip://%s::%s" % (pattern, archive))):
+            try:
+                report = run_worker_with_timeout(sys.executable, "dask_bag", {
+                    "url": url, "members": expected}, scale["dask_timeout"])
+            except subprocess.TimeoutExpired:
+                report = {"seconds": None, "timeout": scale["dask_timeout"]}
+            rows["dask %s %d" % (what, count)] = dict(report, members=expected)
+            print("  dask bag, %d members of %d, 2 workers, %s: %s" % (
+                expected, count, what, "%.1f s" % report["seconds"] if report["seconds"]
+                else "did not finish in %d s" % scale["dask_timeout"]), flush=True)
+    results["fsspec"] = rows
+
+
+def run_worker_with_timeout(python, kind, args, timeout):
+    """run_worker, killing the worker (and its process group) past ``timeout``."""
+    settle()
+    command = [python, os.path.abspath(__file__), "_worker", kind, json.dumps(args)]
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True,
+                               cwd=HERE, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.communicate()
+        raise
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def bench_memory(root, scale, pythons, results):
     """Row 5: peak RSS writing one big output through rear_open, and scavenging it."""
     rows = {}
@@ -684,6 +788,22 @@ def summary(results):
                       campaign["small archive"]["seconds"])
         lines.append(("commit at end of campaign / into small archive", value, "<= 10x",
                       None if value is None else value <= 10))
+    fsspec_rows = results.get("fsspec", {})
+    largest = max([int(key.split()[1]) for key in fsspec_rows if key.startswith("rear://")]
+                  or [0])
+    if largest:
+        row = fsspec_rows["rear:// %d" % largest]
+        lines.append(("rear:// %d entries: open + read, ms" % largest,
+                      row["first_seconds"] * 1000, "< 50", row["first_seconds"] < 0.050))
+        lines.append(("rear:// %d entries: added MiB" % largest, row["added_mib"], "< 50",
+                      row["added_mib"] < 50))
+        mine = fsspec_rows.get("dask rear:// %d" % largest, {}).get("seconds")
+        theirs = fsspec_rows.get("dask zip:// %d" % largest, {})
+        if mine:
+            value = ratio(theirs.get("seconds") or theirs.get("timeout"), mine)
+            lines.append(("dask bag: zip:// / rear:// time%s" % (
+                "" if theirs.get("seconds") else " (zip:// timed out)"), value, ">= 10x",
+                None if value is None else value >= 10))
     memory = results.get("peak_rss_mib", {}).get("rear", {})
     for key in ("worker_rss_mib", "scavenger_rss_mib"):
         value = memory.get(key)
@@ -708,7 +828,8 @@ def main(argv=None):
     if argv and argv[0] == "_worker":
         kind, args = argv[1], json.loads(argv[2])
         report = {"write": worker_write, "scavenge": worker_scavenge,
-                  "read": worker_read}[kind](args)
+                  "read": worker_read, "fsspec_read": worker_fsspec_read,
+                  "dask_bag": worker_dask_bag}[kind](args)
         print(json.dumps(report))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -720,7 +841,7 @@ def main(argv=None):
                              "filesystem you care about)")
     parser.add_argument("--only", action="append", choices=["writers", "metadata",
                                                             "scavenger", "append", "memory",
-                                                            "read", "campaign"])
+                                                            "read", "campaign", "fsspec"])
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     pythons = {"rear": sys.executable, "writestr": sys.executable, "open": sys.executable}
@@ -733,7 +854,8 @@ def main(argv=None):
                "legacy": bool(args.legacy_python), "workdir": root}
     rows = [("writers", bench_writers), ("metadata", bench_metadata),
             ("scavenger", bench_scavenger), ("append", bench_append),
-            ("memory", bench_memory), ("read", bench_read), ("campaign", bench_campaign)]
+            ("memory", bench_memory), ("read", bench_read), ("campaign", bench_campaign),
+            ("fsspec", bench_fsspec)]
     try:
         for name, function in rows:
             if args.only and name not in args.only:

@@ -131,6 +131,14 @@ def test_a_base_that_does_not_exist_is_refused_naming_it(tmp_path):
         fsspec.open("rear://a.zip/x::" + missing).open()
 
 
+def test_a_url_without_a_base_says_how_to_give_one(monkeypatch):
+    monkeypatch.delenv("REAR_BASE", raising=False)
+    rear.register_fsspec()
+    with pytest.raises(ValueError, match=r"rear:// needs the base directory: chain it, like "
+                       r"'rear://logs.zip/task-1/out.txt::/scratch/run42'"):
+        fsspec.open("rear://logs.zip/x").open()
+
+
 def test_find_and_glob_stream_members(archived):
     fs = rear_fs(archived)
     assert fs.find("logs.zip") == sorted(LOGS)
