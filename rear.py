@@ -4888,6 +4888,8 @@ class _RearFileSystemMethods:
                 reader = open_archive(self.base, dest, pending=self.pending,
                                       lock_timeout=self.lock_timeout)
             except ArchiveError as err:
+                if _series(self.base, dest):
+                    raise        # there, but damaged: its error says what is wrong
                 raise FileNotFoundError(errno.ENOENT, str(err), dest) from None
         self._readers[dest] = reader
         return reader

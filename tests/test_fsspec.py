@@ -124,6 +124,13 @@ def test_a_missing_member_archive_or_directory_is_file_not_found_saying_where(ar
         fs.info("logs.zip/pending.txt")
 
 
+def test_a_damaged_archive_says_so_rather_than_not_found(archived):
+    with open(os.path.join(archived, "bad.zip"), "wb") as handle:
+        handle.write(b"not a zip")
+    with pytest.raises(rear.ArchiveError, match="bad.zip is not a zip archive"):
+        rear_fs(archived).cat_file("bad.zip/x")
+
+
 def test_a_base_that_does_not_exist_is_refused_naming_it(tmp_path):
     rear.register_fsspec()
     missing = str(tmp_path / "typo")
