@@ -4588,16 +4588,23 @@ class ArchiveReader:
     def open(self, member):
         """A binary file object streaming ``member``'s bytes, CRC-checked at
         the end; KeyError if it is not there."""
+        return self._open_with_info(member)[1]
+
+    def _open_with_info(self, member):
+        """(MemberInfo, stream) of ``member``, found with one lookup."""
         view, entry = self._find_member(member)
         if entry is None:
             raise self._missing_error(member)
         if view is not None:
-            return io.BufferedReader(_OwningReader(view.open_member(entry)), _CHUNK)
+            return (MemberInfo.of(entry, member, view.path),
+                    io.BufferedReader(_OwningReader(view.open_member(entry)), _CHUNK))
+        path = self._pending.entries[member][0]
         reader = self._pending.open_member(member)
         if reader is None:     # scavenged since we looked: it is in an archive now
             self._reopen()
-            return self.open(member)
-        return io.BufferedReader(_OwningReader(reader), _CHUNK)
+            return self._open_with_info(member)
+        return (MemberInfo.of(entry, member, path, True),
+                io.BufferedReader(_OwningReader(reader), _CHUNK))
 
     def read(self, member):
         """The bytes of ``member``, CRC-checked; KeyError if it is not there."""
@@ -4764,11 +4771,11 @@ class _SeekableMember(io.RawIOBase):
     """A member's bytes with seek(): reading forward continues the stream,
     seeking back reopens it (a compressed member has no random access)."""
 
-    def __init__(self, open_stream, size):
+    def __init__(self, open_stream, size, stream=None):
         super().__init__()
         self._open_stream = open_stream
         self._size = size
-        self._stream = None
+        self._stream = stream    # already open at 0, or None
         self._at = 0         # where the stream is
         self._wanted = 0     # where the next read starts
 
@@ -4933,7 +4940,7 @@ class _RearFileSystemMethods:
 
         def look(reader):
             for name in (member, member + "/"):
-                if name in reader:
+                with contextlib.suppress(KeyError):
                     return self._member_record(dest, reader.info(name))
             if next(iter(reader.names(member + "/")), None) is not None:
                 return {"name": path, "type": "directory", "size": 0}
@@ -5070,16 +5077,19 @@ class _RearFileSystemMethods:
             raise _read_only_error(path)
         path = self._strip_protocol(path)
         dest, member = _split_fs_path(path)
-        record = self.info(path)
-        if record["type"] == "directory":
+        if dest is None or not member:
             raise IsADirectoryError(errno.EISDIR, "a directory (an archive is one: open a "
                                     "member in it)", path)
-        stored = member if record["name"] == path else member + "/"
+        try:       # one lookup finds the member and opens it
+            info, stream = self._look(dest, lambda reader: reader._open_with_info(member))
+        except KeyError:
+            self.info(path)    # FileNotFoundError, unless it is a directory
+            raise IsADirectoryError(errno.EISDIR, "a directory in the archive", path) from None
 
         def open_stream():
-            return self._look(dest, lambda reader: reader.open(stored))
+            return self._look(dest, lambda reader: reader.open(member))
 
-        raw = _SeekableMember(open_stream, record["size"])
+        raw = _SeekableMember(open_stream, info.size, stream)
         raw.name = path     # what BufferedReader.name shows
         return _MemberFile(raw, _CHUNK)
 

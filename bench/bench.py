@@ -210,7 +210,7 @@ def worker_dask_bag(args):
     import dask.bag
     from dask.distributed import Client, LocalCluster
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster):
+                      dashboard_address=":0") as cluster, Client(cluster):
         start = time.perf_counter()
         lines = dask.bag.read_text(args["url"]).count().compute()
         seconds = time.perf_counter() - start

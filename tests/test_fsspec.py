@@ -306,7 +306,7 @@ def cluster():
     distributed = pytest.importorskip("distributed",
                                       reason="dask distributed is not installed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
-                                  dashboard_address=None) as local:
+                                  dashboard_address=":0") as local:
         with distributed.Client(local) as client:
             yield client
 
