@@ -274,18 +274,27 @@ def make_rear_inbox(base, entries, compression, workers=4):
 
 
 def make_archive(path, count):
-    """A stored zip of ``count`` tiny entries, written directly with rear's
-    own header functions: zipfile needs minutes for a million entries."""
-    rear = _import_rear()
+    """A stored zip of ``count`` tiny entries (archive_member names, data
+    b"0123456789")."""
     data = b"0123456789"
-    crc = zlib.crc32(data)
+    write_stored_archive(path, ((archive_member(number), data) for number in range(count)))
+
+
+def archive_member(number):
+    return "old/%04d/result-%07d.txt" % (number // 1000, number)
+
+
+def write_stored_archive(path, members):
+    """A stored zip of ``members`` ((name, bytes) pairs), written directly
+    with rear's own header functions: zipfile needs minutes for a million
+    entries.  tests/support.py builds its big archives with it too."""
+    rear = _import_rear()
     records = []
     offset = 0
     with open(path, "wb") as handle:
         chunk = []
-        for number in range(count):
-            name = "old/%04d/result-%07d.txt" % (number // 1000, number)
-            entry = rear._Entry(name, 0, 0, 0, 33, crc, len(data), len(data))
+        for name, data in members:
+            entry = rear._Entry(name, 0, 0, 0, 33, zlib.crc32(data), len(data), len(data))
             local = rear._pack_local_header(entry) + data
             records.append(rear._pack_central_record(entry, offset))
             offset += len(local)
@@ -296,7 +305,19 @@ def make_archive(path, count):
         handle.write(b"".join(chunk))
         central = b"".join(records)
         handle.write(central)
-        handle.write(rear._pack_end_records(count, len(central), offset))
+        handle.write(rear._pack_end_records(len(records), len(central), offset))
+
+
+def indexed_archive(root, count):
+    """(base, archive): a base whose a.zip holds ``count`` entries
+    (make_archive) and is indexed by one rear commit."""
+    base = fresh_dir(root, "r")
+    archive = os.path.join(base, "a.zip")
+    make_archive(archive, count)
+    make_rear_inbox(base, [("a.zip/indexed", b"i")], "deflated", workers=1)
+    run_worker(sys.executable, "scavenge", {"method": "rear", "base": base,
+                                            "max_entries": NO_ROLLOVER})
+    return base, archive
 
 
 def fresh_dir(root, name):
@@ -559,14 +580,8 @@ def bench_read(root, scale, pythons, results):
     """Row 6: read one member of, and list, an archive of read_entries
     entries (indexed by a first rear commit), side by side with Info-ZIP."""
     count = scale["read_entries"]
-    base = fresh_dir(root, "r")
-    archive = os.path.join(base, "a.zip")
-    make_archive(archive, count)
-    make_rear_inbox(base, [("a.zip/indexed", b"i")], "deflated", workers=1)
-    run_worker(sys.executable, "scavenge", {"method": "rear", "base": base,
-                                            "max_entries": NO_ROLLOVER})
-    number = count // 2
-    member = "old/%04d/result-%07d.txt" % (number // 1000, number)
+    base, archive = indexed_archive(root, count)
+    member = archive_member(count // 2)
     python = sys.executable
     vendored = vendored_rear(root)
     rows = {}
@@ -639,14 +654,8 @@ def bench_fsspec(root, scale, pythons, results):
         return
     rows = {}
     for count in scale["fsspec_entries"]:
-        base = fresh_dir(root, "f")
-        archive = os.path.join(base, "a.zip")
-        make_archive(archive, count)
-        make_rear_inbox(base, [("a.zip/indexed", b"i")], "deflated", workers=1)
-        run_worker(sys.executable, "scavenge", {"method": "rear", "base": base,
-                                                "max_entries": NO_ROLLOVER})
-        members = ["old/%04d/result-%07d.txt" % (number // 1000, number)
-                   for number in (count // 2, count // 3)]
+        base, archive = indexed_archive(root, count)
+        members = [archive_member(count // 2), archive_member(count // 3)]
         urls = {"rear://": "rear://a.zip/%s::" + base, "zip://": "zip://%s::" + archive}
         for what, url in urls.items():
             report = run_worker(sys.executable, "fsspec_read", {

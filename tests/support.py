@@ -18,11 +18,11 @@ import textwrap
 import threading
 import time
 import zipfile
-import zlib
 
 import pytest
 
 import rear
+from bench.bench import write_stored_archive
 
 
 #: The repository's top directory, where rear.py is.
@@ -330,32 +330,11 @@ def write_series(base, dest, count, per_archive):
         path = os.path.join(base, (stem + "-%d.zip" % archive) if archive < archives - 1
                             else dest)
         first = archive * per_archive
-        _write_stored_archive(path, (series_member(number) for number in
+        write_stored_archive(path, (series_member(number) for number in
                                      range(first, min(count, first + per_archive))))
     fill(base, {dest + "/indexed": b"i"})
     stats = rear.scavenge(base, max_entries=per_archive + 1)
     assert stats.errors == [] and stats.files_moved == 1
-
-
-def _write_stored_archive(path, members):
-    records = []
-    offset = 0
-    with open(path, "wb") as handle:
-        chunk = []
-        for name, data in members:
-            entry = rear._Entry(name, 0, 0, 0, 33, zlib.crc32(data), len(data), len(data),
-                                0o100644 << 16)
-            local = rear._pack_local_header(entry) + data
-            records.append(rear._pack_central_record(entry, offset))
-            offset += len(local)
-            chunk.append(local)
-            if len(chunk) >= 10000:
-                handle.write(b"".join(chunk))
-                chunk = []
-        handle.write(b"".join(chunk))
-        central = b"".join(records)
-        handle.write(central)
-        handle.write(rear._pack_end_records(len(records), len(central), offset))
 
 
 # ---------------------------------------------------------------- torture writers
