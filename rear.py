@@ -2404,6 +2404,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         self._check_open()
         name = _entry_name(path, self._known_directories)
         source = os.fspath(source)
+        _check_pickup_source(source, self.base)
         ok = False
         try:
             yield source
@@ -2461,6 +2462,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
             # the temp zip again.  Half a tree archived and all of it left
             # in place would be archived twice by a retry.
             members = _pickup_members(source, name)
+            _check_pickup_members(source, self.base, members)
             with self._lock:
                 mark = self._end_mark()
                 self._no_timed_rotation = True
@@ -2586,6 +2588,41 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         self._reset_state()
         if temp is not None:
             temp.forget_after_fork()
+
+
+def _check_pickup_source(source, base):
+    """Refuse, before anything happens, a pickup that would remove the
+    base's own files: the base or a directory above it, its inbox/ (every
+    writer's temp zip) or anything in it, or one of its archives.  A
+    pickup removes its source once archived: such a source cost every
+    file acknowledged into the temp zips it held."""
+    real_source, real_base = os.path.realpath(source), os.path.realpath(base)
+    real_inbox = os.path.join(real_base, _INBOX)
+    if real_source == real_base or real_base.startswith(real_source.rstrip(os.sep) + os.sep):
+        what = "the base directory" if real_source == real_base else "a directory that holds"
+    elif real_source == real_inbox or real_source.startswith(real_inbox + os.sep):
+        what = "inside the inbox of"
+    elif real_source.startswith(real_base + os.sep) and real_source.lower().endswith(".zip"):
+        what = "an archive of"
+    else:
+        return
+    raise RearError("rear_pickup: %s is %s the base %s; archiving it would remove rear's own "
+                    "files (temp zips holding acknowledged files, or archives): pick up "
+                    "outputs from outside the base, or from a directory of its own below it"
+                    % (source, what, base), source)
+
+
+def _check_pickup_members(source, base, members):
+    """A tree picked up from inside the base must hold no archive of it."""
+    real_base = os.path.realpath(base)
+    if not os.path.realpath(source).startswith(real_base + os.sep):
+        return
+    for path, _member, member_st in members:
+        if stat.S_ISREG(member_st.st_mode) and path.lower().endswith(".zip"):
+            raise RearError("rear_pickup: %s holds %s, an archive of the base %s; archiving "
+                            "the tree would remove it: move the archive out of the tree, or "
+                            "pick up outputs from outside the base" % (source, path, base),
+                            source)
 
 
 def _not_archivable_error(path):

@@ -491,6 +491,55 @@ def test_pickup_of_a_missing_source_raises_naming_it(base, tmp_path):
                 pass
 
 
+PICKUPS_OF_REARS_OWN_FILES = [
+    # (source relative to the base's parent, what the refusal says it is)
+    ("base", "the base directory"),
+    (".", "a directory that holds"),
+    ("base/inbox", "inside the inbox of"),
+    ("base/inbox/TEMP_ZIP", "inside the inbox of"),
+    ("base/done.zip", "an archive of"),
+    ("base/sub", "holds %s, an archive of the base"),
+]
+
+
+@pytest.mark.parametrize("source,what", PICKUPS_OF_REARS_OWN_FILES)
+def test_pickup_of_the_base_its_inbox_or_its_archives_is_refused_and_loses_nothing(
+        base, source, what):
+    fill(base, {"done.zip/archived": b"a", "sub/in.zip/archived": b"b"})
+    rear.scavenge(base)
+    other = rear.rear_fs(base)                    # another writer's temp zip, open
+    other.write_bytes("w.zip/theirs", b"t")
+    (temp_zip,) = inbox_temp_zips(base)
+    source = os.path.join(os.path.dirname(base), source.replace("TEMP_ZIP", temp_zip))
+    expected_message = what % os.path.join(base, "sub", "in.zip") if "%s" in what else what
+    with rear.rear_fs(base) as fs:
+        fs.write_bytes("w.zip/mine", b"m")
+        with pytest.raises(rear.RearError, match=re.escape(expected_message)) as refused:
+            with fs.pickup(source, "p.zip/x"):
+                pass
+        assert source in str(refused.value) and "pick up outputs from outside the base" \
+            in str(refused.value)
+    other.close()
+    assert os.path.exists(source)
+    assert rear.scavenge(base, flush=True).errors == []
+    assert archives_of(base) == {"done.zip": {"archived": b"a"},
+                                 "sub/in.zip": {"archived": b"b"},
+                                 "w.zip": {"mine": b"m", "theirs": b"t"}}
+
+
+def test_pickup_of_a_directory_of_its_own_below_the_base_is_fine(base):
+    scratch = os.path.join(base, "scratch", "task-1")
+    os.makedirs(scratch)
+    with open(os.path.join(scratch, "out.txt"), "wb") as handle:
+        handle.write(b"o")
+    with rear.rear_fs(base) as fs:
+        with fs.pickup(scratch, "p.zip/task-1"):
+            pass
+    rear.scavenge(base)
+    assert archives_of(base)["p.zip"] == {"task-1/": b"", "task-1/out.txt": b"o"}
+    assert not os.path.exists(scratch)
+
+
 def test_pickup_streams_a_large_file_with_bounded_memory(base, tmp_path):
     source = tmp_path / "big.bin"
     chunk = os.urandom(1024 * 1024)
