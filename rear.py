@@ -1867,7 +1867,7 @@ def _base_or_env(base):
     return os.fspath(base)
 
 
-def _checked_base(base, *, writing=False, may_be_missing=False):
+def _checked_base(base, *, writing=False, may_be_missing=False, whole=False):
     """The absolute path of a base directory this user can use, else
     RearError naming what is wrong and what to do.
 
@@ -1875,11 +1875,15 @@ def _checked_base(base, *, writing=False, may_be_missing=False):
     (``writing``) needs it readable and writable, and its ``inbox/`` too if
     there is one; a writer (``writing`` and ``may_be_missing``) needs only
     that what exists of the two is a writable directory: its first temp
-    zip creates them.
+    zip creates them.  A command that works on a ``whole`` base refuses a
+    directory that is not one but holds bases below it (its parent, say):
+    it would find nothing to do and say so, while their temp zips wait.
     """
     base = os.path.abspath(_base_or_env(base))
     if not may_be_missing:
         _check_existing_base(base, writing)
+    if whole:
+        _check_not_above_bases(base)
     if writing:
         for path in (base, os.path.join(base, _INBOX)) if may_be_missing \
                 else (os.path.join(base, _INBOX),):
@@ -1904,6 +1908,38 @@ def _check_existing_base(base, writing):
         raise RearError("base directory %s cannot be %s by this user; run as its owner or "
                         "fix its permissions" % (base, "read and written" if writing
                                                  else "read"), base)
+
+
+def _check_not_above_bases(path, depth=3):
+    """RearError naming the bases found up to ``depth`` levels below
+    ``path``, if it holds some and is not a base itself."""
+    if os.path.isdir(os.path.join(path, _INBOX)):
+        return
+    found = []
+    for directory, subdirs, _files in os.walk(path):
+        level = directory[len(path):].count(os.sep)
+        if directory != path and _looks_like_inbox(os.path.join(directory, _INBOX)):
+            found.append(directory)
+            subdirs[:] = []
+        elif level >= depth:
+            subdirs[:] = []
+        subdirs.sort()
+    if found:
+        shown = ", ".join(found[:5]) + (" and %d more" % (len(found) - 5)
+                                        if len(found) > 5 else "")
+        raise RearError("%s is not a base directory (it has no inbox/) but holds %s below "
+                        "it: %s; give the base directory itself"
+                        % (path, "a base" if len(found) == 1 else "bases", shown), path)
+
+
+def _looks_like_inbox(path):
+    """Is ``path`` a rear inbox (temp zips, sidecars or archives/ in it)?"""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return any(name == _ARCHIVES_DIR or name.endswith((_TEMP_SUFFIX, _SIDECAR_SUFFIX))
+               for name in names)
 
 
 def _is_writable_directory(path):
@@ -4014,7 +4050,7 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     dead_hosts = frozenset(dead_hosts)
     grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
     limits = _Limits(max_size, max_entries)
-    base = _checked_base(base, writing=True)
+    base = _checked_base(base, writing=True, whole=True)
     inbox = os.path.join(base, _INBOX)
     stats = ScavengeStats()
     with _SCAVENGE_LOCK:
@@ -4768,6 +4804,8 @@ def read_bytes(base, path, lock_timeout=_READ_LOCK_TIMEOUT):
 # class on first use (module __getattr__, PEP 562), which is also how
 # fsspec's entry point and pickle find it.
 
+#: How many records of its last find a rear:// instance keeps for isdir().
+_FS_FOUND_KEPT = 100000
 #: Characters that make an fsspec path a glob pattern.
 _GLOB_MAGIC = "*?["
 
@@ -4903,6 +4941,9 @@ class _RearFileSystemMethods:
         self.lock_timeout = lock_timeout
         self._readers = {}
         self._readers_pid = os.getpid()
+        # What the last find (or glob) found, so that fsspec's open_files,
+        # which asks isdir() of each path a glob returned, needs no lookups.
+        self._last_found = {}
         # Readers parse and cache; one thread at a time (Dask runs tasks in
         # threads).  Member bytes are read outside it, on descriptors of
         # their own.
@@ -5080,7 +5121,14 @@ class _RearFileSystemMethods:
             records = {name: record for name, record in records.items()
                        if name.count("/") - depth < maxdepth}
         records = dict(sorted(records.items()))
+        self._last_found = records if len(records) <= _FS_FOUND_KEPT else {}
         return records if detail else list(records)
+
+    def isdir(self, path):
+        record = self._last_found.get(self._strip_protocol(path))
+        if record is not None:     # names are never removed from an archive
+            return record["type"] == "directory"
+        return super().isdir(path)
 
     def _directories_below(self, path):
         """Records of the directories and archives (a series once) in the
@@ -5232,7 +5280,7 @@ def verify(path):
                             path)
         _verify_archive(path, report, _journal_of(path))
         return report
-    base = _checked_base(path)
+    base = _checked_base(path, whole=True)
     # Lock files are locked per process: keep out of an in-process
     # scavenger's way, as status() does.
     with _SCAVENGE_LOCK:
@@ -5355,7 +5403,7 @@ def _known_fields(record):
 def status(base=None, rotation_span=None):
     """A BaseStatus: the temp zips (open/sealed/dead/stale/damaged), pending
     journals and final archives under ``base``."""
-    base = _checked_base(base)
+    base = _checked_base(base, whole=True)
     grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
     inbox = os.path.join(base, _INBOX)
     # Probing a lock opens and closes a descriptor, which would drop the lock

@@ -1978,6 +1978,24 @@ def test_cli_scavenge_status_ls_cat_and_verify(base):
                                    "size": os.path.getsize(os.path.join(base, "a.zip"))}]
 
 
+@pytest.mark.parametrize("command", ["scavenge", "status", "verify", "recover"])
+def test_a_directory_above_a_base_is_refused_naming_the_base(tmp_path, command):
+    base = str(tmp_path / "run42")
+    with rear.rear_fs(base) as fs:
+        fs.write_bytes("a.zip/x", b"x")            # a sealed temp zip waits in run42/inbox
+    result = run_cli(command, str(tmp_path))
+    assert result.returncode == 1, result.stdout
+    assert result.stderr == ("rear: error: %s is not a base directory (it has no inbox/) but "
+                             "holds a base below it: %s; give the base directory itself\n"
+                             % (tmp_path, base))
+    assert inbox_temp_zips(base) != [] and not os.path.exists(os.path.join(base, "a.zip"))
+
+
+def test_an_empty_directory_is_a_base_with_nothing_to_do_yet(tmp_path):
+    result = run_cli("scavenge", str(tmp_path))
+    assert result.returncode == 0 and "moved 0 files" in result.stdout
+
+
 def test_cli_usage_errors_exit_2():
     result = run_cli("scavenge", "--max-size", "lots")
     assert result.returncode == 2 and "rear scavenge: error:" in result.stderr
