@@ -2190,18 +2190,28 @@ def test_a_copy_of_rear_py_alone_works_as_module_and_script(tmp_path, base):
     assert archives_of(base)["a.zip"] == {"x": b"v"}
 
 
-def test_rear_imports_only_the_standard_library():
-    import ast
-
-    tree = ast.parse(open(os.path.join(HERE, "rear.py")).read())
+def imports_of(nodes):
     imported = set()
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             imported.add(node.module.split(".")[0])
-    if hasattr(sys, "stdlib_module_names"):
-        assert imported - set(sys.stdlib_module_names) - {"__future__"} == set()
+    return imported
+
+
+def test_rear_imports_only_the_standard_library_and_fsspec_only_when_used():
+    tree = ast.parse(open(os.path.join(HERE, "rear.py")).read())
+    in_functions = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            in_functions |= set(ast.walk(node))
+    at_import = [node for node in ast.walk(tree) if node not in in_functions]
+    if not hasattr(sys, "stdlib_module_names"):
+        pytest.skip("Python < 3.10 does not list its standard library")
+    standard = set(sys.stdlib_module_names) | {"__future__"}
+    assert imports_of(at_import) - standard == set()
+    assert imports_of(in_functions) - standard == {"fsspec"}
 
 
 def python_3_8():
