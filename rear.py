@@ -657,14 +657,19 @@ def _short_hostname(host=None):
 
 _PROCESS_RUNNING = "running"
 _PROCESS_OTHER_USERS = "running (another user's)"
+_PROCESS_STOPPED = "stopped"
 _PROCESS_GONE = "gone"
-_PROCESS_RUNS = (_PROCESS_RUNNING, _PROCESS_OTHER_USERS)
+_PROCESS_RUNS = (_PROCESS_RUNNING, _PROCESS_OTHER_USERS, _PROCESS_STOPPED)
+#: /proc/PID/stat states of a process that exists but runs no code:
+#: stopped by a signal (SIGSTOP, a scheduler's suspend) or by a tracer.
+_STOPPED_STATES = ("T", "t")
 
 
 def _process_state(pid):
     """Whether process ``pid`` of this host runs: _PROCESS_RUNNING,
     _PROCESS_OTHER_USERS (it exists but signals to it are refused, EPERM),
-    _PROCESS_GONE (ESRCH), or None when ``pid`` is not a pid at all."""
+    _PROCESS_STOPPED (SIGSTOP, or suspended by a scheduler: /proc says
+    so), _PROCESS_GONE (ESRCH), or None when ``pid`` is not a pid at all."""
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return None
     try:
@@ -673,7 +678,13 @@ def _process_state(pid):
         return _PROCESS_GONE
     except PermissionError:
         return _PROCESS_OTHER_USERS
-    return _PROCESS_RUNNING
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as stat_file:
+            # "pid (command) state ...": the command may hold spaces and ")".
+            state = stat_file.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return _PROCESS_RUNNING       # no /proc (not Linux): it runs, as far as we know
+    return _PROCESS_STOPPED if state in _STOPPED_STATES else _PROCESS_RUNNING
 
 
 class _Backoff:
@@ -5463,6 +5474,8 @@ def _temp_status(path, grace):
     if _held_by_a_writer(path):
         info.state = "open"
         info.still_for_grace = time.time() - st.st_mtime >= grace
+        # The sidecar counts entries only once sealed: count what is on disk.
+        info.entries = _count_complete_entries(path, st.st_size)
         return info
     info.entries = _count_complete_entries(path, st.st_size)
     info.salvage_after = max(sidecar.created if sidecar else st.st_mtime, st.st_mtime) + grace
@@ -5698,7 +5711,9 @@ def _why_left(temp, base):
             return ("locked although its writer%s has ended: a scavenger is taking it, or "
                     "the filesystem still holds a crashed client's lock%s"
                     % (writer, _dead_host_hint(temp, base)))
-        return "a live writer holds it%s%s" % (writer, _dead_host_hint(temp, base))
+        held = ("a stopped writer holds it" if temp.host == socket.gethostname()
+                and _process_state(temp.pid) == _PROCESS_STOPPED else "a live writer holds it")
+        return "%s%s%s" % (held, writer, _dead_host_hint(temp, base))
     return "%s temp zip%s, %s entries" % (temp.state, writer,
                                           "?" if temp.entries is None else temp.entries)
 
@@ -5783,6 +5798,9 @@ def _describe_process(host, pid):
     state = _process_state(pid)
     if state is None:
         return "cannot tell whether it still runs"
+    if state == _PROCESS_STOPPED:
+        return ("stopped (SIGSTOP, or suspended by the scheduler): it archives nothing "
+                "until it is resumed, 'kill -CONT %d' or 'scontrol resume'" % pid)
     return "no longer running" if state == _PROCESS_GONE else "still " + state
 
 
@@ -5906,6 +5924,10 @@ def _cmd_verify(args):
         return 1
     if not report.archives:
         # Nothing read is nothing verified: never "intact".
+        if os.path.isdir(os.path.join(args.path, _INBOX)):
+            sys.stderr.write("rear: error: no archives under %s yet: nothing was verified\n"
+                             % args.path)
+            return _report_pending(args.path) or 1
         sys.stderr.write("rear: error: no archives under %s: nothing was verified; give the "
                          "base directory (the one that holds inbox/) or an archive\n"
                          % args.path)

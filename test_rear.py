@@ -1996,6 +1996,38 @@ def test_an_empty_directory_is_a_base_with_nothing_to_do_yet(tmp_path):
     assert result.returncode == 0 and "moved 0 files" in result.stdout
 
 
+def test_a_stopped_writer_is_named_stopped_with_the_way_to_resume_it(base):
+    writer = run_child("""
+        import sys, time, rear
+        fs = rear.rear_fs(sys.argv[1], rotation_span=3600)
+        for number in range(75):
+            fs.write_bytes("a.zip/%d" % number, b"x" * 100)
+        print("written", flush=True)
+        time.sleep(120)
+    """, base, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "written\n"
+        os.kill(writer.pid, signal.SIGSTOP)
+        (temp,) = rear.status(base, rotation_span=60).temp_zips
+        assert (temp.state, temp.entries) == ("open", 75)
+        flushed = run_cli("scavenge", "--flush", base)
+        assert flushed.returncode == 3
+        assert "a stopped writer holds it (pid %d on %s, stopped (SIGSTOP, or suspended by " \
+            "the scheduler): it archives nothing until it is resumed, 'kill -CONT %d' or " \
+            "'scontrol resume')" % (writer.pid, socket.gethostname(), writer.pid) \
+            in flushed.stderr
+        verified = run_cli("verify", base)
+        assert verified.returncode == 3
+        assert verified.stderr.splitlines() == [
+            "rear: error: no archives under %s yet: nothing was verified" % base,
+            "rear: error: but 1 temp zip holding 75 entries are still in %s: not in the "
+            "archives yet; run 'rear scavenge --flush %s' ('rear status' says whose)"
+            % (os.path.join(base, "inbox"), base)]
+    finally:
+        writer.kill()
+        writer.wait()
+
+
 def test_cli_usage_errors_exit_2():
     result = run_cli("scavenge", "--max-size", "lots")
     assert result.returncode == 2 and "rear scavenge: error:" in result.stderr
