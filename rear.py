@@ -489,6 +489,13 @@ class PathError(RearError, ValueError):
     """An archive path given to rear_open/rear_pickup is not acceptable."""
 
 
+def _counted(number, noun):
+    """For messages: '1 archive', '2 archives', '1 entry', '0 entries'."""
+    if number == 1:
+        return "1 " + noun
+    return "%d %s" % (number, noun[:-1] + "ies" if noun.endswith("y") else noun + "s")
+
+
 # ---------------------------------------------------------------- process-wide state
 #
 # Everything rear keeps per process, in one place: a forked child resets it
@@ -3840,8 +3847,8 @@ def _claim(path, stats, *, flush=False, grace=0.0, salvage_only=False, dead_host
             done = sidecar.done if sidecar is not None else []
             claim = _Claim(path, fd, _route_entries(path, entries), salvaged is not None, done)
             if salvaged is not None:   # said once the entries are known to be routable
-                _log.warning("salvaged %d entries from %s, an unsealed temp zip of a dead "
-                             "writer%s", len(entries), path,
+                _log.warning("salvaged %s from %s, an unsealed temp zip of a dead "
+                             "writer%s", _counted(len(entries), "entry"), path,
                              "; after them, %s" % salvaged if salvaged else "")
         return claim
     finally:
@@ -5714,8 +5721,7 @@ def _why_left(temp, base):
         held = ("a stopped writer holds it" if temp.host == socket.gethostname()
                 and _process_state(temp.pid) == _PROCESS_STOPPED else "a live writer holds it")
         return "%s%s%s" % (held, writer, _dead_host_hint(temp, base))
-    return "%s temp zip%s, %s entries" % (temp.state, writer,
-                                          "?" if temp.entries is None else temp.entries)
+    return "%s temp zip%s, %s" % (temp.state, writer, _entries_text(temp.entries))
 
 
 def _cmd_recover(args):
@@ -5778,10 +5784,10 @@ def _print_temp_status(temp, base, out):
     elif temp.state in ("dead", "stale"):
         when = ("by the next pass" if temp.state == "stale" else "by a pass after %s"
                 % time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(temp.salvage_after)))
-        out.write("  %s %s: unsealed and unlocked, its writer%s has ended; %s complete "
-                  "entries, salvaged %s, or now with 'rear scavenge --flush'\n"
+        out.write("  %s %s: unsealed and unlocked, its writer%s has ended; %s, salvaged %s, "
+                  "or now with 'rear scavenge --flush'\n"
                   % (temp.state, temp.path, _writer_name(temp),
-                     "?" if temp.entries is None else temp.entries, when))
+                     _entries_text(temp.entries, "complete entry"), when))
 
 
 def _writer_name(temp):
@@ -5953,11 +5959,10 @@ def _report_pending(path):
     return _EXIT_UNFINISHED
 
 
-def _counted(number, noun):
-    """'1 archive', '2 archives', '1 entry', '0 entries'."""
-    if number == 1:
-        return "1 " + noun
-    return "%d %s" % (number, noun[:-1] + "ies" if noun.endswith("y") else noun + "s")
+def _entries_text(number, noun="entry"):
+    """'1 complete entry', '75 complete entries', or '? entries' when unknown."""
+    return "? %s" % _counted(2, noun).split(" ", 1)[1] if number is None \
+        else _counted(number, noun)
 
 
 def _demo_worker(base, worker, count, rotation_span):
