@@ -4143,22 +4143,33 @@ def _commit_claims(base, claims, limits, stats, report=None):
             archive = os.path.join(base, dest)
             reason = str(err) if archive in str(err) else "%s: %s" % (archive, err)
             _report_problem(stats, getattr(err, "path", None) or archive,
-                            "%s; its entries stay in their temp zips in inbox/ until then" % reason)
+                            "%s; %sits entries stay in their temp zips in inbox/, and a later "
+                            "pass commits them" % (reason, _remedy(err)))
             if isinstance(err, TempZipError):
                 for claim, _member, _entry in items:
                     claim.failed = True
         if report is not None:
             report()
     for claim in claims:
-        if claim.failed:
-            continue
+        if claim.failed or claim.pending:
+            continue      # not salvaged yet: nothing of it moved, or not all
         if claim.salvaged:
             stats.salvaged += 1
-        if claim.pending:
-            continue
         if claim.nothing_to_commit and not _delete_temp_zip(claim, stats):
             continue
         stats.temp_zips_done += 1
+
+
+def _remedy(err):
+    """What to do about a commit's OSError, for its message ("" if its own
+    message says it)."""
+    if not isinstance(err, OSError):
+        return ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space (or quota) on the archive's filesystem; "
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make the archive and its directory writable by this user (or run as their owner); "
+    return ""
 
 
 def _delete_temp_zip(claim, stats):
@@ -6170,9 +6181,8 @@ def _run_command(args):
         return 1
     except KeyboardInterrupt:
         if args.command_entry.commits:
-            sys.stderr.write("rear: interrupted; a commit in progress was rolled back and "
-                             "nothing acknowledged is lost: run the command again to "
-                             "finish\n")
+            sys.stderr.write("rear: interrupted; %s; nothing acknowledged is lost: run the "
+                             "command again to finish\n" % _interrupted_commits(args.base))
         else:     # ls, cat, status, verify only read; demo's base is its own
             sys.stderr.write("rear: interrupted\n")
         return 1
@@ -6180,11 +6190,32 @@ def _run_command(args):
         _log.removeHandler(handler)
 
 
+def _interrupted_commits(base):
+    """What Ctrl-C left of the commits under ``base``, said as it is."""
+    try:
+        names = os.listdir(os.path.join(os.path.abspath(_base_or_env(base)), _INBOX,
+                                        _ARCHIVES_DIR))
+    except (OSError, ValueError):
+        names = []
+    if any(name.endswith(_COMMIT_SUFFIX) for name in names):
+        return ("a commit had passed its commit point: its entries are in the archive, and "
+                "the next run finishes it")
+    if any(name.endswith(_JOURNAL_SUFFIX) for name in names):
+        return ("a commit stopped before its commit point: the next run (or 'rear recover') "
+                "rolls it back")
+    return "a commit in progress, if any, was rolled back"
+
+
 def main(argv=None):
-    """The ``rear`` command; returns the exit code (0 ok, 1 failures, 2 usage)."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    _require_base(parser, args)
+    """The ``rear`` command; returns the exit code (0 ok, 1 failures, 2 usage,
+    3 not finished)."""
+    try:
+        parser = _build_parser()
+        args = parser.parse_args(argv)
+        _require_base(parser, args)
+    except KeyboardInterrupt:     # before anything ran: nothing to say but that
+        sys.stderr.write("rear: interrupted before it started; nothing was done\n")
+        return 1
     return _run_command(args)
 
 

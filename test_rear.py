@@ -2028,6 +2028,51 @@ def test_a_stopped_writer_is_named_stopped_with_the_way_to_resume_it(base):
         writer.wait()
 
 
+def test_a_full_disk_at_commit_says_what_to_do_and_counts_nothing_salvaged(base, monkeypatch):
+    write_raw_temp_zip(base, [("a.zip/x", b"x" * 100)])      # a dead writer's, unsealed
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rear, "_write_entries", disk_full)
+    stats = rear.scavenge(base, flush=True)
+    (path, reason), = stats.errors
+    assert reason == ("%s: [Errno 28] No space left on device; free space (or quota) on the "
+                      "archive's filesystem; its entries stay in their temp zips in inbox/, "
+                      "and a later pass commits them" % os.path.join(base, "a.zip"))
+    assert (stats.files_moved, stats.salvaged, stats.temp_zips_done) == (0, 0, 0)
+    monkeypatch.undo()
+    stats = rear.scavenge(base, flush=True)
+    assert (stats.files_moved, stats.salvaged, stats.errors) == (1, 1, [])
+    assert archives_of(base) == {"a.zip": {"x": b"x" * 100}}
+
+
+INTERRUPTED_AT = """
+    import sys, rear
+    def interrupt(step):
+        if step == sys.argv[2]:
+            raise KeyboardInterrupt
+    rear._crash_test_point = interrupt
+    sys.exit(rear.main(["scavenge", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("step,said", [
+    ("journal-written", "a commit in progress, if any, was rolled back"),
+    ("committed", "a commit had passed its commit point: its entries are in the archive, "
+                  "and the next run finishes it"),
+])
+def test_ctrl_c_during_a_commit_says_what_became_of_it(base, step, said):
+    fill(base, {"a.zip/x": b"x"})
+    child = run_child(INTERRUPTED_AT, base, step, stderr=subprocess.PIPE, text=True)
+    assert child.wait(60) == 1
+    assert child.stderr.read().splitlines()[-1] == (
+        "rear: interrupted; %s; nothing acknowledged is lost: run the command again to "
+        "finish" % said)
+    assert rear.scavenge(base).errors == []
+    assert archives_of(base) == {"a.zip": {"x": b"x"}}
+
+
 def test_cli_usage_errors_exit_2():
     result = run_cli("scavenge", "--max-size", "lots")
     assert result.returncode == 2 and "rear scavenge: error:" in result.stderr

@@ -56,16 +56,24 @@ class _Clusters:
 
     def __init__(self):
         self.up = {}
+        self.failed = {}     # filesystem -> why it could not be brought up
 
     def get(self, filesystem):
         reason = netfs_harness.unavailable_reason(filesystem)
         if reason:
             pytest.skip(reason)
+        if filesystem in self.failed:    # every dependent test fails for the same reason
+            pytest.fail("%s could not be brought up: %s" % (filesystem, self.failed[filesystem]))
         if filesystem not in self.up:
             workdir = tempfile.mkdtemp(prefix="rear-%s-" % filesystem)
             cluster = netfs_harness.FILESYSTEMS[filesystem](workdir)
+            try:
+                cluster.up()
+            except BaseException as err:
+                self.failed[filesystem] = "%s: %s" % (type(err).__name__, err)
+                cluster.down()
+                raise
             self.up[filesystem] = cluster
-            cluster.up()
         return self.up[filesystem]
 
     def down(self):
@@ -477,3 +485,31 @@ def test_a_commit_journal_another_client_finished_is_not_read(tally, clients):
 
 
 # ---------------------------------------------------------------- the summary
+
+
+def test_a_filesystem_that_cannot_come_up_fails_each_dependent_test_with_its_reason(
+        monkeypatch, tmp_path):
+    downs = []
+
+    class PortTaken:
+        def __init__(self, workdir):
+            self.workdir = workdir
+
+        def up(self):
+            raise RuntimeError("port 6789 is taken")
+
+        def down(self):
+            downs.append(self.workdir)
+
+    monkeypatch.setattr(netfs_harness, "FILESYSTEMS", {"cephfs": PortTaken})
+    monkeypatch.setattr(netfs_harness, "unavailable_reason", lambda filesystem: None)
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda prefix: str(tmp_path))
+    clusters = _Clusters()
+    with pytest.raises(RuntimeError, match="port 6789 is taken"):
+        clusters.get("cephfs")
+    for _test in range(2):
+        with pytest.raises(pytest.fail.Exception,
+                           match="cephfs could not be brought up: RuntimeError: port 6789 "
+                           "is taken"):
+            clusters.get("cephfs")
+    assert downs == [str(tmp_path)] and clusters.up == {}
