@@ -212,6 +212,7 @@ and ``_iter_*`` read them, ``_is_*``/``_has_*`` answer yes or no, and
 
 import argparse
 import atexit
+import codecs
 import collections
 import contextlib
 import contextvars
@@ -235,6 +236,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 import zipfile
 import zlib
@@ -2312,10 +2314,15 @@ class _CommitOnClose:
     def __del__(self):
         # Unlike a plain file, a handle dropped without close() is not
         # archived: that almost always means an error path, and a partial
-        # file must never look like a finished one.
+        # file must never look like a finished one.  Said as a plain file
+        # says it (ResourceWarning) and in rear's log.
+        if not hasattr(self, "_rear_discard"):
+            return       # its construction failed: there is nothing to discard
         if not self.closed and not self._rear_discard:
-            _log.warning("%r was never closed and is discarded; use 'with' or close()",
-                         self._rear_name)
+            message = ("rear_open handle of %r was never closed and is discarded, not "
+                       "archived; use 'with' or close()" % self._rear_name)
+            warnings.warn(message, ResourceWarning, source=self)
+            _log.warning("%s", message)
             self._rear_discard = True
         super().__del__()
 
@@ -2343,6 +2350,7 @@ class _TextOutput(_CommitOnClose, io.TextIOWrapper):
     """The handle of rear_open in text modes."""
 
 
+_NEWLINES = (None, "", "\n", "\r", "\r\n")
 _MODES = {"w": (False, False), "w+": (False, True), "wb": (True, False),
           "w+b": (True, True), "wb+": (True, True), "wt": (False, False),
           "w+t": (False, True), "wt+": (False, True)}
@@ -2438,6 +2446,11 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         binary, readable = _MODES[mode]
         if binary and (encoding is not None or newline is not None or errors is not None):
             raise ValueError("binary mode %r takes no encoding, errors or newline" % mode)
+        if newline not in _NEWLINES:
+            raise ValueError("newline must be one of %s, not %r (as for open())"
+                             % (", ".join(map(repr, _NEWLINES)), newline))
+        if encoding is not None:
+            codecs.lookup(encoding)       # LookupError naming it, before anything is made
         self._check_open()
         name = _entry_name(path, self._known_directories)
         spool = _Spool(readable=readable)
@@ -5857,7 +5870,8 @@ class _LocalTimes:
 def _cmd_ls(args):
     with _reader_for(args.target, args.archive, args.pending) as reader:
         if args.names_only:
-            _write_lines(sys.stdout, (name + "\n" for name in reader.names(args.prefix)))
+            _write_lines(sys.stdout, ((name if name.isprintable() else _shown_name(name)) + "\n"
+                                      for name in reader.names(args.prefix)))
             return 0
         rows = reader.rows(args.prefix)
         if args.json:     # one object per line: streams, and greps
@@ -5881,6 +5895,8 @@ def _listing_lines(rows, totals):
     total = compressed = count = 0
     for name, size, packed, _crc, mtime, _mode, _archive, pending in rows:
         when = cached(mtime // 60) or shown(mtime)
+        if not name.isprintable():
+            name = _shown_name(name)
         if pending:
             name += "  (pending: not scavenged yet)"
         yield "%12d %12d  %s  %s\n" % (size, packed, when, name)
@@ -5888,6 +5904,13 @@ def _listing_lines(rows, totals):
         compressed += packed
         count += 1
     totals[:] = total, compressed, count
+
+
+def _shown_name(name):
+    """A member name for a listing line: control characters as zipinfo
+    shows them (a newline as ^J), so that one entry is one line."""
+    return "".join("^" + chr(ord(char) ^ 0x40) if ord(char) < 0x20 or char == "\x7f"
+                   else char for char in name)
 
 
 def _json_lines(rows):

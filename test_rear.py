@@ -8,6 +8,7 @@ and scavenger processes are killed with SIGKILL.
 import ast
 import asyncio
 import errno
+import gc
 import glob
 import hashlib
 import io
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import warnings
 import zipfile
 import zlib
 
@@ -350,6 +352,30 @@ def test_a_handle_never_closed_is_discarded_not_archived(base, caplog):
         with caplog.at_level(logging.WARNING, logger="rear"):
             del handle
     assert "never closed" in caplog.text
+    assert rear.scavenge(base).files_moved == 0
+
+
+def test_a_handle_never_closed_warns_as_a_plain_file_does(base):
+    with rear.rear_fs(base):
+        handle = rear.rear_open("ar.zip/abandoned.txt")
+        handle.write("half")
+        with pytest.warns(ResourceWarning, match="rear_open handle of 'ar.zip/abandoned.txt' "
+                          "was never closed and is discarded, not archived"):
+            del handle
+            gc.collect()
+
+
+@pytest.mark.parametrize("option,error,message", [
+    ({"newline": "bogus"}, ValueError, "newline must be one of None, '', "),
+    ({"encoding": "nope"}, LookupError, "unknown encoding: nope"),
+])
+def test_a_bad_newline_or_encoding_is_refused_cleanly(base, option, error, message):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # "Exception ignored in __del__" too
+        with rear.rear_fs(base):
+            with pytest.raises(error, match=re.escape(message)):
+                rear.rear_open("ar.zip/x", "w", **option)
+            gc.collect()
     assert rear.scavenge(base).files_moved == 0
 
 
@@ -2071,6 +2097,18 @@ def test_ctrl_c_during_a_commit_says_what_became_of_it(base, step, said):
         "finish" % said)
     assert rear.scavenge(base).errors == []
     assert archives_of(base) == {"a.zip": {"x": b"x"}}
+
+
+def test_ls_shows_a_newline_in_a_member_name_as_zipinfo_does(base):
+    fill(base, {"a.zip/two\nlines": b"x", "a.zip/tab\there": b"y"})
+    rear.scavenge(base)
+    archive = os.path.join(base, "a.zip")
+    assert run_cli("ls", "-1", archive).stdout == "two^Jlines\ntab^Ihere\n"
+    listing = run_cli("ls", archive).stdout.splitlines()
+    assert len(listing) == 4 and listing[1].endswith("  two^Jlines")
+    (first, _second) = [json.loads(line) for line in run_cli("ls", "--json", archive).stdout
+                        .splitlines()]
+    assert first["name"] == "two\nlines"        # JSON keeps the name exact
 
 
 def test_cli_usage_errors_exit_2():
