@@ -498,6 +498,16 @@ def _counted(number, noun):
     return "%d %s" % (number, noun[:-1] + "ies" if noun.endswith("y") else noun + "s")
 
 
+def _remedy(err, place):
+    """What to do about an OSError at ``place`` ("" if nothing general):
+    for a message that must say the way out, not only the errno."""
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return "free space (or quota) on the filesystem of %s" % place
+    if getattr(err, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make %s writable by this user (or run as its owner)" % place
+    return ""
+
+
 # ---------------------------------------------------------------- process-wide state
 #
 # Everything rear keeps per process, in one place: a forked child resets it
@@ -2600,6 +2610,17 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
     def _commit_prepared(self, name, prepared, mtime, mode):
         try:
             self._append_locked(name, prepared, mtime, mode)
+        except OSError as err:
+            if err.filename is not None or err.errno is None:
+                raise
+            # A bare "[Errno 28] No space left on device" from the exit of a
+            # 'with' block names nothing: say which file was not archived,
+            # where it was going, and what to do (the same OSError type).
+            remedy = _remedy(err, self.inbox)
+            raise type(err)(err.errno, "%s: %r was not archived (files acknowledged before "
+                            "it are safe)%s" % (err.strerror, name,
+                                                 "; " + remedy if remedy else ""),
+                            self.inbox) from err
         finally:
             prepared.close()
 
@@ -4155,9 +4176,10 @@ def _commit_claims(base, claims, limits, stats, report=None):
             # while being read is left out of the rest of the pass.
             archive = os.path.join(base, dest)
             reason = str(err) if archive in str(err) else "%s: %s" % (archive, err)
+            remedy = _remedy(err, archive)
             _report_problem(stats, getattr(err, "path", None) or archive,
                             "%s; %sits entries stay in their temp zips in inbox/, and a later "
-                            "pass commits them" % (reason, _remedy(err)))
+                            "pass commits them" % (reason, remedy + "; " if remedy else ""))
             if isinstance(err, TempZipError):
                 for claim, _member, _entry in items:
                     claim.failed = True
@@ -4171,18 +4193,6 @@ def _commit_claims(base, claims, limits, stats, report=None):
         if claim.nothing_to_commit and not _delete_temp_zip(claim, stats):
             continue
         stats.temp_zips_done += 1
-
-
-def _remedy(err):
-    """What to do about a commit's OSError, for its message ("" if its own
-    message says it)."""
-    if not isinstance(err, OSError):
-        return ""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "free space (or quota) on the archive's filesystem; "
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "make the archive and its directory writable by this user (or run as their owner); "
-    return ""
 
 
 def _delete_temp_zip(claim, stats):

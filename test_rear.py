@@ -2063,9 +2063,10 @@ def test_a_full_disk_at_commit_says_what_to_do_and_counts_nothing_salvaged(base,
     monkeypatch.setattr(rear, "_write_entries", disk_full)
     stats = rear.scavenge(base, flush=True)
     (path, reason), = stats.errors
+    archive = os.path.join(base, "a.zip")
     assert reason == ("%s: [Errno 28] No space left on device; free space (or quota) on the "
-                      "archive's filesystem; its entries stay in their temp zips in inbox/, "
-                      "and a later pass commits them" % os.path.join(base, "a.zip"))
+                      "filesystem of %s; its entries stay in their temp zips in inbox/, "
+                      "and a later pass commits them" % (archive, archive))
     assert (stats.files_moved, stats.salvaged, stats.temp_zips_done) == (0, 0, 0)
     monkeypatch.undo()
     stats = rear.scavenge(base, flush=True)
@@ -2109,6 +2110,29 @@ def test_ls_shows_a_newline_in_a_member_name_as_zipinfo_does(base):
     (first, _second) = [json.loads(line) for line in run_cli("ls", "--json", archive).stdout
                         .splitlines()]
     assert first["name"] == "two\nlines"        # JSON keeps the name exact
+
+
+def test_a_full_disk_when_a_file_is_archived_names_the_file_and_what_to_do(base,
+                                                                          monkeypatch):
+    with rear.rear_fs(base) as fs:
+        fs.write_bytes("a.zip/before", b"b")
+
+        def disk_full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(rear, "_pwrite_all", disk_full)
+        with pytest.raises(OSError) as raised:
+            with rear.rear_open("a.zip/lost.txt", "w") as handle:
+                handle.write("x")
+        monkeypatch.undo()
+    inbox = os.path.join(base, "inbox")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == inbox
+    assert str(raised.value) == (
+        "[Errno 28] No space left on device: 'a.zip/lost.txt' was not archived (files "
+        "acknowledged before it are safe); free space (or quota) on the filesystem of %s: "
+        "'%s'" % (inbox, inbox))
+    rear.scavenge(base, flush=True)
+    assert archives_of(base) == {"a.zip": {"before": b"b"}}
 
 
 def test_cli_usage_errors_exit_2():
