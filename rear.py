@@ -2617,10 +2617,9 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
             # 'with' block names nothing: say which file was not archived,
             # where it was going, and what to do (the same OSError type).
             remedy = _remedy(err, self.inbox)
-            raise type(err)(err.errno, "%s: %r was not archived (files acknowledged before "
-                            "it are safe)%s" % (err.strerror, name,
-                                                 "; " + remedy if remedy else ""),
-                            self.inbox) from err
+            message = "%s: %r was not archived (files acknowledged before it are safe)%s" % (
+                err.strerror, name, "; " + remedy if remedy else "")
+            raise type(err)(err.errno, message, self.inbox) from err
         finally:
             prepared.close()
 
