@@ -1918,8 +1918,21 @@ def _checked_base(base, *, writing=False, may_be_missing=False, whole=False):
         for path in (base, os.path.join(base, _INBOX)) if may_be_missing \
                 else (os.path.join(base, _INBOX),):
             if not _is_writable_directory(path):
+                _check_creatable(path)
                 break
     return base
+
+
+def _check_creatable(path):
+    """RearError if the first write could not create ``path`` (and the
+    directories above it that are missing): said when the rear_fs is
+    entered, not as a bare PermissionError from the first file's exit."""
+    parent = os.path.dirname(path)
+    while parent != os.path.dirname(parent) and not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
+        raise RearError("%s cannot be created: %s is not writable by this user; give rear a "
+                        "base directory the job can write to" % (path, parent), path)
 
 
 def _check_existing_base(base, writing):

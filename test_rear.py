@@ -2544,6 +2544,18 @@ def test_a_base_this_user_cannot_read_is_an_error_naming_it(world, command):
     assert "cannot be read" in result.stderr and "intact" not in result.stdout
 
 
+def test_a_missing_base_this_user_cannot_create_is_refused_when_entered(world):
+    locked = os.path.join(world, "locked")
+    os.makedirs(locked, mode=0o755)             # root's: nobody cannot create in it
+    base = os.path.join(locked, "run42", "base")
+    result = as_nobody(world, "-c", "import rear, sys\n"
+                       "try:\n    fs = rear.rear_fs(sys.argv[1]).__enter__()\n"
+                       "except rear.RearError as err:\n    print(err)\n", base)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ("%s cannot be created: %s is not writable by this user; give "
+                             "rear a base directory the job can write to\n" % (base, locked))
+
+
 def test_a_subdirectory_this_user_cannot_read_fails_verify_and_status_naming_it(world):
     base = owned_base(world, 0o755)
     fill(base, {"hidden/b.zip/x": b"x"})
