@@ -203,7 +203,7 @@ every rear_fs, is the only way back up):
 constants, errors, process-wide state, platform, network filesystems,
 durable I/O, zip format, paths, sidecar, settings, temp zip, writer,
 archive files, name index, scavenger results, journal, recovery, commit,
-claim, scavenger, reading, fsspec filesystem, inspection, CLI.
+claim, scavenger, reading, fsspec filesystem, inspection, CLI, CLI parser.
 
 Names say what a function does: ``_pack_*`` builds bytes, ``_parse_*``
 and ``_iter_*`` read them, ``_is_*``/``_has_*`` answer yes or no, and
@@ -989,6 +989,34 @@ def _copy_range(src_fd, src_offset, dst_fd, dst_offset, length, src_path):
         length -= len(chunk)
 
 
+def _create_file(path, flags, mode=0o644):
+    """os.open with O_CREAT, the file then given to the owner of its
+    directory when root made it (see _give_to_directory_owner)."""
+    fd = os.open(path, flags | os.O_CREAT, mode)
+    try:
+        _give_to_directory_owner(path, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _give_to_directory_owner(path, fd=None):
+    """Root running rear in a user's base (a cron job, an admin's clean-up)
+    gives what it creates to the owner of the directory it is in: root's
+    0644 lock files, archives and temp zips made every later scavenge by
+    the base's owner fail with EACCES.  Nothing to do for anyone else."""
+    if os.geteuid() != 0:
+        return
+    st = os.stat(os.path.dirname(path) or ".")
+    if (st.st_uid, st.st_gid) == (0, 0):
+        return
+    if fd is None:
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    else:
+        os.fchown(fd, st.st_uid, st.st_gid)
+
+
 def _write_file_durably(path, data):
     """Replace ``path`` with ``data``: temp file, fsync, os.replace, fsync dir."""
     directory = os.path.dirname(path)
@@ -996,7 +1024,7 @@ def _write_file_durably(path, data):
     # tempfile.mkstemp so that every file operation goes through this module.
     tmp_path = os.path.join(directory, ".%s.%s.tmp" % (os.path.basename(path),
                                                        secrets.token_hex(6)))
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+    fd = _create_file(tmp_path, os.O_WRONLY | os.O_EXCL | _O_CLOEXEC)
     try:
         try:
             _write_all(fd, data)
@@ -1023,6 +1051,7 @@ def _makedirs_durably(path):
     _makedirs_durably(parent)
     try:
         os.mkdir(path)
+        _give_to_directory_owner(path)
     except FileExistsError:
         pass   # made by another process, which may not have synced it yet
     _sync_directory(parent)
@@ -2186,8 +2215,8 @@ class _TempZip:
             stem = _new_temp_stem()
             hidden = os.path.join(inbox, "." + stem + _TEMP_SUFFIX)
             try:
-                self.fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL
-                                  | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+                self.fd = _create_file(hidden, os.O_RDWR | os.O_EXCL | _O_CLOEXEC
+                                       | _O_NOFOLLOW)
                 break
             except FileExistsError:
                 continue
@@ -2882,7 +2911,7 @@ def _archive_lock(paths, blocking=True):
     _makedirs_durably(paths.directory)
     # The lock file is never unlinked: a process blocked on it would
     # otherwise hold a lock on a file nobody else sees.
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+    fd = _create_file(paths.lock, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
     try:
         try:
             held = _lock(fd, paths.lock, exclusive=True, blocking=blocking)
@@ -3270,7 +3299,7 @@ def _write_journal(paths, header, archive):
     head = json.dumps(dict(header, tail_size=tail_size), sort_keys=True).encode("utf-8")
     prefix = (_JOURNAL_HEAD.pack(_JOURNAL_MAGIC, len(head)) + head
               + _JOURNAL_HEAD_CRC.pack(zlib.crc32(head)))
-    fd = os.open(paths.journal_new, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+    fd = _create_file(paths.journal_new, os.O_RDWR | os.O_TRUNC | _O_CLOEXEC)
     try:
         _write_all(fd, prefix)
         if tail_size:
@@ -3594,8 +3623,8 @@ class _ArchiveState:
 
     def create(self):
         """Create the new archive file (commit step 5, after the journal)."""
-        self.fd = os.open(self.paths.archive, os.O_RDWR | os.O_CREAT | os.O_EXCL
-                          | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+        self.fd = _create_file(self.paths.archive, os.O_RDWR | os.O_EXCL | _O_CLOEXEC
+                               | _O_NOFOLLOW)
 
     def name_for(self, name, crc, file_size, stats):
         """The name to add ``name`` under, or None if the series already holds
@@ -4354,11 +4383,12 @@ def _shared_lock(lock_path, archive, timeout=None):
                   "a scavenger pass in this process is running", archive)
     try:
         fd = None
-        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+        for writable in (True, False):
             # O_RDWR where we may: NFSv4 refuses locks that do not match
             # the open mode; O_RDONLY for a read-only base.
             with contextlib.suppress(OSError):
-                fd = os.open(lock_path, flags | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+                fd = (_create_file(lock_path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW) if writable
+                      else os.open(lock_path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW))
                 break
         if fd is None:
             yield
@@ -6068,6 +6098,11 @@ def _run_demo(directory, workers, files):
                             report.archives, report.entries) if not report
                         else "%d PROBLEMS" % len(report)))
     return 0 if archived == expected and not report and not failed else 1
+
+
+# ---------------------------------------------------------------- CLI parser
+#
+# The table of subcommands, the parser built from it, and the entry points.
 
 
 class _Command:

@@ -2556,6 +2556,34 @@ def test_a_missing_base_this_user_cannot_create_is_refused_when_entered(world):
                              "rear a base directory the job can write to\n" % (base, locked))
 
 
+def test_files_root_creates_in_a_users_base_stay_usable_by_that_user(world):
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    base = os.path.join(world, "users-base")
+    os.makedirs(base)
+    os.chown(base, nobody.pw_uid, nobody.pw_gid)
+    written = as_nobody(world, "-c", "import rear, sys\n"
+                        "with rear.rear_fs(sys.argv[1]) as fs:\n"
+                        "    fs.write_bytes('a.zip/by-nobody', b'n')\n"
+                        "    fs.write_bytes('sub/b.zip/by-nobody', b'n')\n", base)
+    assert written.returncode == 0, written.stderr
+    fill(base, {"a.zip/by-root": b"r"})                  # root writes, and scavenges first
+    assert rear.scavenge(base).errors == []
+    assert rear.status(base).archives                    # root read it too (lock files)
+    not_theirs = [os.path.join(directory, name)
+                  for directory, subdirs, files in os.walk(base) for name in subdirs + files
+                  if os.lstat(os.path.join(directory, name)).st_uid != nobody.pw_uid]
+    assert not_theirs == []
+    more = as_nobody(world, "-c", "import rear, sys\n"
+                     "with rear.rear_fs(sys.argv[1]) as fs:\n"
+                     "    fs.write_bytes('a.zip/later', b'l')\n", base)
+    assert more.returncode == 0, more.stderr
+    scavenged = as_nobody(world, "scavenge", "--flush", base)
+    assert scavenged.returncode == 0, scavenged.stderr
+    assert archives_of(base) == {"a.zip": {"by-nobody": b"n", "by-root": b"r", "later": b"l"},
+                                 "sub/b.zip": {"by-nobody": b"n"}}
+
+
 def test_a_subdirectory_this_user_cannot_read_fails_verify_and_status_naming_it(world):
     base = owned_base(world, 0o755)
     fill(base, {"hidden/b.zip/x": b"x"})
