@@ -142,6 +142,9 @@ Scavenger commit (per final archive; compare SQLite's rollback journal)
    series (``name.zip`` and every ``name-N.zip``; no central directory is
    parsed): same name, CRC and size already present anywhere is skipped
    (idempotence); same name with other content is added as ``name.~N~``.
+   Temp zips are taken in the order their writers started them, so the
+   plain name holds the first copy written, which readers of pending
+   files answer with too.
 4. Write the journal as ``.journal-new``: the archive's old size and its old
    tail (central directory and end records, copied in the kernel); fsync it,
    rename it to ``.journal``, fsync the directory.  A ``.journal`` is thus
@@ -3875,12 +3878,28 @@ class _Claim:
 
 
 def _list_temp_zips(inbox):
+    """The temp zips in ``inbox``, in the order their writers started them:
+    the order scavengers archive them in and the pending view reads them in,
+    so that of several copies of one name the first written is the one
+    archived under the name, before and after scavenging alike."""
     try:
         names = os.listdir(inbox)
     except FileNotFoundError:
         return []
-    return sorted(os.path.join(inbox, name) for name in names
-                  if name.endswith(_TEMP_SUFFIX) and not name.startswith("."))
+    return [os.path.join(inbox, name) for name in sorted(
+        (name for name in names if name.endswith(_TEMP_SUFFIX) and not name.startswith(".")),
+        key=_started_order)]
+
+
+def _started_order(name):
+    """Sort key of a temp zip's file name ``<host>-<pid>-<ns>-<random>.zip``:
+    when its writer started it (hex nanoseconds), then the name.  A name of
+    another shape (made by hand) sorts last."""
+    fields = name[:-len(_TEMP_SUFFIX)].rsplit("-", 3)
+    try:
+        return (0, int(fields[-2], 16), name)
+    except (IndexError, ValueError):
+        return (1, 0, name)
 
 
 def _past_grace(sidecar, st, grace):
@@ -4654,7 +4673,9 @@ class _PendingView:
     def __init__(self, base, dest):
         self.base = base
         self.dest = dest
-        self.entries = {}      # member -> (temp zip path, _Entry), newest last
+        # member -> (temp zip path, _Entry) of its first copy: the one the
+        # scavenger archives under the plain name (see _list_temp_zips)
+        self.entries = {}
         for path in _list_temp_zips(os.path.join(base, _INBOX)):
             with contextlib.suppress(OSError, RearError):   # gone or damaged: not readable
                 self._add_temp_zip(path)
@@ -4676,7 +4697,7 @@ class _PendingView:
                 with contextlib.suppress(PathError):
                     dest, member = _route_name(entry.name, known)
                     if dest == self.dest:
-                        self.entries[member] = (path, entry)
+                        self.entries.setdefault(member, (path, entry))
         finally:
             _close_read_only(fd)
 
@@ -4789,21 +4810,29 @@ class ArchiveReader:
         crc, mtime, mode, archive, pending): the fast form for listings."""
         for view in self._views:
             yield from view.rows(prefix)
-        if self._pending is not None:
-            for member, (path, entry) in self._pending.entries.items():
-                if member.startswith(prefix):
-                    info = MemberInfo.of(entry, member, path, True)
-                    yield (info.name, info.size, info.compressed_size, info.crc,
-                           info.mtime, info.mode, info.archive, True)
+        for member, (path, entry) in self._pending_only(prefix):
+            info = MemberInfo.of(entry, member, path, True)
+            yield (info.name, info.size, info.compressed_size, info.crc,
+                   info.mtime, info.mode, info.archive, True)
 
     def names(self, prefix=""):
         """Names of the members that start with ``prefix``, in archive order."""
         for view in self._views:
             yield from view.names(prefix)
-        if self._pending is not None:
-            for member in self._pending.entries:
-                if member.startswith(prefix):
-                    yield member
+        for member, _copy in self._pending_only(prefix):
+            yield member
+
+    def _pending_only(self, prefix):
+        """(member, (temp zip path, _Entry)) of the pending members under
+        ``prefix`` that no archive holds yet: an archived name means its
+        archived copy (the first), so a later pending copy is not listed
+        under it either."""
+        if self._pending is None:
+            return
+        for member, copy in self._pending.entries.items():
+            if member.startswith(prefix) and not any(
+                    view.find(member) is not None for view in self._views):
+                yield member, copy
 
     def __iter__(self):
         return self.names()
