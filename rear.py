@@ -39,7 +39,7 @@ On-disk layout
     BASE/inbox/archives/<key>.journal            rollback journal of a commit
     BASE/inbox/archives/<key>.commit             the same journal, committed
     BASE/<subdir>/<name>.zip                     final archives
-    BASE/<subdir>/<name>-0.zip, -1.zip, ...      rolled over at max_size or max_entries
+    BASE/<subdir>/<name>.~1~.zip, .~2~.zip, ...  rolled over at max_size or max_entries
     BASE/inbox/.<stem>.zip, .<name>.<hex>.tmp    being created; a crash may leave
                                                  them, scavengers remove them later
 
@@ -136,10 +136,14 @@ Scavenger commit (per final archive; compare SQLite's rollback journal)
    it (step 7 and 8).
 2. Read the archive's end records through the locked descriptor, once this
    client's view agrees with the server's (network filesystems cache sizes).
-   Roll over to ``name-N.zip`` if it reached ``max_size`` or
-   ``max_entries``; its name index is renamed with it.
+   Roll over to ``name.~N~.zip`` (N one more than the series' last) if it
+   reached ``max_size`` or ``max_entries``: hard-linked there, which fails
+   rather than replaces where that name exists (a stale negative lookup
+   cache cannot make it overwrite), then unlinked; a crash between the two
+   leaves one file under both names, which the next commit finishes and
+   readers count once.  Its name index is renamed with it.
 3. Decide what to add, looking names up in the name indexes of the whole
-   series (``name.zip`` and every ``name-N.zip``; no central directory is
+   series (``name.zip`` and every ``name.~N~.zip``; no central directory is
    parsed): same name, CRC and size already present anywhere is skipped
    (idempotence); same name with other content is added as ``name.~N~``.
    Temp zips are taken in the order their writers started them, so the
@@ -244,7 +248,7 @@ import weakref
 import zipfile
 import zlib
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 __all__ = [
     "rear_fs",
@@ -282,9 +286,12 @@ _log.addHandler(logging.NullHandler())   # a library never prints by itself
 
 # ---------------------------------------------------------------- constants
 
+#: Names tried after the series' last when rolling over, in case a client's
+#: listing missed rolled-over archives other clients made.
+_ROLLOVER_ATTEMPTS = 1000
 #: Seconds between rotations of a worker's temp zip (rear 0.1 used 5 minutes).
 DEFAULT_ROTATION_SPAN = 300.0
-#: A final archive this large is rolled over to name-N.zip before appending.
+#: A final archive this large is rolled over to name.~N~.zip before appending.
 DEFAULT_MAX_SIZE = 50 * 1024 ** 3
 #: An archive holding this many entries is rolled over too: each commit
 #: copies the old central directory twice (about 100 bytes per entry), so
@@ -327,6 +334,12 @@ _STATE_SEALED = "sealed"
 _INBOX = "inbox"
 _ARCHIVES_DIR = "archives"   # inside inbox/: lock files and journals
 _TEMP_SUFFIX = ".zip"
+#: A rolled-over archive of ``stem.zip`` is ``stem.~N~.zip``, N = 1, 2, ...
+#: (the mark GNU tools give numbered backups).  Writers may not name an
+#: archive so, which is what keeps a user's ``run-2024.zip`` out of
+#: ``run.zip``'s series, and a rolled-over archive out of a writer's way.
+_ROLLED_MARK = ".~"
+_ROLLED_END = "~"
 _SIDECAR_SUFFIX = ".json"
 _JOURNAL_SUFFIX = ".journal"
 _JOURNAL_NEW_SUFFIX = ".journal-new"   # being written; renamed once complete
@@ -1731,14 +1744,44 @@ def _route_name(name, known):
     return _split_known(name, known)
 
 
+def _rolled_name(file_name):
+    """(``stem.zip``, N) if ``file_name`` is ``stem.~N~.zip``, else None."""
+    extension = file_name[-len(".zip"):]
+    if extension.lower() != ".zip":
+        return None
+    stem, mark, number = file_name[:-len(extension)].rpartition(_ROLLED_MARK)
+    if not (mark and stem and number.endswith(_ROLLED_END)):
+        return None
+    number = number[:-len(_ROLLED_END)]
+    if not (number.isascii() and number.isdigit() and number[0] != "0"):
+        return None
+    return stem + extension, int(number)
+
+
+def _rolled_path(archive, number):
+    """Where ``archive`` (``.../stem.zip``) goes as the series' ``number``th."""
+    stem, extension = archive[:-len(".zip")], archive[-len(".zip"):]
+    return "%s%s%d%s%s" % (stem, _ROLLED_MARK, number, _ROLLED_END, extension)
+
+
 def _entry_name(path, known):
     """The temp-zip entry name of an archive path: validated, as a str.
     ``known`` caches the split of directories, as _split_known does."""
     if not isinstance(path, str):
-        return "/".join(split_path(path))   # decoded or refused there
-    if len(known) > _KNOWN_DIRECTORIES:
-        known.clear()    # a worker writing to ever new directories
-    return "/".join(_split_known(path, known))
+        dest, member = split_path(path)    # decoded or refused there
+    else:
+        if len(known) > _KNOWN_DIRECTORIES:
+            known.clear()    # a worker writing to ever new directories
+        dest, member = _split_known(path, known)
+    if _ROLLED_MARK in dest:
+        rolled = _rolled_name(dest.rpartition("/")[2])
+        if rolled is not None:
+            series = dest[:-len(dest.rpartition("/")[2])] + rolled[0]
+            raise PathError("archive path %r names %r, which is how rear names a rolled-over "
+                            "archive (%s rolls over to %s, ...); write to %r or choose "
+                            "another name" % (path, dest, series, _rolled_path(series, 1),
+                                              series))
+    return dest + "/" + member
 
 
 def _is_inside(base, path):
@@ -2926,23 +2969,56 @@ def _archive_lock(paths, blocking=True):
         os.close(fd)
 
 
-def _series(base, dest):
-    """The files of an archive series, oldest first: name-0.zip, name-1.zip,
-    ... (rolled over), then name.zip.  Only those that exist."""
-    archive = _ArchivePaths(base, dest).archive
+def _rolled_members(archive):
+    """[(N, path)] of the rolled-over archives of ``archive``'s series,
+    oldest (lowest N) first."""
     directory, file_name = os.path.split(archive)
-    stem = file_name[:-len(".zip")]
     numbered = []
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for name in os.listdir(directory):
-            number = name[len(stem) + 1:-len(".zip")]
-            if (name.startswith(stem + "-") and name.lower().endswith(".zip")
-                    and number.isdigit() and str(int(number)) == number):
-                numbered.append((int(number), os.path.join(directory, name)))
-    paths = [path for _number, path in sorted(numbered)]
-    if os.path.lexists(archive):
+            rolled = _rolled_name(name)
+            if rolled is not None and rolled[0] == file_name:
+                numbered.append((rolled[1], os.path.join(directory, name)))
+    return sorted(numbered)
+
+
+def _same_file(path, other):
+    try:
+        first, second = os.stat(path), os.stat(other)
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def _series(base, dest):
+    """The files of an archive series, oldest first: name.~1~.zip,
+    name.~2~.zip, ... (rolled over), then name.zip.  Only those that
+    exist; a name.zip that is still the last rolled-over one (a rollover
+    cut between its link and unlink) is counted once."""
+    archive = _ArchivePaths(base, dest).archive
+    paths = [path for _number, path in _rolled_members(archive)]
+    if os.path.lexists(archive) and not (paths and _same_file(paths[-1], archive)):
         paths.append(archive)
     return paths
+
+
+def _link_exclusively(source, target):
+    """Give ``source`` the further name ``target``; FileExistsError if that
+    exists.  link(2) is checked where the name lives (the server), while a
+    lexists() then rename() can replace a file that a stale negative lookup
+    cache hides (NFS caches negative lookups).  Where the filesystem has no
+    hard links, ``source`` is renamed instead; returns whether it linked."""
+    try:
+        os.link(source, target)
+        return True
+    except OSError as err:
+        # EPERM, EOPNOTSUPP: link(2) on filesystems without hard links
+        if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
+    os.rename(source, target)
+    return False
 
 
 def _locate_base(archive):
@@ -3536,7 +3612,7 @@ def _recover_all_journals(base, stats):
 class _ArchiveState:
     """An archive opened for appending: its descriptor, central directory
     (``cd``, a _CentralDirectory) and name index, and the name indexes of
-    the series' rolled-over archives (``name-N.zip``), which duplicate and
+    the series' rolled-over archives (``name.~N~.zip``), which duplicate and
     conflict decisions take into account too."""
 
     def __init__(self, paths, limits):
@@ -3576,9 +3652,16 @@ class _ArchiveState:
         if self.created:
             self._start_empty()
             return
-        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+        st = os.fstat(self.fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ArchiveError("%s is not a regular file; move it away" % self.paths.archive,
                                self.paths.archive)
+        if st.st_nlink > 1:
+            members = _rolled_members(self.paths.archive)
+            if members and _same_file(members[-1][1], self.paths.archive):
+                # A rollover cut between its link and its unlink: finish it.
+                self._finish_rollover(members[-1][1])
+                return
 
         def read(st):
             size = st.st_size
@@ -3600,12 +3683,30 @@ class _ArchiveState:
 
     def _roll_over(self):
         archive = self.paths.archive
-        stem = archive[:-len(".zip")]
-        number = 0
-        while os.path.lexists("%s-%d.zip" % (stem, number)):
-            number += 1
-        rolled = "%s-%d.zip" % (stem, number)
-        os.rename(archive, rolled)
+        members = _rolled_members(archive)
+        number = members[-1][0] + 1 if members else 1
+        for _attempt in range(_ROLLOVER_ATTEMPTS):
+            rolled = _rolled_path(archive, number)
+            try:
+                linked = _link_exclusively(archive, rolled)
+                break
+            except FileExistsError:     # listed before this client saw it
+                number += 1
+        else:
+            raise ArchiveError("%s cannot be rolled over: %s and %d names after it exist; "
+                               "move some of the series away" % (archive, rolled,
+                                                                  _ROLLOVER_ATTEMPTS), archive)
+        if linked:
+            _crash_test_point("rollover-linked")
+        self._finish_rollover(rolled, linked)
+
+    def _finish_rollover(self, rolled, linked=True):
+        """The rest of a rollover once ``rolled`` names the full archive too
+        (``linked``) or instead: the archive's own name removed, its name
+        index moved with it, a new archive to start."""
+        archive = self.paths.archive
+        if linked:
+            os.unlink(archive)
         _sync_directory(os.path.dirname(archive))
         # Its name index goes with it (the bytes, and so the stamp, are the
         # same): readers of the series and series-wide duplicate checks use
@@ -4879,7 +4980,7 @@ def open_archive(path, dest=None, pending=False, lock_timeout=_READ_LOCK_TIMEOUT
 
     ``open_archive("/scratch/run42/logs.zip")`` reads one archive.
     ``open_archive("/scratch/run42", "logs.zip")`` reads the series
-    ``logs.zip``, ``logs-0.zip``, ... as one, and with ``pending=True`` also
+    ``logs.zip``, ``logs.~1~.zip``, ... as one, and with ``pending=True`` also
     the files still in temp zips in ``inbox/`` (read-your-writes).  Opening
     it and reading one member uses the archive's name index, not its central
     directory.  Raises ArchiveError if there is nothing to read.
@@ -5037,7 +5138,7 @@ class _RearFileSystemMethods:
 
     ``fo`` is the base directory (default ``$REAR_BASE``); paths are the
     ones rear_open takes, ``sub/name.zip/member``, and an archive is a
-    directory.  A series (``name.zip`` and its rolled-over ``name-N.zip``)
+    directory.  A series (``name.zip`` and its rolled-over ``name.~N~.zip``)
     reads as one archive; ``pending=True`` adds the files still in temp
     zips.  One reader per archive stays open per instance (and instances
     are cached per process, so Dask workers reuse one); a name not found is
@@ -5179,9 +5280,9 @@ class _RearFileSystemMethods:
 
     @staticmethod
     def _is_rolled_over(name, siblings):
-        """Is ``name`` a ``stem-N.zip`` of a series whose ``stem.zip`` is there?"""
-        stem, _dash, number = name[:-len(".zip")].rpartition("-")
-        return bool(stem) and number.isdigit() and (stem + ".zip") in siblings
+        """Is ``name`` a ``stem.~N~.zip`` of a series whose ``stem.zip`` is there?"""
+        rolled = _rolled_name(name)
+        return rolled is not None and rolled[0] in siblings
 
     def _archive_records(self, dest, prefix, withdirs):
         """{name: record} of the members of ``dest`` whose names start with
@@ -6167,7 +6268,7 @@ def _add_scavenge_arguments(sub):
     sub.add_argument("--watch", type=_positive_float, default=None, metavar="S",
                      help="repeat every S seconds until interrupted")
     sub.add_argument("--max-size", type=_size_arg, default=DEFAULT_MAX_SIZE, metavar="SIZE",
-                     help="roll an archive over to name-N.zip at this size (default 50G)")
+                     help="roll an archive over to name.~N~.zip at this size (default 50G)")
     sub.add_argument("--max-entries", type=_positive_int, default=DEFAULT_MAX_ENTRIES,
                      metavar="N", help="... or at this many entries (default %d)"
                      % DEFAULT_MAX_ENTRIES)
@@ -6224,7 +6325,7 @@ _COMMANDS = (
              "rear status /scratch/run42 --json", _add_status_arguments,
              _cmd_status),
     _Command("ls", "list an archive's members like 'unzip -l', streaming; given a base "
-             "and an archive path, the whole series name.zip, name-0.zip, ...",
+             "and an archive path, the whole series name.zip, name.~1~.zip, ...",
              "rear ls /scratch/run42 logs.zip --pending", _add_ls_arguments,
              _cmd_ls),
     _Command("cat", "write one member to stdout, CRC-checked: from an archive, or from "

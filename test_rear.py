@@ -65,7 +65,7 @@ def sidecars(base):
 
 def assert_exactly_once(base, expected):
     """Every expected "dest/member" is archived once, byte-identical, nothing
-    else; members of a rolled-over name-N.zip count as members of name.zip."""
+    else; members of a rolled-over name.~N~.zip count as members of name.zip."""
     check_archives(base, as_sets(expected), as_sets(expected))
 
 
@@ -1245,7 +1245,7 @@ def test_archive_is_rolled_over_at_max_size(base):
     for chunk in range(3):
         fill(base, dict(list(files.items())[chunk * 10:(chunk + 1) * 10]))
         rear.scavenge(base, max_size=20000)
-    assert sorted(os.listdir(base)) == ["a-0.zip", "a-1.zip", "a.zip", "inbox"]
+    assert sorted(os.listdir(base)) == ["a.zip", "a.~1~.zip", "a.~2~.zip", "inbox"]
     assert_exactly_once(base, files)
 
 
@@ -1660,9 +1660,11 @@ SCAVENGER_CRASH_SCRIPT = """
 # written; new entries over the old tail, no new end yet; archive complete,
 # journal not yet committed; commit point passed, temp zips not yet deleted;
 # a temp zip deleted but not its sidecar; temp zips gone, .commit not yet
-# deleted; an archive rolled over; a temp zip salvaged.
+# deleted; an archive hard-linked to its rolled-over name, not yet unlinked;
+# an archive rolled over; a temp zip salvaged.
 CRASH_STEPS = ["journal-written", "entries-written", "appended", "committed",
-               "temp-zip-deleted", "temps-finished", "rolled-over", "salvaged"]
+               "temp-zip-deleted", "temps-finished", "rollover-linked", "rolled-over",
+               "salvaged"]
 
 
 @pytest.mark.parametrize("step", CRASH_STEPS)
@@ -1679,9 +1681,15 @@ def test_scavenger_killed_at_each_commit_step_then_rerun_loses_and_duplicates_no
         else:
             fill(base, batch)
         files.update(batch)
-    max_size = 10000 if step == "rolled-over" else rear.DEFAULT_MAX_SIZE
+    rolling = step in ("rollover-linked", "rolled-over")
+    max_size = 10000 if rolling else rear.DEFAULT_MAX_SIZE
     child = run_child(SCAVENGER_CRASH_SCRIPT, base, step, str(max_size))
     assert child.wait(120) == -signal.SIGKILL, "the scavenger was not killed at %s" % step
+    if step == "rollover-linked":     # one file, two names: readers count it once
+        assert os.path.samefile(os.path.join(base, "a.zip"), os.path.join(base, "a.~1~.zip"))
+        with rear.open_archive(base, "a.zip") as reader:
+            names = list(reader.names())
+        assert len(names) == len(set(names)) == 20
     for archive in ("a.zip", "b.zip"):
         path = os.path.join(base, archive)
         if os.path.exists(path) and step != "entries-written":
@@ -1690,6 +1698,9 @@ def test_scavenger_killed_at_each_commit_step_then_rerun_loses_and_duplicates_no
     assert stats.errors == []
     assert inbox_temp_zips(base) == []
     assert_exactly_once(base, files)
+    if rolling:
+        assert not os.path.samefile(os.path.join(base, "a.zip"),
+                                    os.path.join(base, "a.~1~.zip"))
 
 
 def test_concurrent_writers_and_scavengers_lose_and_duplicate_nothing(base):
@@ -2783,13 +2794,68 @@ def test_a_reader_waits_for_a_commit_and_says_so_when_it_takes_too_long(base):
     holder.wait(30)
 
 
+def test_a_users_archive_named_like_name_dash_number_is_not_part_of_a_series(base, caplog):
+    fill(base, {"run-0.zip/b.txt": b"mine", "run-2024.zip/b.txt": b"2024"})
+    rear.scavenge(base)
+    fill(base, {"run.zip/b.txt": b"new"})
+    with caplog.at_level(logging.WARNING, logger="rear"):
+        stats = rear.scavenge(base)
+    assert (stats.files_moved, stats.conflicts) == (1, 0) and "already holds" not in caplog.text
+    assert archives_of(base) == {"run-0.zip": {"b.txt": b"mine"}, "run-2024.zip": {"b.txt": b"2024"},
+                                 "run.zip": {"b.txt": b"new"}}
+    assert rear.read_bytes(base, "run.zip/b.txt") == b"new"
+    assert run_cli("cat", base, "run.zip/b.txt").stdout == "new"
+
+
+def test_after_a_rollover_a_users_archive_named_like_name_dash_number_stays_its_own(base):
+    fill(base, {"run.zip/%d" % n: b"%d" % n for n in range(3)})
+    rear.scavenge(base, max_entries=3)
+    fill(base, {"run.zip/late": b"late"})
+    rear.scavenge(base, max_entries=3)           # run.zip rolled over
+    fill(base, {"run-0.zip/mine": b"mine"})
+    rear.scavenge(base, max_entries=3)
+    assert archives_of(base) == {"run.~1~.zip": {"0": b"0", "1": b"1", "2": b"2"},
+                                 "run.zip": {"late": b"late"}, "run-0.zip": {"mine": b"mine"}}
+    with rear.open_archive(base, "run-0.zip") as reader:
+        assert sorted(reader.names()) == ["mine"]
+    with rear.open_archive(base, "run.zip") as reader:
+        assert sorted(reader.names()) == ["0", "1", "2", "late"]
+
+
+def test_writing_to_a_rolled_over_archives_name_is_refused_naming_the_series(base):
+    with rear.rear_fs(base):
+        with pytest.raises(rear.PathError, match=r"'s/run.~2~.zip', which is how rear names a "
+                           r"rolled-over archive \(s/run.zip rolls over to s/run.~1~.zip, "
+                           r"...\); write to 's/run.zip' or choose another name"):
+            rear.rear_open("s/run.~2~.zip/x", "w")
+    assert inbox_temp_zips(base) == []
+
+
+def test_a_rollover_never_replaces_an_archive_already_under_the_next_name(base, monkeypatch):
+    fill(base, {"run.zip/%d" % n: b"%d" % n for n in range(3)})
+    rear.scavenge(base, max_entries=3)
+    # A run.~1~.zip this client's listing missed (a stale cache elsewhere)
+    # stands for itself here: the rollover must not replace it.
+    shutil.copy(os.path.join(base, "run.zip"), os.path.join(base, "run.~1~.zip"))
+    before = open(os.path.join(base, "run.~1~.zip"), "rb").read()
+    with monkeypatch.context() as patch:
+        patch.setattr(rear, "_rolled_members", lambda archive: [])   # the missed listing
+        fill(base, {"run.zip/late": b"late"})
+        stats = rear.scavenge(base, max_entries=3)
+    assert stats.errors == [] and stats.files_moved == 1
+    assert open(os.path.join(base, "run.~1~.zip"), "rb").read() == before
+    assert sorted(os.listdir(base)) == ["inbox", "run.zip", "run.~1~.zip", "run.~2~.zip"]
+    for name in ("run.zip", "run.~1~.zip", "run.~2~.zip"):
+        unzip_test(os.path.join(base, name))
+
+
 def test_a_series_is_one_archive_to_readers_and_to_duplicate_checks(base):
     first = {"s/a.zip/%d" % n: b"%d" % n for n in range(10)}
     fill(base, first)
     rear.scavenge(base, max_entries=10)
     fill(base, {"s/a.zip/late": b"late"})
     rear.scavenge(base, max_entries=10)          # a.zip held 10: rolled over
-    assert sorted(os.listdir(os.path.join(base, "s"))) == ["a-0.zip", "a.zip"]
+    assert sorted(os.listdir(os.path.join(base, "s"))) == ["a.zip", "a.~1~.zip"]
     fill(base, {"s/a.zip/3": b"3", "s/a.zip/4": b"changed"})
     stats = rear.scavenge(base, max_entries=10)
     assert (stats.duplicates, stats.conflicts, stats.files_moved) == (1, 1, 1)
@@ -2809,7 +2875,7 @@ def test_rollover_by_entry_count_and_its_validation(base):
     rear.scavenge(base, max_entries=3)
     fill(base, {"a.zip/more": b"m"})
     rear.scavenge(base, max_entries=3)
-    assert sorted(os.listdir(base)) == ["a-0.zip", "a.zip", "inbox"]
+    assert sorted(os.listdir(base)) == ["a.zip", "a.~1~.zip", "inbox"]
     with pytest.raises(ValueError, match="max_entries must be a positive number"):
         rear.scavenge(base, max_entries=0)
     result = run_cli("scavenge", base, "--max-entries", "0")

@@ -627,7 +627,7 @@ def bench_campaign(root, scale, pythons, results):
                                    limit - 2 * new)):
         base = fresh_dir(root, "c")
         for number in range(rolled):
-            make_archive(os.path.join(base, "a-%d.zip" % number), limit)
+            make_archive(os.path.join(base, "a.~%d~.zip" % (number + 1)), limit)
         make_archive(os.path.join(base, "a.zip"), current)
         make_rear_inbox(base, [("a.zip/indexed", b"i")], "deflated", workers=1)
         run_worker(sys.executable, "scavenge", {"method": "rear", "base": base,

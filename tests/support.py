@@ -102,9 +102,9 @@ def inbox_temp_zips(base):
 
 
 def logical_key(archive, member, conflicts):
-    """Rolled-over name-N.zip counts as name.zip; with ``conflicts``, a
+    """Rolled-over name.~N~.zip counts as name.zip; with ``conflicts``, a
     conflict name.~N~ counts as name."""
-    archive = re.sub(r"-\d+\.zip$", ".zip", archive)
+    archive = re.sub(r"\.~\d+~\.zip$", ".zip", archive)
     if conflicts:
         member = re.sub(r"\.~\d+~$", "", member)
     return archive + "/" + member
@@ -320,14 +320,14 @@ def series_member(number):
 
 def write_series(base, dest, count, per_archive):
     """A series of ``count`` small stored members (series_member) under
-    ``base``: ``dest`` and its rolled-over ``name-N.zip``, each of
+    ``base``: ``dest`` and its rolled-over ``name.~N~.zip``, each of
     ``per_archive`` members, written directly with rear's header functions
     (zipfile needs minutes for a million entries), then indexed by one rear
     commit (member "indexed")."""
     stem = dest[:-len(".zip")]
     archives = (count + per_archive - 1) // per_archive
     for archive in range(archives):
-        path = os.path.join(base, (stem + "-%d.zip" % archive) if archive < archives - 1
+        path = os.path.join(base, (stem + ".~%d~.zip" % (archive + 1)) if archive < archives - 1
                             else dest)
         first = archive * per_archive
         write_stored_archive(path, (series_member(number) for number in

@@ -108,7 +108,7 @@ def zoo(tmp_path_factory):
         "salvaged": os.path.join(base, "salvaged.zip"),
         "renamed conflicts": os.path.join(base, "conflict.zip"),
         "rolled over (newest)": os.path.join(base, "rolled.zip"),
-        "rolled over (first)": os.path.join(base, "rolled-0.zip"),
+        "rolled over (first)": os.path.join(base, "rolled.~1~.zip"),
         "non-ASCII names": os.path.join(base, "unicode.zip"),
         "tree: links, directories, times": os.path.join(base, "tree.zip"),
         "tree, salvaged": os.path.join(base, "tree-salvaged.zip"),

@@ -217,10 +217,10 @@ def test_a_series_reads_as_one_archive(base):
     fill(base, {"s.zip/first": b"1"})
     rear.scavenge(base)
     fill(base, {"s.zip/second": b"2"})
-    rear.scavenge(base, max_entries=1)                         # s.zip -> s-0.zip
+    rear.scavenge(base, max_entries=1)                         # s.zip -> s.~1~.zip
     rear.register_fsspec()
     fs = rear_fs(base)
-    assert sorted(os.listdir(base)) == ["inbox", "s-0.zip", "s.zip"]
+    assert sorted(os.listdir(base)) == ["inbox", "s.zip", "s.~1~.zip"]
     assert fs.ls("", detail=False) == ["s.zip"]
     assert fs.cat_file("s.zip/first") == b"1" and fs.cat_file("s.zip/second") == b"2"
     assert fs.find("s.zip") == ["s.zip/first", "s.zip/second"]
@@ -317,7 +317,7 @@ def test_a_dask_cluster_of_two_processes_reads_members_of_a_million_entry_series
     rear.register_fsspec()
     fs = rear_fs(million)
     assert fs.info("big.zip")["type"] == "directory"
-    assert sorted(os.listdir(million)) == ["big-0.zip", "big-1.zip", "big-2.zip", "big.zip",
+    assert sorted(os.listdir(million)) == ["big.zip", "big.~1~.zip", "big.~2~.zip", "big.~3~.zip",
                                            "inbox"]
     numbers = list(range(7, 1000000, 997))        # spread over all four archives
     paths = ["rear://big.zip/%s::%s" % (series_member(number)[0], million)

@@ -409,7 +409,7 @@ def power_loss_workload(base, recorder, sync, rng):
     attempted["a.zip/unsealed"] = b"never sealed"
     if sync == "file":
         recorder.mark([("a.zip/unsealed", b"never sealed")])
-    # rolls a.zip over to a-0.zip; the unsealed temp zip is this process's own
+    # rolls a.zip over to a.~1~.zip; the unsealed temp zip is this process's own
     rear.scavenge(base, rotation_span=3600, max_size=600)
     fs.close()
     recorder.mark([("a.zip/unsealed", b"never sealed")])
@@ -545,7 +545,7 @@ def test_scavenger_killed_at_every_operation_then_rerun_loses_and_duplicates_not
     allowed = scavenger_scenario(prepared)
     must_have = {key: set(contents) for key, contents in allowed.items()}
     must_have["a.zip/old/0"] = allowed["a.zip/old/0"]   # both: the old one and the conflict
-    max_size = 5000   # a.zip (7 KB) is past it: the pass rolls it over to a-0.zip
+    max_size = 5000   # a.zip (7 KB) is past it: the pass rolls it over to a.~1~.zip
     dry = str(tmp_path / "dry")
     shutil.copytree(prepared, dry)
     recorder = FaultyOS(dry)
