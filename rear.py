@@ -137,7 +137,8 @@ Scavenger commit (per final archive; compare SQLite's rollback journal)
 2. Read the archive's end records through the locked descriptor, once this
    client's view agrees with the server's (network filesystems cache sizes).
    Roll over to ``name.~N~.zip`` (N one more than the series' last) if it
-   reached ``max_size`` or ``max_entries``: hard-linked there, which fails
+   reached ``max_size`` or ``max_entries`` (or step 3 found it full for the
+   next entry): hard-linked there, which fails
    rather than replaces where that name exists (a stale negative lookup
    cache cannot make it overwrite), then unlinked; a crash between the two
    leaves one file under both names, which the next commit finishes and
@@ -148,7 +149,12 @@ Scavenger commit (per final archive; compare SQLite's rollback journal)
    (idempotence); same name with other content is added as ``name.~N~``.
    Temp zips are taken in the order their writers started them, so the
    plain name holds the first copy written, which readers of pending
-   files answer with too.
+   files answer with too.  Entries that would take the archive past
+   ``max_size`` or ``max_entries`` are left to a commit of their own into
+   the next archive of the series (steps 2-8 again, under the same lock);
+   only the last of these commits finishes the temp zips.  The caps are
+   never exceeded, unless a single entry alone exceeds ``max_size``: it
+   gets an archive of its own.
 4. Write the journal as ``.journal-new``: the archive's old size and its old
    tail (central directory and end records, copied in the kernel); fsync it,
    rename it to ``.journal``, fsync the directory.  A ``.journal`` is thus
@@ -291,9 +297,10 @@ _log.addHandler(logging.NullHandler())   # a library never prints by itself
 _ROLLOVER_ATTEMPTS = 1000
 #: Seconds between rotations of a worker's temp zip (rear 0.1 used 5 minutes).
 DEFAULT_ROTATION_SPAN = 300.0
-#: A final archive this large is rolled over to name.~N~.zip before appending.
+#: A final archive never grows past this size: a commit that would is
+#: continued in the next archive of the series, name.~N~.zip.
 DEFAULT_MAX_SIZE = 50 * 1024 ** 3
-#: An archive holding this many entries is rolled over too: each commit
+#: Nor past this many entries: each commit
 #: copies the old central directory twice (about 100 bytes per entry), so
 #: this bounds what a commit costs at any point of a campaign (measured by
 #: bench/bench.py; see README "Performance").
@@ -431,6 +438,17 @@ _UT_AS_REAR_WRITES_IT = struct.pack("<HHB", _EXTENDED_TIMESTAMP_ID, 5, _UT_MTIME
 _ASI_UNIX_ID = 0x756E
 _ASI_UNIX = struct.Struct("<HHLHLHH")
 _ASI_UNIX_CRC_OFFSET = 4                     # the CRC covers the bytes after it
+# Bounds of what an entry and the end records take in a final archive, so
+# that a commit never takes an archive past max_size: local header and
+# central record, each with rear's UT field and the largest zip64 field
+# (4.5.3: both sizes in a local header; sizes and offset in a central
+# record); the zip64 end record and locator a commit may add.
+_HEADERS_PER_ENTRY_MAX = (_LOCAL_STRUCT.size + _CENTRAL_STRUCT.size
+                          + 2 * _EXTENDED_TIMESTAMP.size
+                          + 2 * _EXTRA_HEADER.size + 16 + 24)
+_END_RECORDS_MAX = _ZIP64_EOCD_STRUCT.size + _ZIP64_LOCATOR_STRUCT.size + _EOCD_STRUCT.size
+#: Longest ".~N~" suffix counted for a renamed conflict in those bounds.
+_CONFLICT_SUFFIX_MAX = 12
 _MAX_COMMENT = 0xFFFF
 _MAX_NAME = 0xFFFF
 #: Longest name component, UTF-8 bytes: NAME_MAX of Linux filesystems, past
@@ -2773,18 +2791,20 @@ def _check_pickup_source(source, base):
     file acknowledged into the temp zips it held."""
     real_source, real_base = os.path.realpath(source), os.path.realpath(base)
     real_inbox = os.path.join(real_base, _INBOX)
-    if real_source == real_base or real_base.startswith(real_source.rstrip(os.sep) + os.sep):
-        what = "the base directory" if real_source == real_base else "a directory that holds"
+    if real_source == real_base:
+        what = "the base directory"
+    elif real_base.startswith(real_source.rstrip(os.sep) + os.sep):
+        what = "a directory that holds the base %s" % base
     elif real_source == real_inbox or real_source.startswith(real_inbox + os.sep):
-        what = "inside the inbox of"
+        what = "inside the inbox of the base %s" % base
     elif real_source.startswith(real_base + os.sep) and real_source.lower().endswith(".zip"):
-        what = "an archive of"
+        what = "an archive of the base %s" % base
     else:
         return
-    raise RearError("rear_pickup: %s is %s the base %s; archiving it would remove rear's own "
+    raise RearError("rear_pickup: %s is %s; archiving it would remove rear's own "
                     "files (temp zips holding acknowledged files, or archives): pick up "
                     "outputs from outside the base, or from a directory of its own below it"
-                    % (source, what, base), source)
+                    % (source, what), source)
 
 
 def _check_pickup_members(source, base, members):
@@ -3615,8 +3635,9 @@ class _ArchiveState:
     the series' rolled-over archives (``name.~N~.zip``), which duplicate and
     conflict decisions take into account too."""
 
-    def __init__(self, paths, limits):
+    def __init__(self, paths, limits, roll_over=False):
         self.paths = paths
+        self.roll_over = roll_over    # full for the next entry: start the next archive
         self.rolled = None        # [_RolledArchive], opened at the first lookup
         archive = paths.archive
         if not _is_inside(paths.base, archive):
@@ -3672,7 +3693,8 @@ class _ArchiveState:
         # Sizes come from the locked descriptor, never from before the lock,
         # and only as the server has them (rule 3 of "network filesystems").
         self.size, cd = _await_current_view(self.fd, self.paths.archive, read)
-        if self.size and (self.size >= limits.max_size or cd.count >= limits.max_entries):
+        if self.size and (self.roll_over or self.size >= limits.max_size
+                          or cd.count >= limits.max_entries):
             self._roll_over()
             return
         if self.size == 0:
@@ -3817,50 +3839,84 @@ class _RolledArchive:
 
 
 def _commit_to_archive(base, dest, items, limits, stats):
-    """Append (claim, member, entry) items to one archive atomically (steps 1-8)."""
+    """Append (claim, member, entry) items to one archive atomically (steps
+    1-8).  What would take the archive past ``limits`` continues in the
+    next archive of the series, by a commit of its own under the same lock;
+    only the last one finishes the temp zips, so a crash between two leaves
+    them whole, and the next run finds the entries committed so far as
+    duplicates."""
     paths = _ArchivePaths(base, dest)
+    claims = list({id(claim): claim for claim, _member, _entry in items}.values())
     with _archive_lock(paths):                                # step 1
         _recover_locked(paths, stats)
         paths.set_dest(dest)
-        archive = _ArchiveState(paths, limits)                # step 2
-        try:
-            additions = _plan_additions(archive, items, stats)      # step 3
-            claims = {id(claim): claim for claim, _member, _entry in items}.values()
-            temps = [{"zip": os.path.basename(claim.path), "finish": claim.pending == {dest}}
-                     for claim in claims]
-            if additions:
-                positions, cd, size = _journal_and_append(paths, archive, additions,
-                                                          temps, stats)   # steps 4-5
-                os.replace(paths.journal, paths.commit)       # step 6: the commit point
-                _sync_directory(paths.directory)
-                stats.files_moved += len(additions)
-                stats.archives_touched += 1
-                archive.update_index(positions, cd, size, stats)   # step 7
-            elif archive.index.rebuilt:   # save the rebuild even when all were duplicates
-                archive.update_index([], archive.cd, archive.size, stats)
-            _crash_test_point("committed")
-            _finish_temps(paths, temps)
-            _crash_test_point("temps-finished")
-            for claim in claims:
-                claim.pending.discard(dest)
-            _unlink_if_exists(paths.commit)                   # step 8
-            _sync_directory(paths.directory)
-        finally:
-            archive.close()
+        roll_over = False
+        while items:
+            archive = _ArchiveState(paths, limits, roll_over)      # step 2
+            try:
+                additions, items = _plan_additions(archive, items, limits, stats)   # step 3
+                roll_over = bool(items)
+                _commit_additions(paths, archive, additions, [] if items else claims, stats)
+            finally:
+                archive.close()
 
 
-def _plan_additions(archive, items, stats):
-    """Commit step 3: [(claim, entry, name to add it under)], duplicates left out."""
+def _commit_additions(paths, archive, additions, claims, stats):
+    """Steps 4-8 of one commit of ``additions`` to ``archive``; ``claims``
+    are the temp zips it finishes (none for a commit that the next archive
+    of the series continues)."""
+    dest = paths.dest
+    temps = [{"zip": os.path.basename(claim.path), "finish": claim.pending == {dest}}
+             for claim in claims]
+    if additions:
+        positions, cd, size = _journal_and_append(paths, archive, additions,
+                                                  temps, stats)       # steps 4-5
+        os.replace(paths.journal, paths.commit)               # step 6: the commit point
+        _sync_directory(paths.directory)
+        stats.files_moved += len(additions)
+        stats.archives_touched += 1
+        archive.update_index(positions, cd, size, stats)      # step 7
+    elif archive.index.rebuilt:   # save the rebuild even when all were duplicates
+        archive.update_index([], archive.cd, archive.size, stats)
+    _crash_test_point("committed")
+    _finish_temps(paths, temps)
+    _crash_test_point("temps-finished")
+    for claim in claims:
+        claim.pending.discard(dest)
+    _unlink_if_exists(paths.commit)                           # step 8
+    _sync_directory(paths.directory)
+
+
+def _plan_additions(archive, items, limits, stats):
+    """Commit step 3: ([(claim, entry, name to add it under)], duplicates
+    left out; the items that would take the archive past ``limits``, which
+    the next archive of the series takes).  An empty archive takes at least
+    one entry, however large: a cap is never a reason to refuse one."""
     archive.index.prefetch(len(items))
     additions = []
-    for claim, member, entry in items:
+    entries_left = limits.max_entries - archive.cd.count
+    bytes_left = limits.max_size - archive.size - _END_RECORDS_MAX
+    for position, (claim, member, entry) in enumerate(items):
+        cost = _entry_cost_bound(member, entry)
+        if (entries_left < 1 or cost > bytes_left) and (additions or archive.cd.count):
+            return additions, items[position:]
         name = archive.name_for(member, entry.crc, entry.file_size, stats)
         if name is None:
             stats.duplicates += 1
             continue
         archive.index.add(name, entry.crc, entry.file_size)
         additions.append((claim, entry, name))
-    return additions
+        entries_left -= 1
+        bytes_left -= cost
+    return additions, []
+
+
+def _entry_cost_bound(member, entry):
+    """At most how many bytes adding ``entry`` as ``member`` (or a
+    ``member.~N~``) takes in an archive: data, local header and central
+    record with every extra field rear may write, zip64 included."""
+    return (entry.compressed_size + 2 * (len(member.encode("utf-8")) + _CONFLICT_SUFFIX_MAX)
+            + _HEADERS_PER_ENTRY_MAX)
 
 
 def _journal_and_append(paths, archive, additions, temps, stats):

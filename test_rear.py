@@ -1245,7 +1245,8 @@ def test_archive_is_rolled_over_at_max_size(base):
     for chunk in range(3):
         fill(base, dict(list(files.items())[chunk * 10:(chunk + 1) * 10]))
         rear.scavenge(base, max_size=20000)
-    assert sorted(os.listdir(base)) == ["a.zip", "a.~1~.zip", "a.~2~.zip", "inbox"]
+    sizes = archive_sizes(base)
+    assert len(sizes) == 5 and all(size <= 20000 for _entries, size in sizes.values())
     assert_exactly_once(base, files)
 
 
@@ -1701,6 +1702,23 @@ def test_scavenger_killed_at_each_commit_step_then_rerun_loses_and_duplicates_no
     if rolling:
         assert not os.path.samefile(os.path.join(base, "a.zip"),
                                     os.path.join(base, "a.~1~.zip"))
+
+
+@pytest.mark.parametrize("step", ["committed", "temps-finished", "rolled-over"])
+def test_scavenger_killed_between_the_commits_of_a_capped_batch_then_rerun_loses_nothing(
+        base, step):
+    files = {"a.zip/%02d" % n: os.urandom(500) for n in range(30)}
+    fill(base, files, compression="stored")       # one temp zip: three archives' worth
+    child = run_child(SCAVENGER_CRASH_SCRIPT, base, step, "6000")
+    assert child.wait(120) == -signal.SIGKILL
+    assert len(inbox_temp_zips(base)) == 1         # nothing finished it yet
+    stats = rear.scavenge(base, flush=True, max_size=6000)
+    assert stats.errors == [] and inbox_temp_zips(base) == []
+    assert_exactly_once(base, files)
+    for name in os.listdir(base):
+        if name.endswith(".zip"):
+            assert os.path.getsize(os.path.join(base, name)) <= 6000
+            unzip_test(os.path.join(base, name))
 
 
 def test_concurrent_writers_and_scavengers_lose_and_duplicate_nothing(base):
@@ -2792,6 +2810,71 @@ def test_a_reader_waits_for_a_commit_and_says_so_when_it_takes_too_long(base):
     with rear.open_archive(os.path.join(base, "a.zip"), lock_timeout=30) as reader:
         assert reader.read("x") == b"x"          # waited for the commit
     holder.wait(30)
+
+
+def run_cli_background(*args):
+    return subprocess.Popen([sys.executable, "-m", "rear"] + list(args), env=CHILD_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def archive_sizes(base):
+    """{file name: (entries, bytes)} of the archives directly under ``base``."""
+    sizes = {}
+    for name in sorted(os.listdir(base)):
+        if name.endswith(".zip"):
+            path = os.path.join(base, name)
+            unzip_test(path)
+            with zipfile.ZipFile(path) as handle:
+                sizes[name] = (len(handle.infolist()), os.path.getsize(path))
+    return sizes
+
+
+def test_a_commit_past_max_entries_continues_in_the_next_archive_of_the_series(base):
+    files = {"a.zip/%04d" % n: b"%d" % n for n in range(2500)}
+    fill(base, files)                               # one temp zip of 2,500 entries
+    stats = rear.scavenge(base, max_entries=1000)
+    assert stats.errors == [] and stats.files_moved == 2500
+    assert {name: entries for name, (entries, _size) in archive_sizes(base).items()} == {
+        "a.~1~.zip": 1000, "a.~2~.zip": 1000, "a.zip": 500}
+    assert_exactly_once(base, files)
+    assert inbox_temp_zips(base) == []
+
+
+def test_a_commit_past_max_size_continues_in_the_next_archive_of_the_series(base):
+    files = {"a.zip/%02d" % n: os.urandom(3000) for n in range(30)}
+    fill(base, files, compression="stored")
+    rear.scavenge(base, max_size=20000)
+    sizes = archive_sizes(base)
+    # Six 3000-byte entries and their headers fill 18.6 kB; a seventh would
+    # pass 20000, so thirty entries make five archives, none over the cap.
+    assert sorted(entries for entries, _size in sizes.values()) == [6] * 5
+    assert all(size <= 20000 for _entries, size in sizes.values())
+    assert_exactly_once(base, files)
+
+
+def test_an_entry_larger_than_max_size_gets_an_archive_of_its_own(base):
+    files = {"a.zip/small-1": b"1", "a.zip/big": os.urandom(30000), "a.zip/small-2": b"2"}
+    fill(base, files, compression="stored")
+    rear.scavenge(base, max_size=20000)
+    assert {name: entries for name, (entries, _size) in archive_sizes(base).items()} == {
+        "a.~1~.zip": 1, "a.~2~.zip": 1, "a.zip": 1}
+    assert read_archive(os.path.join(base, "a.~2~.zip")) == {"big": files["a.zip/big"]}
+    assert_exactly_once(base, files)
+
+
+def test_two_scavengers_at_once_keep_every_archive_within_max_entries(base):
+    files = {}
+    for worker in range(8):
+        batch = {"a.zip/%d/%04d" % (worker, n): b"%d" % n for n in range(700)}
+        fill(base, batch)
+        files.update(batch)
+    scavengers = [run_cli_background("scavenge", base, "--max-entries", "1000")
+                  for _ in range(2)]
+    assert [scavenger.wait(120) for scavenger in scavengers] == [0, 0]
+    rear.scavenge(base, max_entries=1000)
+    counts = [entries for entries, _size in archive_sizes(base).values()]
+    assert sum(counts) == 5600 and max(counts) == 1000
+    assert_exactly_once(base, files)
 
 
 def test_a_users_archive_named_like_name_dash_number_is_not_part_of_a_series(base, caplog):

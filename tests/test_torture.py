@@ -172,6 +172,14 @@ class FaultyOS:
     def replace(self, src, dst):
         return self._rename(os.replace, src, dst)
 
+    def link(self, src, dst):
+        rel_src, rel_dst = self._rel(src), self._rel(dst)
+        if rel_src is None:
+            return os.link(src, dst)
+        self._step("link %s" % rel_src)
+        os.link(src, dst)
+        self.ops.append(("link", rel_src, rel_dst))
+
     def rename(self, src, dst):
         return self._rename(os.rename, src, dst)
 
@@ -247,7 +255,7 @@ class PowerLossModel:
     """What a directory tree holds durably, operation by operation.
 
     Writes and truncations of a file are durable once the file is fsynced;
-    directory entries (create, rename, unlink, mkdir) once the directory is
+    directory entries (create, rename, link, unlink, mkdir) once the directory is
     fsynced.  A power loss keeps, of what is not yet durable, a prefix of
     each directory's operations and a prefix of each file's writes, the last
     of them possibly torn (journaling filesystems commit metadata in order).
@@ -290,7 +298,7 @@ class PowerLossModel:
             directory = self.dirs[op[1]]
             directory.synced = dict(directory.entries)
             directory.pending = []
-        elif kind in ("create", "mkdir", "unlink", "rename"):
+        elif kind in ("create", "mkdir", "unlink", "rename", "link"):
             parent, name = os.path.split(op[1])
             directory = self.dirs[parent]
             if kind == "create":
@@ -302,18 +310,23 @@ class PowerLossModel:
                 entry_op = ("del", name)
             else:
                 new_parent, new_name = os.path.split(op[2])
-                assert new_parent == parent, "rear renames only within a directory"
-                entry_op = ("rename", name, new_name, directory.entries[name])
+                assert new_parent == parent, "rear renames and links only within a directory"
+                if kind == "link":   # a second name of the same file
+                    entry_op = ("set", new_name, directory.entries[name])
+                else:
+                    entry_op = ("rename", name, new_name, directory.entries[name])
             _apply_entry(directory.entries, entry_op)
             directory.pending.append(entry_op)
 
     def crash_state(self, choose):
-        """{relative path: bytes} and directories of one possible crash state.
+        """{relative path: bytes}, directories, and {relative path: an
+        earlier path of the same file (a hard link)} of one possible crash
+        state.
 
         ``choose(n)`` picks how many of n pending operations survive;
         ``choose.tear(size)`` how much of the last surviving write does.
         """
-        files, dirs, contents = {}, [], {}
+        files, dirs, contents, links, first_path = {}, [], {}, {}, {}
 
         def content(file_id):
             if file_id not in contents:
@@ -334,12 +347,17 @@ class PowerLossModel:
             dirs.append(rel)
             for name, (kind, ref) in sorted(entries.items()):
                 if kind == "f":
-                    files[os.path.join(rel, name)] = content(ref)
+                    path = os.path.join(rel, name)
+                    if ref in first_path:
+                        links[path] = first_path[ref]
+                    else:
+                        first_path[ref] = path
+                        files[path] = content(ref)
                 elif ref in self.dirs:
                     visit(ref)
 
         visit("")
-        return files, dirs
+        return files, dirs, links
 
 
 class Choose:
@@ -362,12 +380,14 @@ class Choose:
         return self.rng.randint(0, size)
 
 
-def materialize(files, dirs, target):
+def materialize(files, dirs, links, target):
     for rel in dirs:
         os.makedirs(os.path.join(target, rel), exist_ok=True)
     for rel, data in files.items():
         with open(os.path.join(target, rel), "wb") as handle:
             handle.write(data)
+    for rel, other in links.items():
+        os.link(os.path.join(target, other), os.path.join(target, rel))
 
 
 # ---------------------------------------------------------------- 1. power-loss crash states
@@ -449,9 +469,9 @@ def test_every_power_loss_crash_state_recovers_without_loss(tally, tmp_path, mon
         choices += [Choose("random", random.Random("%s-%d-%d" % (sync, index, n)))
                     for n in range(random_states)]
         for choose in choices:
-            files, dirs = model.crash_state(choose)
+            files, dirs, links = model.crash_state(choose)
             state = str(tmp_path / ("state-%d" % explored))
-            materialize(files, dirs, state)
+            materialize(files, dirs, links, state)
             try:
                 recover_and_check(tally, state, acknowledged, allowed, max_size=600)
             except BaseException:
@@ -554,7 +574,7 @@ def test_scavenger_killed_at_every_operation_then_rerun_loses_and_duplicates_not
     monkeypatch.undo()
     operations = recorder.ops
     total = recorder.count
-    assert any(op[0] == "rename" and op[1].endswith("a.zip") for op in operations), \
+    assert any(op[0] in ("rename", "link") and op[1].endswith("a.zip") for op in operations), \
         "the scenario does not roll a.zip over"
     if long_mode:
         chosen = list(range(1, total + 1))
@@ -562,7 +582,7 @@ def test_scavenger_killed_at_every_operation_then_rerun_loses_and_duplicates_not
         # every rename and directory fsync (commit points, rollover), the rest sampled
         mutating = [op for op in operations if op[0] != "ack"]
         special = [index + 1 for index, op in enumerate(mutating)
-                   if op[0] in ("rename", "fsyncdir", "unlink", "truncate")]
+                   if op[0] in ("rename", "link", "fsyncdir", "unlink", "truncate")]
         rng = random.Random(total)
         others = sorted(set(range(1, total + 1)) - set(special))
         chosen = sorted(set(special[:40]) | set(rng.sample(others, min(len(others), 20))))
@@ -768,7 +788,27 @@ def _api_cases():
         ("write_bytes of a str", lambda fs: fs.write_bytes("a.zip/x", "text"), TypeError, ""),
         ("the same rear_fs entered twice", lambda fs: fs.__enter__(), rear.RearError,
          "this rear_fs is already entered; enter it once"),
+        ("an archive named like a rolled-over one", lambda fs: fs.open("a.~1~.zip/x"),
+         rear.PathError, "archive path 'a.~1~.zip/x' names 'a.~1~.zip', which is how rear "
+         "names a rolled-over archive (a.zip rolls over to a.~1~.zip, ...); write to 'a.zip' "
+         "or choose another name"),
+        ("newline='x'", lambda fs: fs.open("a.zip/x", "w", newline="x"), ValueError,
+         "newline must be one of None, '', '\\n', '\\r', '\\r\\n', not 'x' (as for open())"),
+        ("an unknown encoding", lambda fs: fs.open("a.zip/x", "w", encoding="nope"),
+         LookupError, "unknown encoding: nope"),
     ]
+    # A pickup removes its source: rear's own files are refused before the block.
+    cases += [("pickup of %s" % text, lambda fs, where=where: fs.pickup(
+        where(fs.base), "p.zip/x").__enter__(), rear.RearError, message)
+        for text, where, message in [
+        ("the base", lambda base: base,
+         "is the base directory; archiving it would remove rear's own files (temp zips "
+         "holding acknowledged files, or archives): pick up outputs from outside the base, "
+         "or from a directory of its own below it"),
+        ("the base's parent", os.path.dirname, "is a directory that holds the base"),
+        ("the inbox", lambda base: os.path.join(base, "inbox"), "inbox is inside the inbox "
+         "of the base"),
+    ]]
     # Settings refused when given, not when they first bite.
     cases += [("rear_fs(%s)" % text, lambda fs, kwargs=kwargs: rear.rear_fs(fs.base, **kwargs),
                ValueError, message) for text, kwargs, message in [
@@ -784,6 +824,8 @@ def _api_cases():
         fs.base, max_size=size), ValueError, message) for size, message in [
         (0, "max_size must be a positive number of bytes or a size like '50G', not 0"),
         (-1, "not -1"), ("10 gallons", "max_size '10 gallons' is not a size like 50G")]]
+    cases += [("scavenge(max_entries=0)", lambda fs: rear.scavenge(fs.base, max_entries=0),
+               ValueError, "max_entries must be a positive number of entries, not 0")]
     return cases
 
 
