@@ -476,6 +476,7 @@ _DOS_LAST_YEAR = 2107            # ... in 7 bits
 _DOS_FIRST = (0, (1 << 5) | 1)                                  # 1980-01-01 00:00:00
 _DOS_LAST = ((23 << 11) | (59 << 5) | 29,
              ((_DOS_LAST_YEAR - _DOS_EPOCH_YEAR) << 9) | (12 << 5) | 31)  # 2107-12-31 23:59:58
+_NS_PER_SECOND = 10 ** 9
 
 _COMPRESSION = {
     "stored": zipfile.ZIP_STORED,
@@ -1145,6 +1146,13 @@ def _dos_datetime(timestamp):
     dos_time = (tm.tm_hour << 11) | (tm.tm_min << 5) | (tm.tm_sec // 2)
     dos_date = ((tm.tm_year - _DOS_EPOCH_YEAR) << 9) | (tm.tm_mon << 5) | tm.tm_mday
     return dos_time, dos_date
+
+
+def _file_seconds(st):
+    """A file's mtime in the whole seconds it began, as Info-ZIP zip stores
+    it.  Not the float st_mtime: a double has no room for nanoseconds of a
+    current time, so 12:34:57.999999999 arrives as 12:34:58.0."""
+    return st.st_mtime_ns // _NS_PER_SECOND
 
 
 def _unix_seconds(timestamp):
@@ -2698,11 +2706,11 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
             fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
             with open(fd, "rb") as handle:
                 prepared = _prepare_stream(handle, self._method, self.compresslevel)
-                self._commit_prepared(name, prepared, st.st_mtime, st.st_mode)
+                self._commit_prepared(name, prepared, _file_seconds(st), st.st_mode)
             return
         else:
             raise _not_archivable_error(path)
-        self._commit_prepared(name, prepared, st.st_mtime, st.st_mode)
+        self._commit_prepared(name, prepared, _file_seconds(st), st.st_mode)
 
     def _commit_spool(self, name, spool):
         data = spool.read_all_for_archive()

@@ -677,6 +677,20 @@ def test_zipfile_reads_the_exact_utc_time_and_the_writers_local_dos_time(base, t
     assert int.from_bytes(info.extra[5:9], "little") == MTIME_ODD
 
 
+def test_a_file_time_is_archived_in_the_second_it_began_never_rounded_up(base, tmp_path):
+    source = str(tmp_path / "f.txt")
+    open(source, "wb").close()
+    last_nanosecond = MTIME_ODD * 10 ** 9 + 999999999       # 22:13:21.999999999 UTC
+    os.utime(source, ns=(last_nanosecond, last_nanosecond))
+    pickup_in_zone(base, source, "t.zip/f.txt", "UTC")
+    assert rear.scavenge(base).errors == []
+    with zipfile.ZipFile(os.path.join(base, "t.zip")) as handle:
+        (info,) = handle.infolist()
+    # :21 as Info-ZIP zip stores it (the float st_mtime made it :22)
+    assert int.from_bytes(info.extra[5:9], "little") == MTIME_ODD
+    assert info.date_time == (2023, 11, 14, 22, 13, 20)
+
+
 def test_the_scavengers_raw_copy_keeps_the_time_field_in_local_and_central_headers(
         base, tmp_path):
     archive = picked_up_file(base, tmp_path, MTIME_2050, "UTC", data=b"x" * 100)
