@@ -318,8 +318,12 @@ _DEAD_HOST_QUIET = 10.0
 _SPOOL_MEMORY_LIMIT = 16 * 1024 ** 2
 #: A temp zip is also rotated when it grows past this size.
 _TEMP_ZIP_MAX_BYTES = 2 * 1024 ** 3
-#: Chunk size of every streaming copy, compression and CRC loop.
+#: Chunk size of every streaming copy, compression and CRC loop; also the
+#: most one decompression step produces, whatever the compressed bytes.
 _CHUNK = 1024 ** 2
+#: Input step for a decompressor that takes no output limit (zipfile's LZMA
+#: wrapper): LZMA expands at most about 7000 to 1, so 4 KiB stay under 32 MiB.
+_UNLIMITED_DECOMPRESSOR_INPUT = 4096
 #: Entries smaller than this are gathered in one buffer when appended.
 _SMALL_ENTRY = 64 * 1024
 #: Directories whose validated split a writer remembers, at most.
@@ -1503,6 +1507,26 @@ def _new_decompressor(method):
     return zipfile._get_decompressor(method)
 
 
+def _decompressed_pieces(decompressor, data):
+    """Yield what ``data`` decompresses to, at most _CHUNK bytes at a time.
+
+    A decompress() without a limit returns all at once: a sparse file's
+    member (a few KB for hundreds of MB of zeros) or a zip bomb would be
+    held whole in memory, however little the caller asked for.
+    """
+    if hasattr(decompressor, "unconsumed_tail"):      # zlib: deflate
+        yield decompressor.decompress(data, _CHUNK)
+        while decompressor.unconsumed_tail:
+            yield decompressor.decompress(decompressor.unconsumed_tail, _CHUNK)
+    elif hasattr(decompressor, "needs_input"):        # bz2, lzma, zstd
+        yield decompressor.decompress(data, _CHUNK)
+        while not decompressor.needs_input and not decompressor.eof:
+            yield decompressor.decompress(b"", _CHUNK)
+    else:
+        for start in range(0, len(data), _UNLIMITED_DECOMPRESSOR_INPUT):
+            yield decompressor.decompress(data[start:start + _UNLIMITED_DECOMPRESSOR_INPUT])
+
+
 def _is_entry_data_intact(reader, entry):
     """Decompress ``entry`` read through ``reader``: size, CRC-32 and a
     complete stream."""
@@ -1525,14 +1549,13 @@ def _is_entry_data_intact(reader, entry):
                 return False
             offset += len(chunk)
             remaining -= len(chunk)
-            if decompressor is None:
-                data = chunk
-            else:
-                data = decompressor.decompress(chunk)
-            crc = zlib.crc32(data, crc)
-            produced += len(data)
-            if produced > entry.file_size:
-                return False
+            pieces = (chunk,) if decompressor is None else _decompressed_pieces(decompressor,
+                                                                                 chunk)
+            for data in pieces:
+                crc = zlib.crc32(data, crc)
+                produced += len(data)
+                if produced > entry.file_size:
+                    return False
         if decompressor is not None and hasattr(decompressor, "flush"):
             data = decompressor.flush()
             crc = zlib.crc32(data, crc)
@@ -1828,15 +1851,18 @@ class _Sidecar:
     zip, whether it is sealed, and which archives it has already fed."""
 
     #: Every key, with its JSON type(s); ``_OPTIONAL`` ones only once sealed.
+    #: ``rotation_span`` is the writer's (absent from rear 1.1's sidecars):
+    #: a scavenger run with a shorter one waits for the writer's grace period.
     _KEYS = {"format": str, "version": int, "host": str, "pid": int,
              "created": (int, float), "state": str, "entries": int, "bytes": int,
-             "done": list, "sealed": (int, float), "small_crc": int, "small_limit": int}
-    _OPTIONAL = ("sealed", "small_crc", "small_limit")
+             "done": list, "sealed": (int, float), "small_crc": int, "small_limit": int,
+             "rotation_span": (int, float)}
+    _OPTIONAL = ("sealed", "small_crc", "small_limit", "rotation_span")
 
     __slots__ = ("format", "version", "host", "pid", "created", "state", "entries",
-                 "bytes", "done", "sealed", "small_crc", "small_limit")
+                 "bytes", "done", "sealed", "small_crc", "small_limit", "rotation_span")
 
-    def __init__(self, created, host=None, pid=None):
+    def __init__(self, created, host=None, pid=None, rotation_span=None):
         self.format = _MANIFEST_FORMAT
         self.version = _MANIFEST_VERSION
         self.host = host if host is not None else socket.gethostname()
@@ -1847,6 +1873,14 @@ class _Sidecar:
         self.bytes = 0
         self.done = []
         self.sealed = self.small_crc = self.small_limit = None
+        self.rotation_span = rotation_span
+
+    def grace(self, grace):
+        """The grace period before this writer's unsealed temp zip is taken:
+        ``grace`` (the scavenger's), or the writer's own if that is longer."""
+        if self.rotation_span is None:
+            return grace
+        return max(grace, _GRACE_SPANS * self.rotation_span)
 
     @property
     def is_sealed(self):
@@ -2267,8 +2301,9 @@ def _prepare_stream(source, method, level):
 class _TempZip:
     """One temporary zip: created locked, appended to, sealed or abandoned."""
 
-    def __init__(self, inbox, sync_each_file):
+    def __init__(self, inbox, sync_each_file, rotation_span):
         self.sync_each_file = sync_each_file
+        self.rotation_span = rotation_span
         self.created = time.time()
         self.created_monotonic = time.monotonic()
         self.entries = []
@@ -2307,7 +2342,7 @@ class _TempZip:
             except LockingUnsupportedError as err:
                 _warn_no_locks(hidden, err)
             os.rename(hidden, self.path)   # the sidecar's directory fsync covers it
-            self.sidecar = _Sidecar(self.created)
+            self.sidecar = _Sidecar(self.created, rotation_span=self.rotation_span)
             _write_sidecar(self.sidecar_path, self.sidecar)
         except BaseException:
             _unlink_if_exists(hidden)
@@ -2747,7 +2782,8 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
                 self._seal_current()
                 temp = None
             if temp is None:
-                temp = self._temp = _TempZip(self.inbox, self.sync == "file")
+                temp = self._temp = _TempZip(self.inbox, self.sync == "file",
+                                             self.rotation_span)
                 _UNSEALED.add(self)
                 _seal_at_multiprocessing_exit()
                 self._start_timer()
@@ -4073,8 +4109,9 @@ def _past_grace(sidecar, st, grace):
     Its last change, not its creation, counts: a live writer on a filesystem
     without locks keeps its temp zip's mtime fresh.
     """
-    created = sidecar.created if sidecar else st.st_mtime
-    return time.time() - max(created, st.st_mtime) >= grace
+    if sidecar is None:
+        return time.time() - st.st_mtime >= grace
+    return time.time() - max(sidecar.created, st.st_mtime) >= sidecar.grace(grace)
 
 
 def _claim(path, stats, *, flush=False, grace=0.0, salvage_only=False, dead_hosts=()):
@@ -4311,7 +4348,8 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     """One scavenger pass over ``base/inbox``; returns a ScavengeStats.
 
     Sealed temp zips are ingested.  Unsealed ones whose lock is free (their
-    writer died) are salvaged once older than 2 x rotation_span, or at once
+    writer died) are salvaged once older than 2 x rotation_span (the
+    writer's, recorded in its sidecar, if that is longer), or at once
     with ``flush=True``.  Damaged files are reported in ``stats.errors`` and
     left in place.  Safe to run in any number of processes at once.
     ``progress(stats, done, total)`` is called after each commit, where done
@@ -4775,7 +4813,10 @@ class _MemberReader(io.RawIOBase):
                                                             err), path) from None
         self._crc = 0
         self._produced = 0
-        self._pending = b""
+        self._pieces = iter(())      # what the last compressed chunk decompresses to
+        # A view, so that handing out a chunk a buffer at a time does not copy
+        # the rest each time (slicing bytes made a 200 MiB member quadratic).
+        self._pending = memoryview(b"")
         self._done = False
 
     def readable(self):
@@ -4783,23 +4824,27 @@ class _MemberReader(io.RawIOBase):
 
     def readinto(self, buffer):
         while not self._pending and not self._done:
-            self._pending = self._next_chunk()
+            self._pending = memoryview(self._next_chunk())
         count = min(len(buffer), len(self._pending))
         buffer[:count] = self._pending[:count]
         self._pending = self._pending[count:]
         return count
 
     def _next_chunk(self):
-        if self._left:
+        data = self._next_piece()
+        while data is None:
+            if not self._left:
+                data = self._flush()
+                self._done = True
+                break
             raw = os.pread(self._fd, min(self._left, _CHUNK), self._offset)
             if not raw:
                 raise self._damaged_error("ends early")
             self._offset += len(raw)
             self._left -= len(raw)
-            data = raw if self._decompressor is None else self._decompress(raw)
-        else:
-            data = self._flush()
-            self._done = True
+            self._pieces = (iter((raw,)) if self._decompressor is None
+                            else _decompressed_pieces(self._decompressor, raw))
+            data = self._next_piece()
         self._crc = zlib.crc32(data, self._crc)
         self._produced += len(data)
         if self._produced > self._entry.file_size:
@@ -4809,9 +4854,10 @@ class _MemberReader(io.RawIOBase):
             raise self._damaged_error("fails its CRC-32 or size check")
         return data
 
-    def _decompress(self, raw):
+    def _next_piece(self):
+        """The next at most _CHUNK bytes of the current chunk; None after its last."""
         try:
-            return self._decompressor.decompress(raw)
+            return next(self._pieces, None)
         except (zlib.error, EOFError, OSError, ValueError, LookupError) as err:
             raise self._damaged_error("does not decompress (%s)" % err) from None
 
@@ -5755,7 +5801,8 @@ def _temp_status(path, grace):
         info.entries = _count_complete_entries(path, st.st_size)
         return info
     info.entries = _count_complete_entries(path, st.st_size)
-    info.salvage_after = max(sidecar.created if sidecar else st.st_mtime, st.st_mtime) + grace
+    info.salvage_after = (max(sidecar.created, st.st_mtime) + sidecar.grace(grace) if sidecar
+                          else st.st_mtime + grace)
     info.state = "stale" if _past_grace(sidecar, st, grace) else "dead"
     return info
 
@@ -5887,8 +5934,8 @@ def _print_stats(stats, out):
                   "down (--dead-host)\n" % stats.taken_over)
     if stats.waiting:
         out.write("  %d waiting: unsealed temp zips of writers that died, kept until the "
-                  "grace period (2 x rotation span) has passed; 'rear scavenge --flush' "
-                  "salvages them now\n" % stats.waiting)
+                  "grace period (2 x their rotation span or this one, the longer) has "
+                  "passed; 'rear scavenge --flush' salvages them now\n" % stats.waiting)
 
 
 def _did_something(stats):
