@@ -74,12 +74,15 @@ fsync, ``os.replace``, fsync the directory)::
      "state": "open" | "sealed",
      "entries": int, "bytes": int,     # exact once sealed
      "done": [dest, ...],              # archives already committed to
+     "rotation_span": seconds,         # the writer's (not in rear 1.1's)
      "sealed": unix time,              # from here on, sealed sidecars only
      "small_crc": int, "small_limit": int}
 
 ``small_crc`` is the CRC-32 of the bytes (local header and data), in file
 order, of the entries up to ``small_limit`` bytes compressed; a scavenger
-checks it instead of decompressing each of them.
+checks it instead of decompressing each of them.  An unsealed temp zip of
+a dead writer is salvaged after 2 x the longer of the writer's
+``rotation_span`` and the scavenger's.
 
 **Journal** (``<key>.journal-new`` while written, then ``.journal``, then
 ``.commit``): everything a rollback needs, little-endian::
