@@ -1511,13 +1511,16 @@ def _new_decompressor(method):
 
 
 def _decompressed_pieces(decompressor, data):
-    """Yield what ``data`` decompresses to, at most _CHUNK bytes at a time.
+    """Yield what ``data`` decompresses to, at most _CHUNK bytes at a time
+    (``data`` itself for a stored member, whose decompressor is None).
 
     A decompress() without a limit returns all at once: a sparse file's
     member (a few KB for hundreds of MB of zeros) or a zip bomb would be
     held whole in memory, however little the caller asked for.
     """
-    if hasattr(decompressor, "unconsumed_tail"):      # zlib: deflate
+    if decompressor is None:
+        yield data
+    elif hasattr(decompressor, "unconsumed_tail"):    # zlib: deflate
         yield decompressor.decompress(data, _CHUNK)
         while decompressor.unconsumed_tail:
             yield decompressor.decompress(decompressor.unconsumed_tail, _CHUNK)
@@ -1552,9 +1555,7 @@ def _is_entry_data_intact(reader, entry):
                 return False
             offset += len(chunk)
             remaining -= len(chunk)
-            pieces = (chunk,) if decompressor is None else _decompressed_pieces(decompressor,
-                                                                                 chunk)
-            for data in pieces:
+            for data in _decompressed_pieces(decompressor, chunk):
                 crc = zlib.crc32(data, crc)
                 produced += len(data)
                 if produced > entry.file_size:
@@ -4112,9 +4113,15 @@ def _past_grace(sidecar, st, grace):
     Its last change, not its creation, counts: a live writer on a filesystem
     without locks keeps its temp zip's mtime fresh.
     """
+    return time.time() >= _salvage_after(sidecar, st, grace)
+
+
+def _salvage_after(sidecar, st, grace):
+    """When an unsealed temp zip becomes past its grace period: its last
+    change plus ``grace``, or plus the writer's own if that is longer."""
     if sidecar is None:
-        return time.time() - st.st_mtime >= grace
-    return time.time() - max(sidecar.created, st.st_mtime) >= sidecar.grace(grace)
+        return st.st_mtime + grace
+    return max(sidecar.created, st.st_mtime) + sidecar.grace(grace)
 
 
 def _claim(path, stats, *, flush=False, grace=0.0, salvage_only=False, dead_hosts=()):
@@ -4845,8 +4852,7 @@ class _MemberReader(io.RawIOBase):
                 raise self._damaged_error("ends early")
             self._offset += len(raw)
             self._left -= len(raw)
-            self._pieces = (iter((raw,)) if self._decompressor is None
-                            else _decompressed_pieces(self._decompressor, raw))
+            self._pieces = _decompressed_pieces(self._decompressor, raw)
             data = self._next_piece()
         self._crc = zlib.crc32(data, self._crc)
         self._produced += len(data)
@@ -5804,9 +5810,8 @@ def _temp_status(path, grace):
         info.entries = _count_complete_entries(path, st.st_size)
         return info
     info.entries = _count_complete_entries(path, st.st_size)
-    info.salvage_after = (max(sidecar.created, st.st_mtime) + sidecar.grace(grace) if sidecar
-                          else st.st_mtime + grace)
-    info.state = "stale" if _past_grace(sidecar, st, grace) else "dead"
+    info.salvage_after = _salvage_after(sidecar, st, grace)
+    info.state = "stale" if time.time() >= info.salvage_after else "dead"
     return info
 
 
