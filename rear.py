@@ -5805,7 +5805,9 @@ def _temp_status(path, grace):
             return info
     if _held_by_a_writer(path):
         info.state = "open"
-        info.still_for_grace = time.time() - st.st_mtime >= grace
+        # Judged by the writer's span too: an idle writer with a longer span
+        # than this scavenger's leaves its temp zip unchanged for that long.
+        info.still_for_grace = time.time() >= _salvage_after(sidecar, st, grace)
         # The sidecar counts entries only once sealed: count what is on disk.
         info.entries = _count_complete_entries(path, st.st_size)
         return info

@@ -2353,6 +2353,18 @@ def test_a_writers_sidecar_records_its_rotation_span(base):
         assert manifest["rotation_span"] == 3600
 
 
+def test_status_judges_a_live_writers_quiet_temp_zip_by_the_writers_span(base):
+    with rear.rear_fs(base, rotation_span=3600) as fs:
+        fs.write_bytes("a.zip/1", b"1")
+        (temp_zip,) = inbox_temp_zips(base)
+        ten_minutes_ago = time.time() - 600
+        os.utime(os.path.join(base, "inbox", temp_zip), (ten_minutes_ago, ten_minutes_ago))
+        # Quiet for 10 minutes: past 2 x 60 s, within the writer's 2 x 3600 s.
+        (temp,) = rear.status(base, rotation_span=60).temp_zips
+        assert temp.state == "open" and temp.still_for_grace is False
+        assert "unchanged since" not in run_cli("status", base, "--rotation", "60").stdout
+
+
 def test_a_scavenger_with_a_shorter_span_waits_for_the_writers_grace_period(base):
     writer = run_child(WRITER_WITH_AN_HOUR_SPAN_DIES, base)
     assert writer.wait(60) == 0
