@@ -5807,7 +5807,8 @@ def _temp_status(path, grace):
         info.state = "open"
         # Judged by the writer's span too: an idle writer with a longer span
         # than this scavenger's leaves its temp zip unchanged for that long.
-        info.still_for_grace = time.time() >= _salvage_after(sidecar, st, grace)
+        info.still_for_grace = time.time() - st.st_mtime >= (sidecar.grace(grace) if sidecar
+                                                              else grace)
         # The sidecar counts entries only once sealed: count what is on disk.
         info.entries = _count_complete_entries(path, st.st_size)
         return info

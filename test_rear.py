@@ -1932,7 +1932,8 @@ def test_a_writer_still_running_on_this_host_is_not_taken_over(base, held_temp_z
 
 def test_flush_that_leaves_a_locked_temp_zip_tells_how_to_take_it_over(base, held_temp_zip):
     path, sidecar = held_temp_zip
-    _as_if_written_on(sidecar, "node-17", still_for=3600)   # past the grace period
+    # past the grace period, the writer's own (2 x 3600 s) included
+    _as_if_written_on(sidecar, "node-17", still_for=3 * 3600)
     result = run_cli("scavenge", "--flush", base)
     assert result.returncode == 3
     assert "node-17" in result.stderr and "--dead-host node-17" in result.stderr
