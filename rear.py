@@ -217,9 +217,9 @@ above it (late binding through methods, such as a forked child's reset of
 every rear_fs, is the only way back up):
 
 constants, errors, process-wide state, platform, network filesystems,
-durable I/O, zip format, paths, sidecar, settings, temp zip, writer,
-archive files, name index, scavenger results, journal, recovery, commit,
-claim, scavenger, reading, fsspec filesystem, inspection, CLI, CLI parser.
+durable I/O, zip format, structure check, paths, sidecar, settings, temp
+zip, writer, archive files, name index, scavenger results, journal,
+recovery, commit, claim, scavenger, reading, fsspec filesystem, inspection, CLI, CLI parser.
 
 Names say what a function does: ``_pack_*`` builds bytes, ``_parse_*``
 and ``_iter_*`` read them, ``_is_*``/``_has_*`` answer yes or no, and
@@ -227,6 +227,7 @@ and ``_iter_*`` read them, ``_is_*``/``_has_*`` answer yes or no, and
 """
 
 import argparse
+import array
 import atexit
 import codecs
 import collections
@@ -317,6 +318,14 @@ _GRACE_SPANS = 2.0
 #: once it has not changed for this long: one that just changed has a live
 #: writer, whatever the operator believes.
 _DEAD_HOST_QUIET = 10.0
+#: A scavenger waits for an archive lock another process holds for this
+#: long at most, saying who holds it after _ARCHIVE_LOCK_REPORT seconds;
+#: then the archive is reported and its entries wait for the next pass.  A
+#: commit of 50 GB of new entries takes about two minutes here.
+_ARCHIVE_LOCK_WAIT = 600.0
+_ARCHIVE_LOCK_REPORT = 10.0
+#: Bytes of the holder record at the start of a lock file (JSON, padded).
+_HOLDER_RECORD_SIZE = 256
 #: rear_open keeps a file in memory up to this size, then spills to TMPDIR.
 _SPOOL_MEMORY_LIMIT = 16 * 1024 ** 2
 #: A temp zip is also rotated when it grows past this size.
@@ -359,6 +368,7 @@ _JOURNAL_SUFFIX = ".journal"
 _JOURNAL_NEW_SUFFIX = ".journal-new"   # being written; renamed once complete
 _COMMIT_SUFFIX = ".commit"
 _LOCK_SUFFIX = ".lock"
+_TAKEOVER_SUFFIX = ".takeover"
 _INDEX_SUFFIX = ".index"
 _PENDING_JOURNAL_SUFFIXES = (_JOURNAL_SUFFIX, _JOURNAL_NEW_SUFFIX, _COMMIT_SUFFIX)
 _JOURNAL_MAGIC = b"REARJNL2"
@@ -389,6 +399,7 @@ _TYPICAL_NAME = 128
 _LOCAL_SIG = b"PK\x03\x04"                      # 4.3.7 local file header
 _LOCAL_STRUCT = struct.Struct("<4s2B4HL2L2H")
 _LH_FLAG_BITS = 3
+_LH_COMPRESS_TYPE = 4
 _LH_CRC = 7
 _LH_COMPRESSED_SIZE = 8
 _LH_UNCOMPRESSED_SIZE = 9
@@ -414,12 +425,18 @@ _CD_EXTERNAL_FILE_ATTRIBUTES = 17
 _CD_LOCAL_HEADER_OFFSET = 18
 _EOCD_SIG = b"PK\x05\x06"                       # 4.3.16 end of central dir
 _EOCD_STRUCT = struct.Struct("<4s4H2LH")
+_EOCD_DISK_NUMBER = 1
+_EOCD_CD_DISK = 2
+_EOCD_ENTRIES_THIS_DISK = 3
 _EOCD_ENTRIES_TOTAL = 4
 _EOCD_CD_SIZE = 5
 _EOCD_CD_OFFSET = 6
 _EOCD_COMMENT_LENGTH = 7
 _ZIP64_EOCD_SIG = b"PK\x06\x06"                 # 4.3.14 zip64 end record
 _ZIP64_EOCD_STRUCT = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_EOCD_DISK_NUMBER = 4
+_ZIP64_EOCD_CD_DISK = 5
+_ZIP64_EOCD_ENTRIES_THIS_DISK = 6
 _ZIP64_EOCD_ENTRIES_TOTAL = 7
 _ZIP64_EOCD_CD_SIZE = 8
 _ZIP64_EOCD_CD_OFFSET = 9
@@ -466,6 +483,11 @@ _U32_LIMIT = 0xFFFFFFFF      # a 32-bit size/offset this large means "see zip64"
 _FLAG_LZMA_EOS = 0x0002      # 4.4.4 bit 1: LZMA stream has an end marker
 _FLAG_DATA_DESCRIPTOR = 0x0008  # bit 3: sizes follow the data
 _FLAG_UTF8 = 0x0800          # bit 11: name is UTF-8
+_FLAG_ENCRYPTED = 0x0001     # bit 0
+# Bits whose disagreement between a local header and its central record
+# changes how the entry is read: encryption, where the sizes are, the
+# name's encoding.
+_FLAGS_READ_BY = _FLAG_ENCRYPTED | _FLAG_DATA_DESCRIPTOR | _FLAG_UTF8
 _FLAG_COMPRESSION_OPTIONS = 0x0006   # bits 1-2: deflate level, LZMA end marker
 # Bits rear understands; any other (encryption, patched data, masked
 # headers...) makes an entry something rear will not copy into an archive,
@@ -748,6 +770,11 @@ def _process_state(pid):
     return _PROCESS_STOPPED if state in _STOPPED_STATES else _PROCESS_RUNNING
 
 
+def _runs_on_this_host(host, pid):
+    """Is the writer ``pid`` on ``host`` known to run (on this host)?"""
+    return host == socket.gethostname() and _process_state(pid) in _PROCESS_RUNS
+
+
 class _Backoff:
     """A retry policy: sleep ``first`` seconds after a failed try, doubling
     each time up to ``cap``, for at most ``tries`` retries or until
@@ -782,6 +809,9 @@ _STALE_VIEW_RETRY = _Backoff(first=0.05, cap=1.0, total=5.0)
 #: A reader polls a busy archive lock (taken shared, non-blocking, so that
 #: its wait is bounded) up to its lock_timeout.
 _LOCK_POLL = _Backoff(first=0.001, cap=0.05)
+#: A scavenger polls a busy archive lock (so that its wait is bounded and
+#: it sees a takeover's new lock file) up to _ARCHIVE_LOCK_WAIT.
+_ARCHIVE_LOCK_POLL = _Backoff(first=0.001, cap=0.25)
 #: A reader without the lock finds an archive mid-commit: four more tries
 #: 0.1 s apart.
 _UNPARSED_RETRY = _Backoff(first=0.1, cap=0.1, tries=4)
@@ -1295,11 +1325,17 @@ def _read_end_records(fd, size, path, error=ArchiveError):
     # Only where a whole record fits: a zip cut just after the signature must
     # be reported, not crash the unpacking (found by fuzzing).
     pos = data.rfind(_EOCD_SIG, 0, len(data) - _EOCD_STRUCT.size + len(_EOCD_SIG))
+    last = pos
     while pos >= 0:
         fields = _EOCD_STRUCT.unpack_from(data, pos)
         if pos + _EOCD_STRUCT.size + fields[_EOCD_COMMENT_LENGTH] == len(data):
             break
         pos = data.rfind(_EOCD_SIG, 0, pos)
+    if pos < 0 and last >= 0:
+        raise error("%s: its end of central directory record announces a %d-byte comment, "
+                    "but %d bytes follow it" % (
+                        path, _EOCD_STRUCT.unpack_from(data, last)[_EOCD_COMMENT_LENGTH],
+                        len(data) - last - _EOCD_STRUCT.size), path)
     if pos < 0:
         raise error("%s is not a zip archive (no end of central directory record)" % path, path)
     count, cd_size = fields[_EOCD_ENTRIES_TOTAL], fields[_EOCD_CD_SIZE]
@@ -1319,6 +1355,12 @@ def _read_end_records(fd, size, path, error=ArchiveError):
             count, cd_size = fields64[_ZIP64_EOCD_ENTRIES_TOTAL], fields64[_ZIP64_EOCD_CD_SIZE]
             cd_offset = fields64[_ZIP64_EOCD_CD_OFFSET]
             end_of_cd = zip64_offset
+    if count > cd_size // _CENTRAL_STRUCT.size:
+        # Sized from this, an index table would not fit in memory
+        # (OverflowError): a damaged or hostile end record.
+        raise error("%s: its end record counts %d entries, more than its central "
+                    "directory of %d bytes can hold; the archive is damaged"
+                    % (path, count, cd_size), path)
     if cd_offset + cd_size != end_of_cd:
         raise error("%s: central directory at %d+%d does not end at the end records "
                     "(%d); the archive is damaged or has data prepended"
@@ -1436,8 +1478,9 @@ def _short_central_directory_error(path, directory, error):
                  % (path, directory.count), path)
 
 
-def _parse_central_entry(fields, raw_name, extra, path, where, error=ArchiveError):
-    """The _Entry a central record describes, zip64 values resolved."""
+def _central_sizes(fields, extra):
+    """(file size, compressed size, local header offset) of a central
+    record, zip64 values resolved."""
     file_size = fields[_CD_UNCOMPRESSED_SIZE]
     compressed_size = fields[_CD_COMPRESSED_SIZE]
     header_offset = fields[_CD_LOCAL_HEADER_OFFSET]
@@ -1450,6 +1493,12 @@ def _parse_central_entry(fields, raw_name, extra, path, where, error=ArchiveErro
             compressed_size = values.pop(0)
         if header_offset == _U32_LIMIT and values:
             header_offset = values.pop(0)
+    return file_size, compressed_size, header_offset
+
+
+def _parse_central_entry(fields, raw_name, extra, path, where, error=ArchiveError):
+    """The _Entry a central record describes, zip64 values resolved."""
+    file_size, compressed_size, header_offset = _central_sizes(fields, extra)
     flags = fields[_CD_FLAG_BITS]
     entry = _Entry(_decode_central_name(raw_name, flags, path, where, error), flags,
                    fields[_CD_COMPRESS_TYPE], fields[_CD_TIME], fields[_CD_DATE],
@@ -1689,6 +1738,160 @@ def _damaged_entry_error(path, name, error):
             else "its small entries fail their")
     return error("%s: %s integrity check (CRC, size or end of stream; damaged on "
                  "disk?); the temp zip is left in place" % (path, what), path)
+
+
+# ---------------------------------------------------------------- structure check
+#
+# What rear checks before it appends to an archive it did not write.
+
+
+#: Read-ahead of the structure check's walk over local headers: headers of
+#: small entries share one read, a big entry's header costs one small read.
+_LOCAL_HEADER_READAHEAD = 64 * 1024
+#: The shortest data descriptor (4.3.9: CRC and two 32-bit sizes) that
+#: follows an entry whose flags say its sizes come after its data.
+_DATA_DESCRIPTOR_MIN = 12
+
+
+class _Inconsistent(Exception):
+    """An archive's structure contradicts itself; the message says where."""
+
+
+def _check_structure(fd, size, directory, path):
+    """Raise _Inconsistent at the first inconsistency of the zip open on
+    ``fd`` (``size`` bytes, its end records read into ``directory``).
+
+    What rear checks before its first append to an archive it did not
+    write: readers resolve a contradiction each in their own way (Info-ZIP
+    unzip, zipfile and libarchive each accept archives the others refuse),
+    and entries appended after one end up where some of them no longer
+    look.  In order: the end records agree with each other and describe one
+    disk (4.3.14-4.3.16); no name is empty or undecodable; each record's
+    local header is where it says, with the same name, method, flags that
+    change the reading and, unless its sizes follow the data, the same CRC
+    and sizes; the records fill the central directory exactly; every entry
+    lies before the central directory and none overlaps another.  That
+    nothing but the comment follows the end record is _read_end_records'
+    check.  About 5 us per entry here (a rear archive whose index was lost
+    pays it once, with the index rebuild).
+    """
+    _check_end_records(fd, size, directory)
+    records = _ChunkReader(fd, path)
+    headers = _ChunkReader(fd, path, readahead=_LOCAL_HEADER_READAHEAD)
+    starts, ends = array.array("Q"), array.array("Q")
+    in_order = True
+    records_end = 0
+    for position, fields, raw_name, extra in _iter_central_records(records, directory, path,
+                                                                   error=_inconsistent):
+        where = directory.cd_offset + position
+        if not raw_name:
+            raise _Inconsistent("the entry whose central record is at byte %d has an empty "
+                                "name" % where)
+        if not raw_name.isascii():
+            _decode_central_name(raw_name, fields[_CD_FLAG_BITS], path, where, _inconsistent)
+        start = _central_sizes(fields, extra)[2]
+        end = _check_local_header(headers, fields, raw_name, extra, directory.cd_offset)
+        if starts and start < starts[-1]:
+            in_order = False
+        starts.append(start)
+        ends.append(end)
+        records_end = (position + _CENTRAL_STRUCT.size + len(raw_name) + len(extra)
+                       + fields[_CD_COMMENT_LENGTH])
+    if records_end != directory.cd_size:
+        raise _Inconsistent("its central directory has %d bytes after its %s (a length in "
+                            "a record, or the entry count, is wrong)" % (
+                                directory.cd_size - records_end,
+                                _counted(directory.count, "record")))
+    order = range(len(starts)) if in_order else sorted(range(len(starts)),
+                                                       key=starts.__getitem__)
+    previous = None
+    for number in order:
+        if previous is not None and starts[number] < ends[previous]:
+            raise _Inconsistent("the entry at byte %d starts inside the one at byte %d "
+                                "(bytes %d to %d)" % (starts[number], starts[previous],
+                                                      starts[previous], ends[previous]))
+        previous = number
+
+
+def _inconsistent(message, _path=None):
+    """An _Inconsistent from a parser's ``error(message, path)`` call, without
+    the path its messages start with (the caller's message names it)."""
+    prefix, separator, rest = message.partition(": ")
+    return _Inconsistent(rest if separator and os.sep in prefix else message)
+
+
+def _check_end_records(fd, size, directory):
+    """The end record and a zip64 end record agree, and describe one disk."""
+    eocd_offset = size - len(directory.comment) - _EOCD_STRUCT.size
+    fields = _EOCD_STRUCT.unpack(os.pread(fd, _EOCD_STRUCT.size, eocd_offset))
+    _check_one_disk(fields[_EOCD_DISK_NUMBER], fields[_EOCD_CD_DISK],
+                    fields[_EOCD_ENTRIES_THIS_DISK], fields[_EOCD_ENTRIES_TOTAL])
+    locator_offset = eocd_offset - _ZIP64_LOCATOR_STRUCT.size
+    locator = (os.pread(fd, _ZIP64_LOCATOR_STRUCT.size, locator_offset)
+               if locator_offset >= 0 else b"")
+    if locator[:4] != _ZIP64_LOCATOR_SIG:
+        return
+    zip64_offset = _ZIP64_LOCATOR_STRUCT.unpack(locator)[_ZIP64_LOCATOR_EOCD_OFFSET]
+    zip64 = _ZIP64_EOCD_STRUCT.unpack(os.pread(fd, _ZIP64_EOCD_STRUCT.size, zip64_offset))
+    _check_one_disk(zip64[_ZIP64_EOCD_DISK_NUMBER], zip64[_ZIP64_EOCD_CD_DISK],
+                    zip64[_ZIP64_EOCD_ENTRIES_THIS_DISK], zip64[_ZIP64_EOCD_ENTRIES_TOTAL])
+    for what, field, field64, limit in (
+            ("entry count", _EOCD_ENTRIES_TOTAL, _ZIP64_EOCD_ENTRIES_TOTAL, _U16_LIMIT),
+            ("central directory size", _EOCD_CD_SIZE, _ZIP64_EOCD_CD_SIZE, _U32_LIMIT),
+            ("central directory offset", _EOCD_CD_OFFSET, _ZIP64_EOCD_CD_OFFSET, _U32_LIMIT)):
+        if fields[field] not in (limit, zip64[field64]):
+            raise _Inconsistent("its end record and zip64 end record disagree on the %s "
+                                "(%d and %d)" % (what, fields[field], zip64[field64]))
+
+
+def _check_one_disk(disk, cd_disk, entries_here, entries):
+    """An end record's fields say the archive is one file, not a split one."""
+    if disk or cd_disk or entries_here != entries:
+        raise _Inconsistent("its end record describes one part of an archive split over "
+                            "several files (disk %d, central directory on disk %d, %d of %d "
+                            "entries here)" % (disk, cd_disk, entries_here, entries))
+
+
+def _check_local_header(reader, fields, raw_name, extra, cd_offset):
+    """Check the local header of the central record ``fields`` (its name
+    ``raw_name`` and extra field ``extra``) against it; returns the offset
+    where the entry ends."""
+    file_size, compressed_size, offset = _central_sizes(fields, extra)
+    name_end = _LOCAL_STRUCT.size + len(raw_name)
+    header = reader.read(offset, name_end) if offset < cd_offset else b""
+    where = "entry %r: " % raw_name.decode("utf-8", "backslashreplace")
+    if len(header) < _LOCAL_STRUCT.size or header[:4] != _LOCAL_SIG:
+        raise _Inconsistent(where + "no local header at byte %d, where its central record "
+                            "says it is" % offset)
+    local = _LOCAL_STRUCT.unpack_from(header)
+    name_length, extra_length = local[_LH_FILENAME_LENGTH], local[_LH_EXTRA_FIELD_LENGTH]
+    if name_length != len(raw_name) or header[_LOCAL_STRUCT.size:] != raw_name:
+        local_name = reader.read(offset + _LOCAL_STRUCT.size, name_length)
+        raise _Inconsistent(where + "its local header at byte %d names it %r" % (
+            offset, local_name.decode("utf-8", "backslashreplace")))
+    flags = local[_LH_FLAG_BITS]
+    for what, in_local, in_central in (
+            ("compression method %d", local[_LH_COMPRESS_TYPE], fields[_CD_COMPRESS_TYPE]),
+            ("flags %#06x", flags & _FLAGS_READ_BY, fields[_CD_FLAG_BITS] & _FLAGS_READ_BY)):
+        if in_local != in_central:
+            raise _Inconsistent(where + ("its local header says %s, its central record %s"
+                                         % (what % in_local, what % in_central)))
+    if not flags & _FLAG_DATA_DESCRIPTOR:
+        sizes = [local[_LH_UNCOMPRESSED_SIZE], local[_LH_COMPRESSED_SIZE]]
+        if _U32_LIMIT in sizes:
+            # 4.5.3: a local zip64 field holds both sizes, in this order.
+            sizes = _parse_zip64_extra(reader.read(offset + name_end, extra_length), 2) or sizes
+        in_local = (local[_LH_CRC], *sizes)
+        in_central = (fields[_CD_CRC], file_size, compressed_size)
+        if in_local != in_central:
+            raise _Inconsistent(where + "its local header says CRC %08x, size %d, compressed "
+                                "%d; its central record %08x, %d, %d" % (in_local + in_central))
+    end = (offset + name_end + extra_length + compressed_size
+           + (_DATA_DESCRIPTOR_MIN if flags & _FLAG_DATA_DESCRIPTOR else 0))
+    if end > cd_offset:
+        raise _Inconsistent(where + "its data (from byte %d) runs past the start of the "
+                            "central directory at byte %d" % (offset, cd_offset))
+    return end
 
 
 # ---------------------------------------------------------------- paths
@@ -2518,6 +2721,7 @@ _MODES = {"w": (False, False), "w+": (False, True), "wb": (True, False),
           "w+b": (True, True), "wb+": (True, True), "wt": (False, False),
           "w+t": (False, True), "wt+": (False, True)}
 
+
 class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
     """A worker's handle on a base directory: files written through it go to
     this process's temporary zip in ``base/inbox/``.
@@ -2955,8 +3159,6 @@ def _seal_at_multiprocessing_exit():
 atexit.register(_seal_all_at_exit)
 
 
-
-
 def _current_fs():
     """The rear_fs this context entered last, else the process's innermost."""
     fs = _CURRENT_FS.get()
@@ -3019,20 +3221,208 @@ class _ArchivePaths:
 
 
 @contextlib.contextmanager
-def _archive_lock(paths, blocking=True):
+def _archive_lock(paths, blocking=True, dead_hosts=frozenset(), stats=None):
     """Hold the archive's lock file exclusively.  Yields False if busy
-    (non-blocking)."""
+    (non-blocking).  A blocking wait is bounded: reported after
+    _ARCHIVE_LOCK_REPORT seconds, given up (ArchiveError) after
+    _ARCHIVE_LOCK_WAIT.  A lock whose recorded holder is on one of
+    ``dead_hosts`` is taken over (_take_over_archive_lock), waiting or not."""
     _makedirs_durably(paths.directory)
-    # The lock file is never unlinked: a process blocked on it would
-    # otherwise hold a lock on a file nobody else sees.
-    fd = _create_file(paths.lock, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+    lock = _LockFile(paths.lock)
     try:
         try:
-            held = _lock(fd, paths.lock, exclusive=True, blocking=blocking)
+            held = lock.try_lock(exclusive=True)
+            if not held and blocking:
+                _wait_for_archive_lock(paths, lock, dead_hosts, stats)
+                held = True
+            elif not held and dead_hosts:
+                holder = _read_holder(paths.lock)
+                held = (holder is not None and holder.host in dead_hosts
+                        and _take_over_archive_lock(paths, lock, holder, stats))
         except LockingUnsupportedError as err:
             _warn_no_locks(paths.lock, err)
             held = True
+        if held and lock.fd >= 0:
+            _record_holder(lock.fd)
         yield held
+    finally:
+        lock.close()
+
+
+class _LockFile:
+    """An archive's lock file, open, and locked by ``try_lock``.
+
+    The file is replaced only by a takeover of a dead host's lock: the old
+    one stays locked by a session the filesystem keeps alive, and nobody
+    else opens it again.  So a lock counts as held only on the file the
+    name still means; one taken on a replaced file is dropped and taken
+    again on the new one.
+    """
+
+    def __init__(self, path, writable=True):
+        self.path = path
+        self.writable = writable
+        self.fd = -1
+        self.fd = self._open()
+
+    def _open(self):
+        # O_RDWR where we may: NFSv4 refuses locks that do not match the
+        # open mode; O_RDONLY for a reader of a read-only base.
+        if self.writable:
+            return _create_file(self.path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+        return os.open(self.path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+
+    def try_lock(self, exclusive):
+        """Take the lock without waiting: True if held."""
+        while True:
+            held = _lock(self.fd, self.path, exclusive=exclusive, blocking=False)
+            if self.is_current():
+                return held
+            os.close(self.fd)     # drops what we held on the replaced file
+            self.fd = -1
+            self.fd = self._open()
+
+    def is_current(self):
+        """Does the lock file's name still mean the file we have open?"""
+        named = _stat_existing(self.path)
+        return named is not None and os.path.samestat(named, os.fstat(self.fd))
+
+    def close(self):
+        _close_held(self, os.close)
+
+
+def _record_holder(fd):
+    """Write who holds the archive lock into the lock file, for the
+    processes that wait for it on any client; flushed to the server (a
+    node that dies holding the lock leaves it readable there)."""
+    record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                         "since": round(time.time(), 3)}).encode("utf-8")
+    _pwrite_all(fd, record.ljust(_HOLDER_RECORD_SIZE - 1) + b"\n", 0)
+    getattr(os, "fdatasync", os.fsync)(fd)
+
+
+class _Holder:
+    """The recorded holder of an archive lock (the last to take it
+    exclusively): host, pid, since (Unix time)."""
+
+    __slots__ = ("host", "pid", "since")
+
+    def __init__(self, host, pid, since):
+        self.host, self.pid, self.since = host, pid, since
+
+    def __eq__(self, other):
+        return (self.host, self.pid, self.since) == (other.host, other.pid, other.since)
+
+    def __str__(self):
+        return "pid %d on host %s since %s" % (self.pid, self.host, time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.localtime(self.since)))
+
+
+def _read_holder(path):
+    """The _Holder recorded in the lock file ``path``, or None (none yet,
+    or one a rear before 1.3 left, or torn by a concurrent write)."""
+    try:
+        record = json.loads(_read_existing(path)[:_HOLDER_RECORD_SIZE] or b"null")
+        holder = _Holder(record["host"], record["pid"], record["since"])
+    except (ValueError, TypeError, KeyError, OSError):
+        return None
+    valid = (isinstance(holder.host, str) and isinstance(holder.pid, int)
+             and isinstance(holder.since, (int, float)))
+    return holder if valid else None
+
+
+def _wait_for_archive_lock(paths, lock, dead_hosts, stats):
+    """Poll the busy lock until it is ours; take it over if its holder is
+    on a host declared down.  Raises ArchiveError when the wait runs out."""
+    started = time.monotonic()
+    reported = False
+    for delay in _ARCHIVE_LOCK_POLL.delays(total=_ARCHIVE_LOCK_WAIT):
+        time.sleep(delay)
+        if lock.try_lock(exclusive=True):
+            return
+        holder = _read_holder(paths.lock)
+        if holder is not None and holder.host in dead_hosts and _take_over_archive_lock(
+                paths, lock, holder, stats):
+            return
+        if not reported and time.monotonic() - started >= _ARCHIVE_LOCK_REPORT:
+            _log.warning("%s: waiting for its lock: %s", paths.archive,
+                         _lock_holder_text(holder, paths.base))
+            reported = True
+    if not lock.try_lock(exclusive=True):
+        raise ArchiveError("%s stayed locked for %.0f s: %s" % (
+            paths.archive, time.monotonic() - started,
+            _lock_holder_text(_read_holder(paths.lock), paths.base)), paths.archive)
+
+
+def _lock_holder_text(holder, base):
+    """Who holds an archive lock, and the way out if their host is down."""
+    if holder is None or (holder.host == socket.gethostname()
+                          and not _runs_on_this_host(holder.host, holder.pid)):
+        return ("another process holds it (no scavenger recorded as its holder runs: a "
+                "reader, or a rear older than 1.3)")
+    return ("%s holds it; if %s is down, 'rear scavenge --dead-host %s %s' takes the lock "
+            "over" % (holder, holder.host, holder.host, base))
+
+
+def _take_over_archive_lock(paths, lock, holder, stats):
+    """Replace the lock file of an archive whose lock ``holder``, on a host
+    the operator declared down, still holds (MooseFS keeps a dead client's
+    locks for SESSION_SUSTAIN_TIME, a day by default).  True when ``lock``
+    then holds the new file's lock; False to go on waiting.
+
+    One takeover at a time, under ``<key>.takeover``: the second finds
+    the new file, held by a live scavenger.  Not while the archive, its
+    journal or the lock file changed in the last _DEAD_HOST_QUIET seconds
+    (a scavenger that does is alive), nor while the holder runs on this
+    host.  The caller's commit then rolls the holder's journal back or
+    finishes it (commit step 1).
+    """
+    if _runs_on_this_host(holder.host, holder.pid):
+        raise ArchiveError("%s: its lock's holder, %s, runs on this host; --dead-host is for "
+                           "a node that is down" % (paths.archive, holder), paths.archive)
+    # (From a journal's key alone, the archive is not known yet.)
+    changed = max([st.st_mtime for st in map(_stat_existing, [path for path in (
+        paths.archive, paths.journal, paths.journal_new, paths.commit, paths.lock) if path])
+        if st is not None])
+    if time.time() - changed < _DEAD_HOST_QUIET:
+        return False
+    with _archive_lock_takeover(paths) as ours:
+        if not ours:
+            return False        # another scavenger is taking it over
+        if lock.try_lock(exclusive=True):
+            return True         # released meanwhile
+        if _read_holder(paths.lock) != holder:
+            return False        # taken over by another scavenger, which holds it
+        replacement = "%s.%s.tmp" % (os.path.join(paths.directory, "." + os.path.basename(
+            paths.lock)), secrets.token_hex(8))
+        fd = _create_file(replacement, os.O_RDWR | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW)
+        try:
+            _lock(fd, replacement, blocking=False)
+            _record_holder(fd)
+            os.replace(replacement, paths.lock)
+            _sync_directory(paths.directory)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):   # never hide the original error
+                os.unlink(replacement)
+            raise
+        os.close(lock.fd)
+        lock.fd = fd
+    _log.warning("%s: took over its lock from %s, a host declared down (--dead-host); its "
+                 "commit, if any, is rolled back or finished now",
+                 paths.archive or paths.lock, holder)
+    if stats is not None:
+        stats.locks_taken_over += 1
+    return True
+
+
+@contextlib.contextmanager
+def _archive_lock_takeover(paths):
+    """The lock that orders takeovers of one archive's lock (non-blocking)."""
+    fd = _create_file(paths.lock[:-len(_LOCK_SUFFIX)] + _TAKEOVER_SUFFIX,
+                      os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+    try:
+        yield _lock(fd, paths.lock, blocking=False)
     finally:
         os.close(fd)
 
@@ -3275,6 +3665,11 @@ class _NameIndex(_IndexReader):
         # each lookup a disk read: 67 us, a second per commit in a series).
         if size and self.open_matching(size, writable=not rolled):
             return
+        if size and not rolled:
+            # No index of rear's matches: the archive was not written by
+            # rear, or changed since.  Appended to as it is, an inconsistent
+            # one would lose the new entries to some readers.
+            _check_appendable(archive_fd, size, cd, archive_path)
         if size:
             _log.info("rebuilding the name index of %s", self.archive_path)
         self.rebuilt = bool(cd.count)
@@ -3357,6 +3752,22 @@ class _NameIndex(_IndexReader):
                 self._insert_in_memory(slot_hash, position)
 
 
+def _check_appendable(fd, size, directory, path):
+    """Raise ArchiveError, the archive untouched, if it is inconsistent."""
+    try:
+        _check_structure(fd, size, directory, path)
+    except _Inconsistent as err:
+        raise _not_appendable(path, "%s is inconsistent (%s)" % (path, err)) from err
+
+
+def _not_appendable(archive, problem):
+    """The ArchiveError for an archive rear will not append to."""
+    return ArchiveError("%s; rear leaves it as it is and appends nothing to it: move it "
+                        "away (rear then starts a new archive), or if it is a damaged zip, "
+                        "repair it with 'zip -F %s --out FIXED.zip' and put FIXED.zip in its "
+                        "place" % (problem, archive), archive)
+
+
 def _archive_stamp(fd, size, cd):
     """What ties an index to one state of its archive."""
     window = min(size, _INDEX_STAMP_BYTES)
@@ -3401,6 +3812,7 @@ class ScavengeStats:
     duplicates: int = 0         # entries skipped because already archived
     busy: int = 0               # temp zips skipped: locked by a writer or scavenger
     taken_over: int = 0         # locked temp zips of hosts declared down (dead_hosts)
+    locks_taken_over: int = 0   # archive locks held by scavengers on such hosts
     waiting: int = 0            # unsealed temp zips not yet past the grace period
     recovered_journals: int = 0  # interrupted commits rolled back or forward
     errors: list = dataclasses.field(default_factory=list)  # (path, reason)
@@ -3639,7 +4051,7 @@ def _roll_back_quietly(paths, stats):
                        "%s stays for 'rear recover'", paths.archive, paths.journal)
 
 
-def _recover_all_journals(base, stats):
+def _recover_all_journals(base, stats, dead_hosts=frozenset()):
     """Recover every interrupted commit whose archive is not locked now.
 
     A journal's name is its archive's key, so its lock can be taken before
@@ -3661,7 +4073,8 @@ def _recover_all_journals(base, stats):
     for key in sorted(keys | set(leftovers)):
         paths = _ArchivePaths(base, key=key)
         try:
-            with _archive_lock(paths, blocking=False) as held:
+            with _archive_lock(paths, blocking=False, dead_hosts=dead_hosts,
+                               stats=stats) as held:
                 if held:
                     if key in keys:
                         _recover_locked(paths, stats)
@@ -3740,7 +4153,10 @@ class _ArchiveState:
 
         # Sizes come from the locked descriptor, never from before the lock,
         # and only as the server has them (rule 3 of "network filesystems").
-        self.size, cd = _await_current_view(self.fd, self.paths.archive, read)
+        try:
+            self.size, cd = _await_current_view(self.fd, self.paths.archive, read)
+        except ArchiveError as err:
+            raise _not_appendable(self.paths.archive, str(err)) from err
         if self.size and (self.roll_over or self.size >= limits.max_size
                           or cd.count >= limits.max_entries):
             self._roll_over()
@@ -3886,7 +4302,7 @@ class _RolledArchive:
         _close_held(self)
 
 
-def _commit_to_archive(base, dest, items, limits, stats):
+def _commit_to_archive(base, dest, items, limits, stats, dead_hosts=frozenset()):
     """Append (claim, member, entry) items to one archive atomically (steps
     1-8).  What would take the archive past ``limits`` continues in the
     next archive of the series, by a commit of its own under the same lock;
@@ -3895,7 +4311,7 @@ def _commit_to_archive(base, dest, items, limits, stats):
     duplicates."""
     paths = _ArchivePaths(base, dest)
     claims = list({id(claim): claim for claim, _member, _entry in items}.values())
-    with _archive_lock(paths):                                # step 1
+    with _archive_lock(paths, dead_hosts=dead_hosts, stats=stats):   # step 1
         _recover_locked(paths, stats)
         paths.set_dest(dest)
         roll_over = False
@@ -4235,21 +4651,32 @@ def _may_take_over(fd, path, dead_hosts):
     # A sealed one is taken over too: its writer may have died between
     # sealing and closing it, and if its lock is a live scavenger's claim,
     # the second commit of the same entries finds them all and skips them.
-    if host not in dead_hosts:
+    # That makes a sealed one safe to take whoever wrote it: its lock may be
+    # the claim of a scavenger on the host declared down (a dead client's
+    # claims last as long as its other locks).
+    # Nor does its writer matter: it never writes to a sealed one again.
+    claimed = sidecar is not None and sidecar.is_sealed
+    if host not in dead_hosts and not claimed:
         return False
     writer = "pid %s on %s" % (pid, host)
-    if _runs_on_this_host(host, pid):
+    if not claimed and _runs_on_this_host(host, pid):
         raise TempZipError("%s: its writer, %s, this host, still runs; --dead-host is for "
                            "a node that is down" % (path, writer), path)
     st, _changed = _refresh_view(fd)
     still = time.time() - st.st_mtime
+    if claimed and still < _DEAD_HOST_QUIET:
+        return False        # just sealed: most likely a live scavenger's claim
     if still < _DEAD_HOST_QUIET:
         raise TempZipError("%s changed %.1f s ago, so its writer (%s) may be alive; "
                            "--dead-host is for a node that is down: if it is, run the "
                            "scavenger again in %.0f s" % (path, still, writer,
                                                           _DEAD_HOST_QUIET - still), path)
-    _log.warning("taking over %s without its lock: its writer (%s) is on a host declared "
-                 "down (--dead-host)", path, writer)
+    if claimed:
+        _log.warning("taking over sealed %s without its lock, which a scavenger on a host "
+                     "declared down (--dead-host) may hold", path)
+    else:
+        _log.warning("taking over %s without its lock: its writer (%s) is on a host declared "
+                     "down (--dead-host)", path, writer)
     return True
 
 
@@ -4263,11 +4690,6 @@ def _writer_of_temp_name(name, hosts):
             pid = name[len(prefix):].split("-")[0]
             return host, int(pid) if pid.isdigit() else None
     return None, None
-
-
-def _runs_on_this_host(host, pid):
-    """Is the writer ``pid`` on ``host`` known to run (on this host)?"""
-    return host == socket.gethostname() and _process_state(pid) in _PROCESS_RUNS
 
 
 def _read_claimed_entries(fd, path, sidecar, stats, *, flush, grace, salvage_only):
@@ -4379,7 +4801,7 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     inbox = os.path.join(base, _INBOX)
     stats = ScavengeStats()
     with _SCAVENGE_LOCK:
-        _recover_all_journals(base, stats)
+        _recover_all_journals(base, stats, dead_hosts)
         _remove_orphans(inbox, grace, stats)
         # Listed once: relisting for every batch made a pass quadratic in the
         # inbox size.  Temp zips sealed meanwhile wait for the next pass.
@@ -4398,7 +4820,8 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                         claims.append(claim)
                 if claims:
                     _commit_claims(base, claims, limits, stats,
-                                   _progress_report(progress, stats, looked_at, claims, len(paths)))
+                                   _progress_report(progress, stats, looked_at, claims, len(paths)),
+                                   dead_hosts)
             finally:
                 for claim in claims:
                     claim.release()
@@ -4428,7 +4851,7 @@ def _progress_report(progress, stats, looked_at, claims, total):
     return report
 
 
-def _commit_claims(base, claims, limits, stats, report=None):
+def _commit_claims(base, claims, limits, stats, report=None, dead_hosts=frozenset()):
     """Commit the claims' entries, one archive at a time; then count (and
     delete, where no commit did) the temp zips that are done."""
     by_dest = {}
@@ -4441,7 +4864,7 @@ def _commit_claims(base, claims, limits, stats, report=None):
         if not items:
             continue
         try:
-            _commit_to_archive(base, dest, items, limits, stats)
+            _commit_to_archive(base, dest, items, limits, stats, dead_hosts)
         except (RearError, OSError) as err:
             # Only this archive failed: the claims' other archives are still
             # committed (their sidecars record them as done), and every bad
@@ -4587,16 +5010,17 @@ def _dos_to_unix(dos_date, dos_time):
         return 0
 
 
-def _wait_for(acquire, timeout, what, path):
+def _wait_for(acquire, timeout, what, path, holder=None):
     """Call ``acquire()`` until it returns True, by _LOCK_POLL for up to
-    ``timeout`` s."""
+    ``timeout`` s; ``holder()``, if given, says who holds it when it fails."""
     for delay in _LOCK_POLL.delays(total=timeout):
         if acquire():
             return
         time.sleep(delay)
     if not acquire():
         raise ArchiveError("%s is busy: %s for more than %g s; try again, or wait for "
-                           "the scavenger" % (path, what, timeout), path)
+                           "the scavenger%s" % (path, what, timeout,
+                                                "; " + holder() if holder else ""), path)
 
 
 @contextlib.contextmanager
@@ -4614,27 +5038,23 @@ def _shared_lock(lock_path, archive, timeout=None):
         _wait_for(lambda: _SCAVENGE_LOCK.acquire(blocking=False), timeout,
                   "a scavenger pass in this process is running", archive)
     try:
-        fd = None
+        lock = None
         for writable in (True, False):
-            # O_RDWR where we may: NFSv4 refuses locks that do not match
-            # the open mode; O_RDONLY for a read-only base.
             with contextlib.suppress(OSError):
-                fd = (_create_file(lock_path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW) if writable
-                      else os.open(lock_path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW))
+                lock = _LockFile(lock_path, writable)
                 break
-        if fd is None:
+        if lock is None:
             yield
             return
         try:
             with contextlib.suppress(LockingUnsupportedError):
-                if timeout is None:
-                    _lock(fd, lock_path, exclusive=False)
-                else:
-                    _wait_for(lambda: _lock(fd, lock_path, exclusive=False, blocking=False),
-                              timeout, "a scavenger is committing to it", archive)
+                base = os.path.dirname(os.path.dirname(os.path.dirname(lock_path)))
+                _wait_for(lambda: lock.try_lock(exclusive=False), timeout,
+                          "a scavenger is committing to it", archive,
+                          lambda: _lock_holder_text(_read_holder(lock_path), base))
             yield
         finally:
-            os.close(fd)
+            lock.close()
     finally:
         _SCAVENGE_LOCK.release()
 
@@ -5673,6 +6093,17 @@ def _verify_archive(archive, report, journal=None):
             ValueError) as err:
         report.append((archive, "%s: %s" % (type(err).__name__, err)))
         return
+    # zipfile reads past contradictions that other readers do not, and
+    # that the scavenger refuses to append to: say so before it does.
+    fd = os.open(archive, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        _check_appendable(fd, size, _read_end_records(fd, size, archive), archive)
+    except ArchiveError as err:
+        report.append((archive, str(err)))
+        return
+    finally:
+        os.close(fd)
     report.archives += 1
 
 
@@ -5943,6 +6374,10 @@ def _print_stats(stats, out):
     if stats.taken_over:
         out.write("  %d taken over without their locks: their writers' hosts were declared "
                   "down (--dead-host)\n" % stats.taken_over)
+    if stats.locks_taken_over:
+        out.write("  %s taken over from scavengers on hosts declared down (--dead-host); "
+                  "their commits rolled back or finished\n"
+                  % _counted(stats.locks_taken_over, "archive lock"))
     if stats.waiting:
         out.write("  %d waiting: unsealed temp zips of writers that died, kept until the "
                   "grace period (2 x their rotation span or this one, the longer) has "

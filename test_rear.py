@@ -37,10 +37,11 @@ import pytest
 
 import rear
 from tests.support import (BAD_PATHS, CHILD_ENV, HERE, MTIME_1970, MTIME_2050, MTIME_2200,
-                           MTIME_ODD, SALVAGED_PICKUP, SCAVENGER_LOOP_SCRIPT, Acknowledged,
-                           archives_of, as_sets, check_archives, fill, inbox_temp_zips,
-                           make_faithful_tree, read_archive, run_child, run_cli, run_in_threads,
-                           unzip_test, write_raw_temp_zip)
+                           MTIME_ODD, SALVAGED_PICKUP, SCAVENGER_LOOP_SCRIPT,
+                           STUCK_SCAVENGER_SCRIPT, Acknowledged, archives_of, as_sets,
+                           check_archives, fill, inbox_temp_zips, make_faithful_tree,
+                           read_archive, run_child, run_cli, run_in_threads, unzip_test,
+                           write_raw_temp_zip)
 
 
 # ---------------------------------------------------------------- helpers
@@ -1612,6 +1613,380 @@ def test_the_cli_prints_each_problem_once_naming_its_file_once(base):
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("rear: error: ")
     assert lines[0].count(os.path.join(base, "a.zip")) == 1, lines[0]
+
+
+# -- scavenger: archives made by other tools
+
+
+class Unseekable(io.RawIOBase):
+    """A write-only stream zipfile cannot seek: its entries get data
+    descriptors (bit 3), as a zip streamed to a pipe has."""
+
+    def __init__(self):
+        super().__init__()
+        self.data = bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.data += data
+        return len(data)
+
+
+def zip_of(*entries, stream=False, comments=()):
+    """The bytes of a zip made by zipfile of (name, data) entries, stored,
+    dated 2020; ``stream``: sizes after the data; ``comments``: a file
+    comment per entry."""
+    target = Unseekable() if stream else io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # "Duplicate name"
+        with zipfile.ZipFile(target, "w") as handle:
+            for number, (name, data) in enumerate(entries):
+                info = zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0))
+                if number < len(comments):
+                    info.comment = comments[number]
+                if stream:
+                    with handle.open(info, "w") as member:
+                        member.write(data)
+                else:
+                    handle.writestr(info, data)
+    return bytes(target.data if stream else target.getvalue())
+
+
+def central_offsets(data):
+    """Offsets of a small zip's central records, in order."""
+    eocd = data.rindex(b"PK\x05\x06")
+    count, cd_size, cd_offset = struct.unpack_from("<HLL", data, eocd + 10)
+    offsets, position = [], cd_offset
+    for _ in range(count):
+        offsets.append(position)
+        lengths = struct.unpack_from("<3H", data, position + 28)
+        position += 46 + sum(lengths)
+    return offsets
+
+
+def patched(data, offset, fmt, *values):
+    data = bytearray(data)
+    struct.pack_into(fmt, data, offset, *values)
+    return bytes(data)
+
+
+def eocd_patched(data, field_offset, fmt, *values):
+    return patched(data, data.rindex(b"PK\x05\x06") + field_offset, fmt, *values)
+
+
+def central_patched(data, number, field_offset, fmt, *values):
+    return patched(data, central_offsets(data)[number] + field_offset, fmt, *values)
+
+
+def without_local_name(data):
+    """The first local header's name cut out (central offsets adjusted)."""
+    name_length = struct.unpack_from("<H", data, 26)[0]
+    data = data[:26] + struct.pack("<H", 0) + data[28:30] + data[30 + name_length:]
+    eocd = data.rindex(b"PK\x05\x06")
+    cd_offset = struct.unpack_from("<L", data, eocd + 16)[0]
+    return patched(data, eocd + 16, "<L", cd_offset - name_length)
+
+
+def with_zip64_end_records(data, count64=None):
+    """Zip64 end record and locator inserted before the end record, which
+    keeps its own values; ``count64`` overrides the zip64 entry count."""
+    eocd = data.rindex(b"PK\x05\x06")
+    count, cd_size, cd_offset = struct.unpack_from("<HLL", data, eocd + 10)
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count,
+                         count if count64 is None else count64, cd_size, cd_offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, eocd, 1)
+    return data[:eocd] + record + locator + data[eocd:]
+
+
+def with_duplicate_central_record(data):
+    """The first central record twice: two entries, one local header."""
+    offsets = central_offsets(data)
+    record = data[offsets[0]:offsets[1]]
+    eocd = data.rindex(b"PK\x05\x06")
+    count, cd_size = struct.unpack_from("<HL", data, eocd + 10)
+    data = data[:eocd] + record + data[eocd:]
+    eocd += len(record)
+    return patched(patched(data, eocd + 8, "<2H", count + 1, count + 1),
+                   eocd + 12, "<L", cd_size + len(record))
+
+
+TWO = zip_of(("abc", b"hello"), ("def", b"world"))
+TWO_STREAMED = zip_of(("abc", b"hello"), ("def", b"world"), stream=True)
+CD_START = central_offsets(TWO)[0]
+SECOND_HEADER = len(b"PK\x03\x04") + 26 + 3 + 5
+
+# (name, archive bytes, the problem the refusal names: after the archive's
+# path, which the message starts with)
+INCONSISTENT_ARCHIVES = [
+    ("an empty member name", zip_of(("", b"x")),
+     " is inconsistent (the entry whose central record is at byte 31 has an empty name)"),
+    ("two empty member names", zip_of(("", b"x"), ("", b"y")),
+     " is inconsistent (the entry whose central record is at byte 62 has an empty name)"),
+    ("a local header without its name", without_local_name(TWO),
+     " is inconsistent (entry 'abc': its local header at byte 0 names it '')"),
+    ("a local header with another name", TWO.replace(b"abc", b"abd", 1),
+     " is inconsistent (entry 'abc': its local header at byte 0 names it 'abd')"),
+    ("a local header with another method", patched(TWO, 8, "<H", 8),
+     " is inconsistent (entry 'abc': its local header says compression method 8, its "
+     "central record compression method 0)"),
+    ("a local header with other flags", patched(TWO, 6, "<H", 0x800),
+     " is inconsistent (entry 'abc': its local header says flags 0x0800, its central "
+     "record flags 0x0000)"),
+    ("a local header with another CRC", patched(TWO, 14, "<L", 0),
+     " is inconsistent (entry 'abc': its local header says CRC 00000000, size 5, compressed "
+     "5; its central record 3610a686, 5, 5)"),
+    ("a file comment longer than its length says",
+     central_patched(zip_of(("abc", b"hello"), ("def", b"world"), comments=(b"", b"0123")),
+                     1, 32, "<H", 0),
+     " is inconsistent (its central directory has 4 bytes after its 2 records (a length in "
+     "a record, or the entry count, is wrong))"),
+    ("a name that is not the UTF-8 its flag says",
+     central_patched(patched(TWO.replace(b"abc", b"\xffbc"), 6, "<H", 0x800), 0, 8, "<H",
+                     0x800),
+     " is inconsistent (entry name at byte %d is not valid UTF-8)" % CD_START),
+    ("an entry count short of the records", eocd_patched(TWO, 8, "<2H", 1, 1),
+     " is inconsistent (its central directory has 49 bytes after its 1 record (a length in "
+     "a record, or the entry count, is wrong))"),
+    ("an entry count that overflows", with_zip64_end_records(TWO, count64=2 ** 63),
+     ": its end record counts 9223372036854775808 entries, more than its central directory "
+     "of 98 bytes can hold; the archive is damaged"),
+    ("end records that disagree", eocd_patched(with_zip64_end_records(TWO), 8, "<2H", 1, 1),
+     " is inconsistent (its end record and zip64 end record disagree on the entry count "
+     "(1 and 2))"),
+    ("a part of a split archive", eocd_patched(TWO, 4, "<H", 1),
+     " is inconsistent (its end record describes one part of an archive split over several "
+     "files (disk 1, central directory on disk 0, 2 of 2 entries here))"),
+    ("a zip64 record with another offset",
+     eocd_patched(with_zip64_end_records(TWO), 16, "<L", 7),
+     " is inconsistent (its end record and zip64 end record disagree on the central "
+     "directory offset (7 and %d))" % CD_START),
+    ("a central record pointing into data", central_patched(TWO, 1, 42, "<L", 33),
+     " is inconsistent (entry 'def': no local header at byte 33, where its central record "
+     "says it is)"),
+    ("two records of one local header", with_duplicate_central_record(TWO),
+     " is inconsistent (the entry at byte 0 starts inside the one at byte 0 (bytes 0 to "
+     "38))"),
+    ("entries that overlap", central_patched(TWO_STREAMED, 0, 20, "<L", 40),
+     " is inconsistent (the entry at byte %d starts inside the one at byte 0 (bytes 0 to "
+     "85))" % (SECOND_HEADER + 16)),
+    ("data running into the central directory", central_patched(TWO_STREAMED, 1, 20, "<L", 99),
+     " is inconsistent (entry 'def': its data (from byte %d) runs past the start of the "
+     "central directory at byte %d)" % (SECOND_HEADER + 16, central_offsets(TWO_STREAMED)[0])),
+    ("bytes after the end record", TWO + b"junk",
+     ": its end of central directory record announces a 0-byte comment, but 4 bytes follow it"),
+    ("data prepended, offsets not adjusted", b"JUNK" + TWO,
+     ": central directory at %d+98 does not end at the end records (%d); the archive is "
+     "damaged or has data prepended" % (CD_START, CD_START + 102)),
+]
+
+
+@pytest.mark.parametrize("kind, data, problem", INCONSISTENT_ARCHIVES,
+                         ids=[case[0] for case in INCONSISTENT_ARCHIVES])
+def test_an_inconsistent_archive_is_refused_left_byte_identical_and_its_entries_wait(
+        base, kind, data, problem):
+    archive = os.path.join(base, "d.zip")
+    with open(archive, "wb") as handle:
+        handle.write(data)
+    files = {"d.zip/new%d" % n: b"%d" % n for n in range(3)}
+    fill(base, files)
+    stats = rear.scavenge(base, flush=True)
+    assert stats.files_moved == 0
+    assert stats.errors == [(archive, archive + problem + (
+        "; rear leaves it as it is and appends nothing to it: move it away (rear then starts "
+        "a new archive), or if it is a damaged zip, repair it with 'zip -F %s --out "
+        "FIXED.zip' and put FIXED.zip in its place; its entries stay in their temp zips in "
+        "inbox/, and a later pass commits them" % archive))]
+    with open(archive, "rb") as handle:
+        assert handle.read() == data
+    assert len(inbox_temp_zips(base)) == 1
+    assert rear.verify(archive), "verify passes what the scavenger refuses"
+
+
+def test_entries_refused_by_an_inconsistent_archive_go_to_a_new_one_once_it_is_moved_away(
+        base):
+    archive = os.path.join(base, "d.zip")
+    with open(archive, "wb") as handle:
+        handle.write(without_local_name(TWO))
+    files = {"d.zip/new%d" % n: b"%d" % n for n in range(3)}
+    fill(base, files)
+    assert rear.scavenge(base, flush=True).files_moved == 0
+    os.rename(archive, os.path.join(base, "old.bin"))
+    stats = rear.scavenge(base, flush=True)
+    assert stats.files_moved == 3 and stats.errors == [] and inbox_temp_zips(base) == []
+    assert archives_of(base) == {"d.zip": {"new0": b"0", "new1": b"1", "new2": b"2"}}
+
+
+def test_the_cli_refuses_an_archive_whose_entry_count_overflows_without_a_traceback(base):
+    with open(os.path.join(base, "d.zip"), "wb") as handle:
+        handle.write(with_zip64_end_records(TWO, count64=2 ** 63))
+    fill(base, {"d.zip/x": b"x"})
+    result = run_cli("scavenge", "--flush", base)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("rear: error: %s: its end record counts" % os.path.join(
+        base, "d.zip"))
+
+
+@pytest.mark.parametrize("kind", ["records in reverse order", "data before the first entry",
+                                  "sizes after the data", "an empty archive"])
+def test_a_consistent_archive_of_another_tool_is_appended_to_and_every_reader_agrees(
+        base, kind):
+    archive = os.path.join(base, "d.zip")
+    if kind == "records in reverse order":
+        offsets = central_offsets(TWO)
+        end = TWO.rindex(b"PK\x05\x06")
+        data = (TWO[:offsets[0]] + TWO[offsets[1]:end] + TWO[offsets[0]:offsets[1]]
+                + TWO[end:])
+    elif kind == "data before the first entry":        # a self-extractor's stub
+        with open(archive, "wb") as handle:
+            handle.write(b"#!/bin/sh\nexit 0\n")
+        with zipfile.ZipFile(archive, "a") as handle:
+            handle.writestr("abc", b"hello")
+        with open(archive, "rb") as handle:
+            data = handle.read()
+    elif kind == "sizes after the data":
+        data = TWO_STREAMED
+    else:
+        data = zip_of()
+    with open(archive, "wb") as handle:
+        handle.write(data)
+    with zipfile.ZipFile(archive) as handle:
+        before = {name: handle.read(name) for name in handle.namelist()}
+    fill(base, {"d.zip/new": b"new"})
+    stats = rear.scavenge(base, flush=True)
+    assert stats.errors == [] and stats.files_moved == 1
+    assert read_archive(archive) == dict(before, new=b"new")     # unzip -t too
+    assert rear.verify(archive) == []
+
+
+# -- scavenger: an archive lock held by a scavenger on a node that died
+
+
+@pytest.fixture
+def stuck_commit(base):
+    """A scavenger of host "node17" stopped mid-commit to a.zip, holding its
+    lock; yields (its pid, the files it was committing, the archive's bytes
+    before)."""
+    files = {"a.zip/old/%d" % n: b"old %d" % n for n in range(5)}
+    fill(base, files)
+    rear.scavenge(base)
+    committing = {"a.zip/stuck/%d" % n: os.urandom(300) for n in range(20)}
+    fill(base, committing)
+    child = run_child(STUCK_SCAVENGER_SCRIPT, base, "node17")
+    try:
+        wait_until(lambda: rear._process_state(child.pid) == rear._PROCESS_STOPPED)
+        yield child.pid, dict(files, **committing)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def wait_until(condition, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_the_archive_lock_records_its_holder_for_other_clients(base, stuck_commit):
+    pid, _files = stuck_commit
+    holder = rear._read_holder(rear._ArchivePaths(base, "a.zip").lock)
+    assert (holder.host, holder.pid) == ("node17", pid)
+    assert time.time() - 120 < holder.since <= time.time()
+
+
+def test_a_scavenger_waiting_for_an_archive_lock_says_who_holds_it_and_gives_up(
+        base, stuck_commit, monkeypatch, caplog):
+    pid, _files = stuck_commit
+    monkeypatch.setattr(rear, "_ARCHIVE_LOCK_REPORT", 0.2)
+    monkeypatch.setattr(rear, "_ARCHIVE_LOCK_WAIT", 1.0)
+    fill(base, {"a.zip/new": b"new"})
+    with caplog.at_level(logging.WARNING, logger="rear"):
+        stats = rear.scavenge(base)
+    holder = "pid %d on host node17 since " % pid
+    way_out = ("; if node17 is down, 'rear scavenge --dead-host node17 %s' takes the lock over"
+               % base)
+    assert "waiting for its lock: " + holder in caplog.text and way_out in caplog.text
+    ((path, reason),) = stats.errors
+    assert path == os.path.join(base, "a.zip") and stats.files_moved == 0
+    assert reason.startswith("%s stayed locked for 1 s: %s" % (path, holder))
+    assert way_out + "; its entries stay in their temp zips in inbox/" in reason
+    assert len(inbox_temp_zips(base)) == 2
+
+
+def test_a_reader_of_a_locked_archive_says_who_holds_the_lock(base, stuck_commit):
+    pid, _files = stuck_commit
+    with pytest.raises(rear.ArchiveError) as raised:
+        rear.open_archive(base, "a.zip", lock_timeout=0.2)
+    assert "a scavenger is committing to it for more than 0.2 s" in str(raised.value)
+    assert ("pid %d on host node17 since" % pid) in str(raised.value)
+
+
+def test_dead_host_takes_over_the_archive_lock_rolls_back_its_commit_and_loses_nothing(
+        base, stuck_commit, monkeypatch):
+    _pid, files = stuck_commit
+    monkeypatch.setattr(rear, "_DEAD_HOST_QUIET", 0.3)
+    fill(base, {"a.zip/new": b"new"})
+    files["a.zip/new"] = b"new"
+    time.sleep(0.4)
+    stats = rear.scavenge(base, flush=True, dead_hosts=["node17"])
+    assert stats.errors == []
+    assert stats.locks_taken_over == 1 and stats.recovered_journals == 1
+    # The frozen scavenger's claims on its (sealed) temp zips were taken too.
+    assert inbox_temp_zips(base) == []
+    assert_exactly_once(base, files)          # unzip -t included
+    assert rear._read_holder(rear._ArchivePaths(base, "a.zip").lock).host != "node17"
+    fill(base, {"a.zip/later": b"later"})     # the new lock file works for everyone
+    assert rear.scavenge(base).files_moved == 1
+
+
+def test_two_scavengers_taking_over_one_archive_lock_at_once_lose_nothing(
+        base, stuck_commit):
+    _pid, files = stuck_commit
+    script = """
+        import sys, rear
+        rear._DEAD_HOST_QUIET = 0.3
+        stats = rear.scavenge(sys.argv[1], flush=True, dead_hosts=["node17"])
+        sys.exit(1 if stats.errors else 0)
+    """
+    time.sleep(0.4)
+    takers = [run_child(script, base) for _ in range(2)]
+    assert [taker.wait(120) for taker in takers] == [0, 0]
+    assert inbox_temp_zips(base) == []
+    assert_exactly_once(base, files)
+
+
+def test_dead_host_refuses_to_take_over_an_archive_lock_whose_holder_runs_here(base):
+    fill(base, {"a.zip/x": b"x"})
+    child = run_child(STUCK_SCAVENGER_SCRIPT, base, "")      # this host's own name
+    try:
+        wait_until(lambda: rear._process_state(child.pid) == rear._PROCESS_STOPPED)
+        fill(base, {"a.zip/y": b"y"})
+        stats = rear.scavenge(base, dead_hosts=[socket.gethostname()])
+    finally:
+        child.kill()
+        child.wait()
+    assert any("its lock's holder, pid %d on host %s" % (child.pid, socket.gethostname())
+               in reason and "runs on this host; --dead-host is for a node that is down"
+               in reason for _path, reason in stats.errors), stats.errors
+    assert rear.scavenge(base, flush=True).errors == []       # its lock died with it
+    assert_exactly_once(base, {"a.zip/x": b"x", "a.zip/y": b"y"})
+
+
+def test_a_lock_taken_on_a_replaced_lock_file_is_taken_again_on_the_new_one(base):
+    paths = rear._ArchivePaths(base, "a.zip")
+    os.makedirs(paths.directory)
+    lock = rear._LockFile(paths.lock)
+    try:
+        replacement = paths.lock + ".new"
+        open(replacement, "w").close()
+        os.replace(replacement, paths.lock)       # what a takeover does
+        assert lock.try_lock(exclusive=True)
+        assert lock.is_current()
+    finally:
+        lock.close()
 
 
 # -- scavenger: I/O errors and kills at each commit step

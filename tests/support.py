@@ -309,6 +309,22 @@ SCAVENGER_LOOP_SCRIPT = """
 """
 
 
+STUCK_SCAVENGER_SCRIPT = """
+    import os, signal, socket, sys, rear
+    base, host = sys.argv[1], sys.argv[2]
+    if host:
+        socket.gethostname = lambda: host      # a scavenger on another node
+
+    def checkpoint(name):
+        # Frozen mid-commit with the archive lock held: what other clients see
+        # of a node that died there while the filesystem keeps its locks.
+        if name == "entries-written":
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    rear._crash_test_point = checkpoint
+    rear.scavenge(base, flush=True)
+"""
+
 # ---------------------------------------------------------------- big archives
 
 

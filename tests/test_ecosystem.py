@@ -138,6 +138,50 @@ def test_every_reader_accepts_every_kind_of_archive(zoo, kind, reader):
         reader_accepts(reader, path)
 
 
+
+# Archives other tools make, as a user may already have them where rear's
+# archive goes: (tool, command run in the source directory, archive last).
+OTHER_TOOLS = [
+    ("Info-ZIP zip", ["zip", "-qr"], "."),
+    ("Info-ZIP zip, zip64", ["zip", "-qr", "-fz"], "."),
+    ("Info-ZIP zip from a pipe", ["sh", "-c", 'cat a.txt | zip -q "$0" -'], None),
+    ("7-Zip", ["7z", "a", "-tzip", "-bso0", "-bsp0"], "."),
+    ("bsdtar", ["bsdtar", "-a", "-cf"], "."),
+    ("jar", ["jar", "cf"], "."),
+]
+
+
+@pytest.mark.parametrize("tool, command, what", OTHER_TOOLS,
+                         ids=[tool[0] for tool in OTHER_TOOLS])
+def test_an_archive_another_tool_made_is_appended_to_and_every_reader_agrees(
+        tmp_path, tool, command, what):
+    if shutil.which(command[0] if command[0] != "sh" else "zip") is None:
+        pytest.skip("%s is not installed" % tool)
+    source = tmp_path / "source"
+    (source / "sub").mkdir(parents=True)
+    (source / "a.txt").write_bytes(b"a line\n" * 100)
+    (source / "b.bin").write_bytes(os.urandom(70000))
+    (source / "sub" / "c").write_bytes(b"c")
+    base = tmp_path / "base"
+    base.mkdir()
+    archive = str(base / "d.zip")
+    subprocess.run(command + [archive] + ([what] if what else []), cwd=str(source),
+                   check=True)
+    with zipfile.ZipFile(archive) as handle:
+        before = {name: handle.read(name) for name in handle.namelist()}
+    with rear.rear_fs(str(base)) as fs:
+        for number in range(3):
+            fs.write_bytes("d.zip/new/%d" % number, b"%d" % number)
+    stats = rear.scavenge(str(base), flush=True)
+    assert stats.errors == [] and stats.files_moved == 3
+    for reader in READERS:
+        reader_accepts(reader[0], archive)
+    with zipfile.ZipFile(archive) as handle:
+        assert handle.testzip() is None
+        assert {name: handle.read(name) for name in handle.namelist()} == dict(
+            before, **{"new/%d" % number: b"%d" % number for number in range(3)})
+    assert rear.verify(archive) == []
+
 def test_zipfile_path_reads_an_archive_like_a_folder(zoo):
     root = zipfile.Path(zoo["non-ASCII names"])
     (directory,) = list(root.iterdir())
