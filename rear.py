@@ -33,7 +33,9 @@ On-disk layout
 
     BASE/inbox/<host>-<pid>-<ns>-<random>.zip    temporary zip, one writer
     BASE/inbox/<same stem>.json                  its manifest sidecar
-    BASE/inbox/archives/<key>.lock               per-archive lock file (kept)
+    BASE/inbox/archives/<key>.lock               per-archive lock file; holds the
+                                                 holder's JSON {host, pid, since}
+    BASE/inbox/archives/<key>.takeover           orders takeovers of that lock
     BASE/inbox/archives/<key>.index              name index of the archive (a cache)
     BASE/inbox/archives/<key>.journal-new        a journal being written
     BASE/inbox/archives/<key>.journal            rollback journal of a commit
@@ -134,9 +136,11 @@ Writer steps
 
 Scavenger commit (per final archive; compare SQLite's rollback journal)
 =========================================================================
-1. Lock ``<key>.lock`` (exclusive, blocking).  If a ``.journal`` is there, a
-   scavenger died mid-commit: roll it back.  If a ``.commit`` is there, finish
-   it (step 7 and 8).
+1. Lock ``<key>.lock`` (exclusive; polled, so the wait is reported after
+   10 s and given up after 600 s; held only if the name still means the
+   file locked) and record the holder in it.  If a ``.journal`` is there, a
+   scavenger died mid-commit: roll it back.  If a ``.commit`` is there,
+   finish it (step 7 and 8).
 2. Read the archive's end records through the locked descriptor, once this
    client's view agrees with the server's (network filesystems cache sizes).
    Roll over to ``name.~N~.zip`` (N one more than the series' last) if it
@@ -186,8 +190,14 @@ drops; CephFS: the MDS session timeout, about a minute; MooseFS:
 ``SESSION_SUSTAIN_TIME``, a day by default), and are then salvaged like any
 dead writer's.  Where that is too long, ``rear scavenge --flush --dead-host
 NODE BASE`` takes NODE's temp zips over without their locks once they have
-been still for 10 s.  Name only a node that is down: a live writer's later
-files would go to a temp zip already deleted.
+been still for 10 s, and sealed temp zips whoever holds them (a dead
+scavenger's claims).  An archive lock whose recorded holder is on NODE is
+taken over too, one taker at a time (under ``<key>.takeover``), once the
+archive, its journal and the lock file have been still for 10 s: a new
+lock file, locked, replaces the old one, which only the dead session still
+holds; step 1 then rolls the dead commit back or finishes it.  Name only a
+node that is down: a live writer's later files would go to a temp zip
+already deleted, a live scavenger's commit would be rolled back under it.
 
 Readers (open_archive, read_bytes, rear cat/ls) take an archive's lock
 shared while they look at its central directory, so they never see a
@@ -3356,10 +3366,15 @@ def _wait_for_archive_lock(paths, lock, dead_hosts, stats):
 
 def _lock_holder_text(holder, base):
     """Who holds an archive lock, and the way out if their host is down."""
-    if holder is None or (holder.host == socket.gethostname()
-                          and not _runs_on_this_host(holder.host, holder.pid)):
-        return ("another process holds it (no scavenger recorded as its holder runs: a "
-                "reader, or a rear older than 1.3)")
+    if holder is None:
+        return "another process holds it (a reader, or a rear older than 1.3)"
+    if holder.host == socket.gethostname() and not _runs_on_this_host(holder.host, holder.pid):
+        # Gone, yet the lock is held: a reader's, or the session of this
+        # host's filesystem client that crashed or was restarted meanwhile.
+        return ("%s last took it and no longer runs; a reader may hold it now, or the "
+                "filesystem still holds it for a client of this host that crashed or was "
+                "restarted: then 'rear scavenge --dead-host %s %s' takes the lock over"
+                % (holder, holder.host, base))
     return ("%s holds it; if %s is down, 'rear scavenge --dead-host %s %s' takes the lock "
             "over" % (holder, holder.host, holder.host, base))
 

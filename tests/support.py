@@ -312,13 +312,14 @@ SCAVENGER_LOOP_SCRIPT = """
 STUCK_SCAVENGER_SCRIPT = """
     import os, signal, socket, sys, rear
     base, host = sys.argv[1], sys.argv[2]
+    step = sys.argv[3] if len(sys.argv) > 3 else "entries-written"
     if host:
         socket.gethostname = lambda: host      # a scavenger on another node
 
     def checkpoint(name):
         # Frozen mid-commit with the archive lock held: what other clients see
         # of a node that died there while the filesystem keeps its locks.
-        if name == "entries-written":
+        if name == step:
             os.kill(os.getpid(), signal.SIGSTOP)
 
     rear._crash_test_point = checkpoint

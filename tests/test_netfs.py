@@ -37,8 +37,8 @@ import pytest
 
 import rear
 from tests import netfs_harness
-from tests.support import (SCAVENGER_LOOP_SCRIPT, WriterContents, archives_of, as_sets,
-                           check_archives, fill, inbox_temp_zips, run_child, run_cli,
+from tests.support import (SCAVENGER_LOOP_SCRIPT, STUCK_SCAVENGER_SCRIPT, WriterContents,
+                           archives_of, as_sets, check_archives, fill, inbox_temp_zips, run_child, run_cli,
                            start_torture_writer, torture_content)
 
 TARGETS = [("glusterfs", "default"), ("glusterfs", "nocache"), ("cephfs", "default"),
@@ -312,6 +312,79 @@ def test_a_client_crash_loses_nothing_acknowledged_and_durable_before_it(tally, 
         "%d of %d" % (sum(key in archived for key in unsealed), len(unsealed)))
     tally.netfs[target]["client crashes"] += 1
     tally.netfs[target]["files"] += sum(len(writer.acknowledged) for writer in writers)
+
+
+WRITE_AND_EXIT_SCRIPT = """
+    import json, sys, rear
+    with rear.rear_fs(sys.argv[1]) as fs:
+        for name, text in json.load(sys.stdin).items():
+            fs.write_bytes(name, text.encode())
+"""
+
+
+def _write_and_exit(base, files):
+    """Write ``files`` ({path: text}) from a process that then exits, as a
+    crashed node's writers would have."""
+    writer = run_child(WRITE_AND_EXIT_SCRIPT, base, stdin=subprocess.PIPE)
+    writer.communicate(json.dumps(files).encode(), timeout=120)
+    assert writer.returncode == 0
+
+
+@pytest.mark.parametrize("step", ["journal-written", "entries-written"])
+def test_a_scavenger_node_crash_mid_commit_is_taken_over_by_dead_host(tally, clusters,
+                                                                      monkeypatch, step):
+    """MooseFS keeps a crashed client's locks, an archive lock held mid-commit
+    too, for SESSION_SUSTAIN_TIME (a day by default).  A scavenger on a third
+    client stopped mid-commit (its journal written; or its new entries
+    written over the old tail too, not yet fsynced), that client's FUSE
+    daemon SIGKILLed, then the scavenger: from another client a scavenger
+    says who holds the lock and gives up in bounded time, and --dead-host
+    takes the lock over, rolls the commit back and commits everything.
+    (Where the dead client was writing the archive's chunk, MooseFS 3.0
+    makes every client wait about two minutes for that chunk.)"""
+    cluster = clusters.get("moosefs")
+    target = ("moosefs", "default")
+    mount_a, mount_b = cluster.mounts["default"]
+    mount_c = cluster.mount_client("crash-%s" % uuid.uuid4().hex[:8])
+    name = "t-%s" % uuid.uuid4().hex[:12]
+    base_a, base_b, base_c = (os.path.join(point, name) for point in (mount_a, mount_b, mount_c))
+    os.makedirs(base_c)
+    _wait_until(lambda: os.path.isdir(base_b))
+    files = {"a.zip/old/%d" % n: "old %d" % n for n in range(20)}
+    _write_and_exit(base_c, files)
+    rear.scavenge(base_c)
+    stuck = {"a.zip/stuck/%d" % n: "stuck %d " % n * 100 for n in range(200)}
+    _write_and_exit(base_c, stuck)
+    files.update(stuck)
+    scavenger = run_child(STUCK_SCAVENGER_SCRIPT, base_c, "", step)
+    try:
+        _wait_until(lambda: rear._process_state(scavenger.pid) == rear._PROCESS_STOPPED,
+                    timeout=120)
+        crashed = time.monotonic()
+        cluster.kill_client(mount_c)
+    finally:
+        scavenger.kill()            # a crashed node's processes die with it
+        scavenger.wait()
+    host = socket.gethostname()
+    files["a.zip/after"] = "written after the crash"
+    _write_and_exit(base_b, {"a.zip/after": files["a.zip/after"]})
+    monkeypatch.setattr(rear, "_ARCHIVE_LOCK_WAIT", 5.0)      # instead of 600 s
+    stats = rear.scavenge(base_b, flush=True)
+    assert any("pid %d on host %s" % (scavenger.pid, host) in reason
+               and "--dead-host %s" % host in reason for _path, reason in stats.errors), stats
+    started = time.monotonic()
+    result = run_cli("scavenge", "--flush", "--dead-host", host, base_b, timeout=600)
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "1 archive lock taken over" in result.stdout, result.stdout
+    assert not inbox_temp_zips(base_b)
+    time.sleep(CACHE_SETTLE[target])
+    expected = {key.split("/", 1)[1]: text.encode() for key, text in files.items()}
+    assert archives_of(base_a) == {"a.zip": expected}        # unzip -t and zipfile
+    tally.measured[target]["archive lock taken over (--dead-host) at %s" % step] = (
+        "%.0f s after the crash, %.0f s for the scavenge" % (time.monotonic() - crashed, took))
+    tally.netfs[target]["client crashes"] += 1
+    tally.netfs[target]["files"] += len(files)
 
 
 def _salvage_everything(base, dead_hosts, since, timeout=300):
