@@ -5028,9 +5028,14 @@ def _dos_to_unix(dos_date, dos_time):
 def _wait_for(acquire, timeout, what, path, holder=None):
     """Call ``acquire()`` until it returns True, by _LOCK_POLL for up to
     ``timeout`` s; ``holder()``, if given, says who holds it when it fails."""
+    started = time.monotonic()
+    reported = holder is None
     for delay in _LOCK_POLL.delays(total=timeout):
         if acquire():
             return
+        if not reported and time.monotonic() - started >= _ARCHIVE_LOCK_REPORT:
+            _log.warning("%s: waiting for its lock: %s", path, holder())
+            reported = True
         time.sleep(delay)
     if not acquire():
         raise ArchiveError("%s is busy: %s for more than %g s; try again, or wait for "
@@ -6064,8 +6069,11 @@ def verify(path):
     with _SCAVENGE_LOCK:
         for archive in _archives_under(base, unreadable=report):
             paths = _ArchivePaths(base, _dest_of(base, archive))
-            with _shared_lock(paths.lock, archive):
-                _verify_archive(archive, report, _pending_journal(paths))
+            try:
+                with _shared_lock(paths.lock, archive, timeout=_ARCHIVE_LOCK_WAIT):
+                    _verify_archive(archive, report, _pending_journal(paths))
+            except ArchiveError as err:       # a commit that does not end
+                report.append((archive, str(err)))
     return report
 
 
@@ -6158,6 +6166,7 @@ class ArchiveStatus:
     size: int = None
     entries: int = None
     error: str = None
+    locked: str = None              # who holds its lock, while another process does
 
     def to_json(self):
         return _known_fields(self)
@@ -6167,17 +6176,19 @@ class ArchiveStatus:
 class BaseStatus:
     """What ``status`` found under a base: ``temp_zips`` (TempZipStatus),
     ``journals`` (file names of interrupted commits), ``archives``
-    (ArchiveStatus) and ``unreadable`` ((path, reason) of directories that
-    could not be listed)."""
+    (ArchiveStatus), ``unreadable`` ((path, reason) of directories that
+    could not be listed) and ``committing`` (file names of the journals of
+    commits in progress: their archive's lock is held)."""
 
     base: str
     temp_zips: list
     journals: list
     archives: list
     unreadable: list
+    committing: list = dataclasses.field(default_factory=list)
 
     def to_json(self):
-        return {"base": self.base, "journals": self.journals,
+        return {"base": self.base, "journals": self.journals, "committing": self.committing,
                 "temp_zips": [temp.to_json() for temp in self.temp_zips],
                 "archives": [archive.to_json() for archive in self.archives],
                 "unreadable": [{"path": path, "error": reason}
@@ -6199,22 +6210,42 @@ def status(base=None, rotation_span=None):
     # of an in-process scavenger on that file: keep out of its way.
     with _SCAVENGE_LOCK:
         temps = [_temp_status(path, grace) for path in _list_temp_zips(inbox)]
-    journals = []
-    directory = os.path.join(inbox, _ARCHIVES_DIR)
-    if os.path.isdir(directory):
-        journals = sorted(name for name in os.listdir(directory)
-                          if name.endswith(_PENDING_JOURNAL_SUFFIXES))
-    unreadable = []
-    archives = [_archive_status(base, archive)
-                for archive in _archives_under(base, unreadable=unreadable)]
+        journals, committing = [], []
+        directory = os.path.join(inbox, _ARCHIVES_DIR)
+        if os.path.isdir(directory):
+            for name in sorted(os.listdir(directory)):
+                if name.endswith(_PENDING_JOURNAL_SUFFIXES):
+                    paths = _ArchivePaths(base, key=name.rsplit(".", 1)[0])
+                    (committing if _lock_holder(paths) else journals).append(name)
+        unreadable = []
+        archives = [_archive_status(base, archive)
+                    for archive in _archives_under(base, unreadable=unreadable)]
     return BaseStatus(base, temps, journals, [info for info in archives if info is not None],
-                      unreadable)
+                      unreadable, committing)
+
+
+def _lock_holder(paths):
+    """Who holds the archive's lock now (a _lock_holder_text), or None if
+    a shared lock could be taken (nobody is committing)."""
+    try:
+        lock = _LockFile(paths.lock, writable=False)
+    except OSError:
+        return None            # no lock file: no scavenger ever committed here
+    try:
+        if lock.try_lock(exclusive=False):
+            return None
+        return _lock_holder_text(_read_holder(paths.lock), paths.base)
+    except LockingUnsupportedError:
+        return None
+    finally:
+        lock.close()
 
 
 def _archive_status(base, archive):
     """The ArchiveStatus of a final archive; None if it was rolled over
     since it was listed."""
     info = ArchiveStatus(os.path.relpath(archive, base))
+    info.locked = _lock_holder(_ArchivePaths(base, _dest_of(base, archive)))
     try:
         fd = _open_existing(archive, os.O_RDONLY | _O_CLOEXEC)
         if fd is None:
@@ -6226,7 +6257,8 @@ def _archive_status(base, archive):
             _close_read_only(fd)
     except (ArchiveError, OSError) as err:
         info.entries = None
-        info.error = str(err)
+        # Mid-commit, the end records are being rewritten: not an error.
+        info.error = None if info.locked else str(err)
     return info
 
 
@@ -6387,8 +6419,8 @@ def _print_stats(stats, out):
         out.write("  %d busy: held by a live writer or another scavenger; a later pass "
                   "takes them\n" % stats.busy)
     if stats.taken_over:
-        out.write("  %d taken over without their locks: their writers' hosts were declared "
-                  "down (--dead-host)\n" % stats.taken_over)
+        out.write("  %s taken over without their locks, which hosts declared down may hold "
+                  "(--dead-host)\n" % _counted(stats.taken_over, "temp zip"))
     if stats.locks_taken_over:
         out.write("  %s taken over from scavengers on hosts declared down (--dead-host); "
                   "their commits rolled back or finished\n"
@@ -6528,12 +6560,17 @@ def _cmd_status(args):
     if report.journals:
         out.write("interrupted commits: %d (run 'rear recover %s')\n"
                   % (len(report.journals), report.base))
+    if report.committing:
+        out.write("commits in progress: %d\n" % len(report.committing))
     out.write("archives: %d\n" % len(report.archives))
     for archive in report.archives:
+        note = archive.error
+        if archive.locked is not None:
+            note = "being committed to: " + archive.locked
         out.write("  %10s entries %14s bytes  %s%s\n" % (
             "?" if archive.entries is None else archive.entries,
             "?" if archive.size is None else archive.size, archive.path,
-            "  (%s)" % archive.error if archive.error is not None else ""))
+            "  (%s)" % note if note is not None else ""))
     for path, reason in report.unreadable:
         sys.stderr.write("rear: error: %s: %s\n" % (path, reason))
     return 1 if report.unreadable else 0
@@ -6834,9 +6871,9 @@ def _add_scavenge_arguments(sub):
                      help="also salvage unsealed temp zips of dead writers now")
     sub.add_argument("--dead-host", action="append", default=[], metavar="HOST",
                      type=_host_arg, help="HOST is down (crashed, powered off): take "
-                     "over its writers' unsealed temp zips although the filesystem "
-                     "still holds their locks (MooseFS does, for a day by default); "
-                     "repeatable.  Never name a node that runs")
+                     "over its writers' temp zips and its scavengers' archive locks "
+                     "although the filesystem still holds them (MooseFS does, for a day "
+                     "by default); repeatable.  Never name a node that runs")
     sub.add_argument("--watch", type=_positive_float, default=None, metavar="S",
                      help="repeat every S seconds until interrupted")
     sub.add_argument("--max-size", type=_size_arg, default=DEFAULT_MAX_SIZE, metavar="SIZE",
@@ -6979,6 +7016,11 @@ def _interrupted_commits(base):
                                         _ARCHIVES_DIR))
     except (OSError, ValueError):
         names = []
+    base = os.path.abspath(_base_or_env(base)) if names else None
+    # Ours only: a commit another process holds the lock of (one we were
+    # waiting for) is not.  Ours were released on the way out.
+    names = [name for name in names if name.endswith((_COMMIT_SUFFIX, _JOURNAL_SUFFIX))
+             and not _lock_holder(_ArchivePaths(base, key=name.rsplit(".", 1)[0]))]
     if any(name.endswith(_COMMIT_SUFFIX) for name in names):
         return ("a commit had passed its commit point: its entries are in the archive, and "
                 "the next run finishes it")

@@ -1924,6 +1924,43 @@ def test_a_reader_of_a_locked_archive_says_who_holds_the_lock(base, stuck_commit
     assert ("pid %d on host node17 since" % pid) in str(raised.value)
 
 
+
+def test_status_shows_a_commit_in_progress_and_who_holds_it_not_an_interrupted_one(
+        base, stuck_commit):
+    pid, _files = stuck_commit
+    report = rear.status(base)
+    assert report.journals == [] and len(report.committing) == 1
+    (archive,) = report.archives
+    assert archive.error is None
+    assert archive.locked.startswith("pid %d on host node17 since " % pid)
+    result = run_cli("status", base)
+    assert "commits in progress: 1" in result.stdout
+    assert "interrupted commits" not in result.stdout
+    assert "a.zip  (being committed to: pid %d on host node17" % pid in result.stdout
+
+
+def test_verify_waits_for_a_commit_in_bounded_time_and_says_who_holds_the_lock(
+        base, stuck_commit, monkeypatch):
+    pid, _files = stuck_commit
+    monkeypatch.setattr(rear, "_ARCHIVE_LOCK_WAIT", 0.5)
+    ((path, problem),) = rear.verify(base)
+    assert path == os.path.join(base, "a.zip")
+    assert "a scavenger is committing to it for more than 0.5 s" in problem
+    assert "pid %d on host node17 since" % pid in problem
+
+
+def test_ctrl_c_while_waiting_for_another_scavengers_lock_does_not_claim_its_commit(
+        base, stuck_commit):
+    fill(base, {"a.zip/new": b"new"})
+    scavenger = subprocess.Popen([sys.executable, "-m", "rear", "scavenge", base],
+                                 stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
+    time.sleep(2.0)                     # polling a.zip's lock by now
+    scavenger.send_signal(signal.SIGINT)
+    _out, err = scavenger.communicate(timeout=60)
+    assert scavenger.returncode == 1
+    assert "rear: interrupted; a commit in progress, if any, was rolled back" in err, err
+    assert "commit point" not in err
+
 def test_dead_host_takes_over_the_archive_lock_rolls_back_its_commit_and_loses_nothing(
         base, stuck_commit, monkeypatch):
     _pid, files = stuck_commit
