@@ -229,7 +229,8 @@ every rear_fs, is the only way back up):
 constants, errors, process-wide state, platform, network filesystems,
 durable I/O, zip format, structure check, paths, sidecar, settings, temp
 zip, writer, archive files, name index, scavenger results, journal,
-recovery, commit, claim, scavenger, reading, fsspec filesystem, inspection, CLI, CLI parser.
+recovery, commit, claim, scavenger, reading, fsspec filesystem,
+inspection, accounting, CLI, CLI parser.
 
 Names say what a function does: ``_pack_*`` builds bytes, ``_parse_*``
 and ``_iter_*`` read them, ``_is_*``/``_has_*`` answer yes or no, and
@@ -253,6 +254,7 @@ import logging
 import math
 import mmap
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -278,6 +280,8 @@ __all__ = [
     "scavengerd",
     "recover",
     "verify",
+    "missing",
+    "Missing",
     "status",
     "split_path",
     "ScavengeStats",
@@ -1000,8 +1004,8 @@ def _pwrite_all(fd, data, offset):
         offset += written
 
 
-def _truncation_error(path, missing):
-    return TempZipError("%s ends %d bytes early (truncated)" % (path, missing), path)
+def _truncation_error(path, short_by):
+    return TempZipError("%s ends %d bytes early (truncated)" % (path, short_by), path)
 
 
 def _pread_exact(fd, size, offset, path):
@@ -6328,6 +6332,183 @@ def _count_complete_entries(path, size):
         _close_read_only(fd)
 
 
+# ---------------------------------------------------------------- accounting
+#
+# Which outputs of a campaign are missing: expected names, given as bash
+# brace patterns, against an archive series and its pending files.
+
+
+class _NumberRange:
+    """The values of a ``{A..B}`` or ``{A..B..STEP}`` brace, as text (zero
+    padded to the wider end when either end is, as bash pads them)."""
+
+    def __init__(self, first, last, step, width):
+        self.numbers = range(first, last + (1 if first <= last else -1),
+                             abs(step) if first <= last else -abs(step))
+        self.width = width
+
+    def __iter__(self):
+        for number in self.numbers:
+            yield ("%0*d" % (self.width, number) if number >= 0
+                   else "-%0*d" % (max(self.width - 1, 0), -number)), number
+
+
+class _Choices:
+    """The values of a ``{a,b,c}`` brace."""
+
+    def __init__(self, words):
+        self.words = words
+
+    def __iter__(self):
+        for word in self.words:
+            yield word, None
+
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_BRACE_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$")
+
+
+def _parse_pattern(pattern):
+    """The parts of a brace pattern: text, _NumberRange and _Choices, in
+    order; a brace that is neither a range nor a list of two or more is
+    text, as bash leaves it."""
+    parts, position = [], 0
+    for match in _BRACE.finditer(pattern):
+        body = match.group(1)
+        numbers = _BRACE_RANGE.match(body)
+        if numbers:
+            first, last = int(numbers.group(1)), int(numbers.group(2))
+            step = int(numbers.group(3) or 1) or 1
+            padded = any(re.match(r"^-?0\d", end) for end in numbers.group(1, 2))
+            width = max(len(numbers.group(1)), len(numbers.group(2))) if padded else 0
+            brace = _NumberRange(first, last, step, width)
+        elif "," in body:
+            brace = _Choices(body.split(","))
+        else:
+            continue
+        parts.append(pattern[position:match.start()])
+        parts.append(brace)
+        position = match.end()
+    parts.append(pattern[position:])
+    if "{" in pattern and len(parts) == 1:
+        raise ValueError("%r has a brace rear does not expand: use {0..999}, {000..999}, "
+                         "{0..999..2} or {a,b}, not nested" % pattern)
+    return parts
+
+
+def _expand_pattern(pattern):
+    """Yield (name, value) for every name a bash brace pattern expands to,
+    in bash's order, lazily (a campaign of a million names is never held):
+    ``value`` is the number the pattern's first numeric range gave it, or
+    None if it has none."""
+    parts = _parse_pattern(pattern)
+    first_range = next((index for index, part in enumerate(parts)
+                        if isinstance(part, _NumberRange)), None)
+
+    def expand(index, prefix, value):
+        if index == len(parts):
+            yield prefix, value
+            return
+        part = parts[index]
+        if isinstance(part, str):
+            yield from expand(index + 1, prefix + part, value)
+            return
+        for text, number in part:
+            yield from expand(index + 1, prefix + text, number if index == first_range
+                              else value)
+
+    return expand(0, "", None)
+
+
+class Missing:
+    """What ``missing`` finds: iterate it for the missing names, in the
+    order they were expected (once).  Meanwhile it counts ``expected``,
+    ``archived`` (anywhere in the series), ``pending`` (acknowledged, still
+    in temp zips in inbox/) and ``missing``; ``values`` is the set of the
+    missing names' values of their pattern's first numeric range (the
+    array task ids to resubmit)."""
+
+    def __init__(self, base, dest, expected):
+        self.base = _checked_base(base)
+        if split_path(dest + "/_")[0] != dest:
+            raise PathError("%r is not an archive path; give one like 'sub/name.zip'"
+                            % (dest,))
+        self.dest = dest
+        if isinstance(expected, str):
+            expected = [expected]
+        self._expected = expected
+        self.expected = self.archived = self.pending = self.missing = 0
+        self.values = set()
+        self.archives = 0      # how many archives the series has
+
+    def __iter__(self):
+        views = []
+        try:
+            for archive in _series(self.base, self.dest):
+                views.append(_ArchiveView(archive, self.base, _dest_of(self.base, archive),
+                                          _READ_LOCK_TIMEOUT))
+            self.archives = len(views)
+            lookups = [_name_lookup(view) for view in views]
+            pending = _PendingView(self.base, self.dest).entries
+            for name, value in self._names():
+                self.expected += 1
+                name_hash = _name_hash(name.encode("utf-8"))
+                if any(lookup(name, name_hash) for lookup in lookups):
+                    self.archived += 1
+                elif name in pending:
+                    self.pending += 1
+                else:
+                    self.missing += 1
+                    if value is not None:
+                        self.values.add(value)
+                    yield name
+        finally:
+            for view in views:
+                view.close()
+
+    def _names(self):
+        for item in self._expected:
+            if isinstance(item, tuple):        # (name, value), as the CLI passes them
+                yield item
+            else:
+                yield from _expand_pattern(item)
+
+
+def _name_lookup(view):
+    """Whether the archive ``view`` holds a name, as f(name, its hash)."""
+    if view.index is not None:
+        return lambda name, name_hash: view.index.find(name, name_hash) is not None
+    # Without a matching index (another tool's archive, or a stale index)
+    # its names are read once, not once per name looked up.
+    names = set(view.names())
+    return lambda name, _name_hash: name in names
+
+
+def missing(base, dest, expected):
+    """The names of ``expected`` that the archive ``dest`` of ``base``
+    (its whole series) does not hold and that are not pending in the inbox
+    either: a Missing, to iterate.
+
+    ``expected`` is a bash brace pattern (``"out/{000..999}.json"``; ranges,
+    zero padding, steps, lists, several braces) or a list of them; a name
+    without braces stands for itself.  Memory stays bounded whatever the
+    campaign's size: names are expanded and looked up one at a time.
+    """
+    return Missing(base, dest, expected)
+
+
+def _slurm_array(values):
+    """``3,17,50-52``: sorted values, runs joined (sbatch --array syntax)."""
+    runs = []
+    for value in sorted(values):
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    return ",".join(str(first) if first == last else "%d-%d" % (first, last)
+                    for first, last in runs)
+
+
 # ---------------------------------------------------------------- CLI
 
 _EXIT_CODES = """exit codes:
@@ -6338,7 +6519,8 @@ _EXIT_CODES = """exit codes:
        rear: error: no archives under /scratch: nothing was verified; ...
   2  usage error (an unknown option, a missing argument, no base and no $REAR_BASE)
   3  not finished: temp zips remain in inbox/ after 'scavenge --flush' (each named,
-     with its writer and whether it still runs), or are not archived yet at 'verify'"""
+     with its writer and whether it still runs), or are not archived yet at 'verify';
+     'missing' found expected files missing"""
 
 
 def _size_arg(text):
@@ -6744,6 +6926,66 @@ def _cmd_cat(args):
     return 0
 
 
+def _cmd_missing(args):
+    if not args.expect and args.expect_file is None:
+        sys.stderr.write("rear: error: say which names are expected: --expect PATTERN (like "
+                         "'out/{0..999}.json') or --expect-file FILE\n")
+        return 2
+    for pattern in args.expect:
+        try:
+            _parse_pattern(pattern)
+        except ValueError as err:
+            sys.stderr.write("rear: error: --expect %s\n" % err)
+            return 2
+    if args.array and not any(isinstance(part, _NumberRange) for pattern in args.expect
+                              for part in _parse_pattern(pattern)):
+        sys.stderr.write("rear: error: --array needs an --expect pattern with a numeric range, "
+                         "like 'out/{0..999}.json'\n")
+        return 2
+    expected = list(args.expect)
+    if args.expect_file is not None:
+        expected = itertools.chain(expected, _names_in_file(args.expect_file))
+    found = missing(args.base, args.archive, expected)
+    names = []
+    lines = (name + "\n" for name in found)
+    if args.json:
+        names = list(found)
+    elif args.array:
+        for _name in found:
+            pass
+        if found.values:
+            sys.stdout.write(_slurm_array(found.values) + "\n")
+    else:
+        _write_lines(sys.stdout, lines)
+    if args.json:
+        json.dump({"base": found.base, "archive": found.dest, "expected": found.expected,
+                   "archived": found.archived, "pending": found.pending,
+                   "missing": found.missing, "names": names,
+                   "array": _slurm_array(found.values)}, sys.stdout, sort_keys=True)
+        sys.stdout.write("\n")
+    sys.stderr.write("rear: %s of %d expected missing from %s (%d archived, %d pending in "
+                     "inbox/)\n" % ("none" if not found.missing else "%d" % found.missing,
+                                    found.expected, args.archive, found.archived,
+                                    found.pending))
+    if not found.archives and not found.archived and not found.pending:
+        others = [_dest_of(found.base, path) for path in
+                  itertools.islice(_archives_under(found.base), 5)]
+        sys.stderr.write("rear: note: %s has no archive %s and nothing pending for it; is the "
+                         "name right? (%s)\n" % (found.base, args.archive, (
+                             "archives there: " + ", ".join(others)) if others
+                             else "it has no archives yet"))
+    return 3 if found.missing else 0
+
+
+def _names_in_file(path):
+    """(name, None) for each non-empty line of ``path``: literal names."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            name = line.rstrip("\n")
+            if name:
+                yield name, None
+
+
 def _cmd_verify(args):
     report = verify(args.path)
     for archive, problem in report:
@@ -6905,6 +7147,23 @@ def _add_ls_arguments(sub):
                        help="names only, one per line, like 'zipinfo -1'")
 
 
+def _add_missing_arguments(sub):
+    sub.add_argument("base", help="the base directory")
+    sub.add_argument("archive", help="the archive path in it, like 'results.zip' (its whole "
+                     "series, and what is pending for it in inbox/)")
+    sub.add_argument("--expect", action="append", default=[], metavar="PATTERN",
+                     help="the names expected, as a bash brace pattern: 'out/{000..999}.json', "
+                     "'{a,b}/{0..9}.log'; repeatable")
+    sub.add_argument("--expect-file", metavar="FILE",
+                     help="also the names in FILE, one per line, as they are")
+    shape = sub.add_mutually_exclusive_group()
+    shape.add_argument("--array", action="store_true",
+                       help="print the values of the first numeric range of the missing "
+                       "names in sbatch --array syntax (3,17,50-52)")
+    shape.add_argument("--json", action="store_true",
+                       help="one JSON object: counts, the missing names, the array")
+
+
 def _add_cat_arguments(sub):
     sub.add_argument("target", help="an archive (BASE/logs.zip), or a base directory")
     sub.add_argument("member", help="the member's name in the archive, as 'rear ls' "
@@ -6941,6 +7200,11 @@ _COMMANDS = (
              "a base's series and, failing that, its inbox (not scavenged yet)",
              "rear cat /scratch/run42 logs.zip/task-17/out.txt", _add_cat_arguments,
              _cmd_cat),
+    _Command("missing", "name the expected files a campaign has not produced: neither "
+             "archived nor pending (exit 3 if any)",
+             "rear missing /scratch/run42 results.zip --expect 'out/{0..999}.json' "
+             "--array  (sbatch --array=$(...) job.sbatch resubmits them)",
+             _add_missing_arguments, _cmd_missing),
     _Command("verify", "CRC-check every member of an archive or of every archive "
              "under a base", "rear verify /scratch/run42", _add_verify_arguments,
              _cmd_verify),

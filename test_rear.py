@@ -3622,3 +3622,131 @@ def test_scavenge_watch_ends_on_sigterm_as_on_ctrl_c(base):
     assert child.returncode == 0, err
     assert out.splitlines()[0].startswith("moved 1 files")      # flushed as it happened
     assert out.splitlines()[-1].startswith("stopped; in all: moved 1 files")
+
+
+
+# ---------------------------------------------------------------- accounting: rear missing
+
+
+@pytest.mark.parametrize("pattern, names", [
+    ("out/{0..3}.json", ["out/0.json", "out/1.json", "out/2.json", "out/3.json"]),
+    ("out/{000..002}.json", ["out/000.json", "out/001.json", "out/002.json"]),
+    ("{8..11}", ["8", "9", "10", "11"]),
+    ("{08..11}", ["08", "09", "10", "11"]),
+    ("{3..1}", ["3", "2", "1"]),
+    ("{0..10..5}", ["0", "5", "10"]),
+    ("{a,b}/{1..2}.log", ["a/1.log", "a/2.log", "b/1.log", "b/2.log"]),
+    ("run{1..2}/task{00..01}", ["run1/task00", "run1/task01", "run2/task00", "run2/task01"]),
+    ("plain.txt", ["plain.txt"]),
+    ("{x}/{1..1}", ["{x}/1"]),
+])
+def test_expected_names_expand_as_bash_expands_the_pattern(pattern, names):
+    assert [name for name, _value in rear._expand_pattern(pattern)] == names
+    if shutil.which("bash"):
+        expanded = subprocess.run(["bash", "-c", "printf '%s\\n' " + pattern],
+                                  capture_output=True, text=True).stdout.split()
+        assert expanded == names
+
+
+def test_each_name_carries_the_value_of_the_patterns_first_numeric_range():
+    assert list(rear._expand_pattern("{a,b}/{07..08}/{1..2}")) == [
+        ("a/07/1", 7), ("a/07/2", 7), ("a/08/1", 8), ("a/08/2", 8),
+        ("b/07/1", 7), ("b/07/2", 7), ("b/08/1", 8), ("b/08/2", 8)]
+
+
+def test_a_pattern_is_expanded_lazily_whatever_its_size():
+    names = rear._expand_pattern("{0..999999}/{0..999999}")     # 10^12 names
+    assert next(names) == ("0/0", 0)
+    assert next(names) == ("0/1", 0)
+
+
+def campaign(base, done, pending=(), dest="results.zip"):
+    """Task outputs out/NNN.json: ``done`` archived, ``pending`` written
+    but not scavenged yet."""
+    with rear.rear_fs(base) as fs:
+        for number in done:
+            fs.write_bytes("%s/out/%03d.json" % (dest, number), b"%d" % number)
+    rear.scavenge(base, flush=True)
+    with rear.rear_fs(base) as fs:
+        for number in pending:
+            fs.write_bytes("%s/out/%03d.json" % (dest, number), b"%d" % number)
+
+
+def test_missing_names_what_is_neither_archived_nor_pending(base):
+    campaign(base, done=[n for n in range(20) if n not in (3, 4, 17)], pending=[4])
+    found = rear.missing(base, "results.zip", "out/{000..019}.json")
+    assert list(found) == ["out/003.json", "out/017.json"]
+    assert (found.expected, found.archived, found.pending, found.missing) == (20, 17, 1, 2)
+    assert found.values == {3, 17}
+
+
+def test_missing_looks_in_every_archive_of_the_series(base):
+    with rear.rear_fs(base) as fs:
+        for number in range(30):
+            fs.write_bytes("results.zip/out/%03d.json" % number, b"%d" % number)
+    rear.scavenge(base, flush=True, max_entries=10)
+    assert len(glob.glob(os.path.join(base, "results*.zip"))) == 3
+    assert list(rear.missing(base, "results.zip", "out/{000..030}.json")) == ["out/030.json"]
+
+
+def test_missing_reads_an_archive_of_another_tool_once(base):
+    with zipfile.ZipFile(os.path.join(base, "results.zip"), "w") as handle:
+        for number in range(5):
+            handle.writestr("out/%03d.json" % number, b"x")
+    assert list(rear.missing(base, "results.zip", "out/{000..006}.json")) == [
+        "out/005.json", "out/006.json"]
+
+
+def test_missing_cli_prints_names_and_exits_3_then_0_once_all_are_there(base):
+    campaign(base, done=[0, 1, 3])
+    result = run_cli("missing", base, "results.zip", "--expect", "out/{000..003}.json")
+    assert (result.returncode, result.stdout) == (3, "out/002.json\n")
+    assert result.stderr == ("rear: 1 of 4 expected missing from results.zip (3 archived, 0 "
+                             "pending in inbox/)\n")
+    campaign(base, done=[], pending=[2])
+    result = run_cli("missing", base, "results.zip", "--expect", "out/{000..003}.json")
+    assert (result.returncode, result.stdout) == (0, "")
+    assert "none of 4 expected missing from results.zip (3 archived, 1 pending" in result.stderr
+
+
+def test_missing_array_prints_the_task_ids_to_resubmit_in_sbatch_syntax(base):
+    campaign(base, done=[n for n in range(60) if n not in (3, 17, 50, 51, 52)])
+    result = run_cli("missing", base, "results.zip", "--expect", "out/{000..059}.json",
+                     "--array")
+    assert (result.returncode, result.stdout) == (3, "3,17,50-52\n")
+
+
+def test_missing_json_has_the_counts_names_and_array(base):
+    campaign(base, done=[0, 2])
+    result = run_cli("missing", base, "results.zip", "--expect", "out/{000..002}.json",
+                     "--json")
+    assert result.returncode == 3
+    assert json.loads(result.stdout) == {
+        "base": base, "archive": "results.zip", "expected": 3, "archived": 2, "pending": 0,
+        "missing": 1, "names": ["out/001.json"], "array": "1"}
+
+
+def test_missing_takes_literal_names_from_a_file(base, tmp_path):
+    campaign(base, done=[0])
+    listing = tmp_path / "expected.txt"
+    listing.write_text("out/000.json\nout/{odd}.json\n\n")
+    result = run_cli("missing", base, "results.zip", "--expect-file", str(listing))
+    assert (result.returncode, result.stdout) == (3, "out/{odd}.json\n")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ([], "say which names are expected: --expect PATTERN"),
+    (["--expect", "out/{a,b}.json", "--array"], "--array needs an --expect pattern with a "
+     "numeric range"),
+])
+def test_missing_without_a_usable_expectation_is_a_usage_error(base, arguments, message):
+    result = run_cli("missing", base, "results.zip", *arguments)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_missing_with_a_mistyped_archive_says_so_and_lists_the_archives_there(base):
+    campaign(base, done=[0])
+    result = run_cli("missing", base, "result.zip", "--expect", "out/{000..001}.json")
+    assert result.returncode == 3
+    assert ("has no archive result.zip and nothing pending for it; is the name right? "
+            "(archives there: results.zip)") in result.stderr
