@@ -43,6 +43,7 @@ SCALES = {
                  read_entries=1000000, campaign_entries=5000000, campaign_max_entries=None,
                  fsspec_entries=[100000, 1000000], dask_members=10000,
                  dask_pattern="old/000*/*", dask_timeout=600,
+                 missing_expected=1000000, missing_pending=10000,
                  repeats=3),
     # campaign_max_entries None: rear's default; smoke scale shrinks it to
     # keep the mechanics (a series of rolled archives) in seconds.
@@ -51,7 +52,8 @@ SCALES = {
                   append_new=100, memory_size=32 * 1024 ** 2, strace_files=[100, 300],
                   read_entries=20000, campaign_entries=20000, campaign_max_entries=5000,
                   fsspec_entries=[20000], dask_members=100,
-                  dask_pattern="old/0000/result-00000*.txt", dask_timeout=120, repeats=1),
+                  dask_pattern="old/0000/result-00000*.txt", dask_timeout=120,
+                  missing_expected=20000, missing_pending=200, repeats=1),
 }
 WRITERS = ["rear", "legacy", "writestr", "open"]
 #: max_entries for rows that measure one archive as it grows (append, read).
@@ -544,7 +546,7 @@ def bench_append(root, scale, pythons, results):
     results["append_seconds"] = rows
 
 
-def timed(command, cwd=None):
+def timed(command, cwd=None, returncodes=(0,)):
     """(wall seconds, peak RSS MiB or None) of a command, output discarded.
     The peak comes from GNU time, which forks the command from itself: a
     child of this big process would carry its peak over exec (Linux keeps
@@ -554,8 +556,11 @@ def timed(command, cwd=None):
     with tempfile.NamedTemporaryFile("r") as peak:
         prefix = [gnu_time, "-f", "%M", "-o", peak.name] if gnu_time else []
         start = time.perf_counter()
-        subprocess.run(prefix + command, stdout=subprocess.DEVNULL, check=True, cwd=cwd)
+        returncode = subprocess.run(prefix + command, stdout=subprocess.DEVNULL,
+                                    cwd=cwd).returncode
         seconds = time.perf_counter() - start
+        if returncode not in returncodes:
+            raise subprocess.CalledProcessError(returncode, command)
         kib = peak.read().strip().splitlines()[-1:] if gnu_time else []
     return seconds, int(kib[0]) / 1024.0 if kib else None
 
@@ -570,8 +575,8 @@ def vendored_rear(root):
     return directory
 
 
-def best_of(command, repeats, cwd=None):
-    runs = [timed(command, cwd) for _repeat in range(max(repeats, 3))]
+def best_of(command, repeats, cwd=None, returncodes=(0,)):
+    runs = [timed(command, cwd, returncodes) for _repeat in range(max(repeats, 3))]
     peaks = [rss for _seconds, rss in runs if rss is not None]
     return min(seconds for seconds, _rss in runs), (max(peaks) if peaks else None)
 
@@ -683,6 +688,42 @@ def bench_fsspec(root, scale, pythons, results):
                 expected, count, what, "%.1f s" % report["seconds"] if report["seconds"]
                 else "did not finish in %d s" % scale["dask_timeout"]), flush=True)
     results["fsspec"] = rows
+
+
+def bench_missing(root, scale, pythons, results):
+    """Row 9: 'rear missing' with missing_expected names against a series
+    holding all but missing_pending + 100 of them, missing_pending of
+    those still pending in the inbox (so 100 are missing)."""
+    expected = scale["missing_expected"]
+    pending = scale["missing_pending"]
+    base = fresh_dir(root, "m")
+    name = "out/%07d.json"
+    archived = [number for number in range(expected) if number % (expected // (pending + 100))
+                or number // (expected // (pending + 100)) >= pending + 100]
+    half = len(archived) // 2      # a series: a.~1~.zip and a.zip
+    write_stored_archive(os.path.join(base, "a.~1~.zip"),
+                         ((name % number, b"x") for number in archived[:half]))
+    write_stored_archive(os.path.join(base, "a.zip"),
+                         ((name % number, b"x") for number in archived[half:]))
+    make_rear_inbox(base, [("a.zip/indexed", b"i")], "deflated", workers=1)
+    run_worker(sys.executable, "scavenge", {"method": "rear", "base": base,
+                                            "max_entries": NO_ROLLOVER})
+    gone = sorted(set(range(expected)) - set(archived))
+    make_rear_inbox(base, [("a.zip/" + name % number, b"x") for number in gone[:pending]],
+                    "deflated", workers=1)
+    command = [sys.executable, "-m", "rear", "missing", base, "a.zip", "--expect",
+               "out/{0000000..%07d}.json" % (expected - 1)]
+    vendored = vendored_rear(root)
+    seconds, rss = best_of(command, scale["repeats"], vendored, returncodes=(3,))
+    result = subprocess.run(command, capture_output=True, text=True, cwd=vendored)
+    assert result.returncode == 3 and len(result.stdout.split()) == len(gone) - pending, (
+        result.stderr)
+    results["missing"] = {"expected": expected, "pending": pending, "seconds": seconds,
+                          "rss_mib": rss}
+    print("  missing: %d expected, %d archived in 2 archives, %d pending, %d missing: "
+          "%.2f s, peak RSS %s MiB" % (expected, len(archived), pending, len(gone) - pending,
+                                       seconds, "?" if rss is None else "%.1f" % rss),
+          flush=True)
 
 
 def run_worker_with_timeout(python, kind, args, timeout):
@@ -813,6 +854,12 @@ def summary(results):
             lines.append(("dask bag: zip:// / rear:// time%s" % (
                 "" if theirs.get("seconds") else " (zip:// timed out)"), value, ">= 10x",
                 None if value is None else value >= 10))
+    row = results.get("missing")
+    if row:
+        lines.append(("rear missing, %d expected: seconds" % row["expected"], row["seconds"],
+                      "< 10", row["seconds"] < 10))
+        lines.append(("rear missing, %d expected: peak RSS" % row["expected"], row["rss_mib"],
+                      "< 100 MiB", None if row["rss_mib"] is None else row["rss_mib"] < 100))
     memory = results.get("peak_rss_mib", {}).get("rear", {})
     for key in ("worker_rss_mib", "scavenger_rss_mib"):
         value = memory.get(key)
@@ -850,7 +897,8 @@ def main(argv=None):
                              "filesystem you care about)")
     parser.add_argument("--only", action="append", choices=["writers", "metadata",
                                                             "scavenger", "append", "memory",
-                                                            "read", "campaign", "fsspec"])
+                                                            "read", "campaign", "fsspec",
+                                                            "missing"])
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     pythons = {"rear": sys.executable, "writestr": sys.executable, "open": sys.executable}
@@ -864,7 +912,7 @@ def main(argv=None):
     rows = [("writers", bench_writers), ("metadata", bench_metadata),
             ("scavenger", bench_scavenger), ("append", bench_append),
             ("memory", bench_memory), ("read", bench_read), ("campaign", bench_campaign),
-            ("fsspec", bench_fsspec)]
+            ("fsspec", bench_fsspec), ("missing", bench_missing)]
     try:
         for name, function in rows:
             if args.only and name not in args.only:
