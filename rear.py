@@ -3641,6 +3641,25 @@ class _IndexReader:
                     return entry
         return None
 
+    def contains(self, encoded_name, name_hash):
+        """Whether the archive holds the name whose UTF-8 is
+        ``encoded_name``: find() without building an _Entry, comparing the
+        record's name bytes (what 'rear missing' does a million times)."""
+        if not self.used:
+            return False
+        size = _CENTRAL_STRUCT.size + len(encoded_name)
+        for _slot, slot_hash, position in self._probe(name_hash):
+            if slot_hash == name_hash:
+                record = os.pread(self.archive_fd, size, self.cd.cd_offset + position)
+                if (record[_CENTRAL_STRUCT.size:] == encoded_name
+                        and record[:4] == _CENTRAL_SIG
+                        and _CENTRAL_STRUCT.unpack_from(record)[_CD_FILENAME_LENGTH]
+                        == len(encoded_name)):
+                    return True
+                if not encoded_name.isascii():   # a cp437 name, decoded to the same text?
+                    return self.find(encoded_name.decode("utf-8"), name_hash) is not None
+        return False
+
     def _record_at(self, position):
         for _position, fields, raw_name, extra in _iter_central_records(
                 self.records, self.cd, self.archive_path, start=position, count=1):
@@ -6402,22 +6421,23 @@ def _expand_pattern(pattern):
     ``value`` is the number the pattern's first numeric range gave it, or
     None if it has none."""
     parts = _parse_pattern(pattern)
-    first_range = next((index for index, part in enumerate(parts)
-                        if isinstance(part, _NumberRange)), None)
+    texts, braces = parts[0::2], parts[1::2]     # text, brace, text, ..., text
+    first_range = next((level for level, brace in enumerate(braces)
+                        if isinstance(brace, _NumberRange)), None)
 
-    def expand(index, prefix, value):
-        if index == len(parts):
-            yield prefix, value
+    def expand(level, prefix, value):
+        after = texts[level + 1]
+        ranged = level == first_range
+        if level == len(braces) - 1:      # the innermost loop, without a call per name
+            for text, number in braces[level]:
+                yield prefix + text + after, number if ranged else value
             return
-        part = parts[index]
-        if isinstance(part, str):
-            yield from expand(index + 1, prefix + part, value)
-            return
-        for text, number in part:
-            yield from expand(index + 1, prefix + text, number if index == first_range
-                              else value)
+        for text, number in braces[level]:
+            yield from expand(level + 1, prefix + text + after, number if ranged else value)
 
-    return expand(0, "", None)
+    if not braces:
+        return iter([(texts[0], None)])
+    return expand(0, texts[0], None)
 
 
 class Missing:
@@ -6452,8 +6472,14 @@ class Missing:
             pending = _PendingView(self.base, self.dest).entries
             for name, value in self._names():
                 self.expected += 1
-                name_hash = _name_hash(name.encode("utf-8"))
-                if any(lookup(name, name_hash) for lookup in lookups):
+                encoded = name.encode("utf-8")
+                name_hash = _name_hash(encoded)
+                for lookup in lookups:
+                    if lookup(encoded, name_hash):
+                        break
+                else:
+                    lookup = None
+                if lookup is not None:
                     self.archived += 1
                 elif name in pending:
                     self.pending += 1
@@ -6475,13 +6501,13 @@ class Missing:
 
 
 def _name_lookup(view):
-    """Whether the archive ``view`` holds a name, as f(name, its hash)."""
+    """Whether the archive ``view`` holds a name, as f(its UTF-8, its hash)."""
     if view.index is not None:
-        return lambda name, name_hash: view.index.find(name, name_hash) is not None
+        return view.index.contains
     # Without a matching index (another tool's archive, or a stale index)
     # its names are read once, not once per name looked up.
-    names = set(view.names())
-    return lambda name, _name_hash: name in names
+    names = {name.encode("utf-8") for name in view.names()}
+    return lambda encoded, _name_hash: encoded in names
 
 
 def missing(base, dest, expected):

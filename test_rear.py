@@ -3750,3 +3750,24 @@ def test_missing_with_a_mistyped_archive_says_so_and_lists_the_archives_there(ba
     assert result.returncode == 3
     assert ("has no archive result.zip and nothing pending for it; is the name right? "
             "(archives there: results.zip)") in result.stderr
+
+
+def test_missing_tells_names_whose_hashes_collide_apart(base, monkeypatch):
+    monkeypatch.setattr(rear, "_name_hash", lambda encoded: 1)    # every name collides
+    campaign(base, done=[0, 2, 4])
+    assert list(rear.missing(base, "results.zip", "out/{000..005}.json")) == [
+        "out/001.json", "out/003.json", "out/005.json"]
+
+
+def test_missing_finds_a_non_ascii_name_another_tool_stored_in_cp437(base):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as handle:
+        handle.writestr("X.txt", b"x")
+    # 4.4.4: without bit 11 a name is IBM code page 437, where 0x82 is 'é'
+    archive = os.path.join(base, "results.zip")
+    with open(archive, "wb") as handle:
+        handle.write(buffer.getvalue().replace(b"X.txt", b"\x82.txt"))
+    campaign(base, done=[9])                       # a commit: rear's index of it
+    assert os.path.exists(index_path(base, "results.zip"))
+    assert list(rear.missing(base, "results.zip", ["\u00e9.txt", "\u00e8.txt",
+                                                   "out/009.json"])) == ["\u00e8.txt"]
