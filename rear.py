@@ -65,8 +65,13 @@ seconds, unsigned 32 bits) in local and central headers where the time fits
 the external attributes (version made by: Unix).  A directory is a
 ``name/`` entry (``S_IFDIR``, MS-DOS directory bit), a symlink an entry
 with ``S_IFLNK`` whose data is the link target, as Info-ZIP ``zip -y``
-stores them.  The scavenger copies data raw and writes headers anew: the
-UT field and the mode carry over, the ASi field does not.
+stores them.  Local headers only also hold rear's provenance field
+(0x7072, "rp"): a version byte (1), then (tag, length, ASCII value) items
+for host, pid and, where set, the SLURM job, array job, array task and
+restart count, PBS, LSF and Flux job ids and the MPI rank
+(``_PROVENANCE_TAGS``); read only when asked (``rear ls --versions``).
+The scavenger copies data raw and writes headers anew: the UT field, the
+mode and the provenance carry over, the ASi field does not.
 
 **Sidecar** (``<stem>.json``), JSON, always replaced whole (write temp,
 fsync, ``os.replace``, fsync the directory)::
@@ -476,6 +481,29 @@ _UT_AS_REAR_WRITES_IT = struct.pack("<HHB", _EXTENDED_TIMESTAMP_ID, 5, _UT_MTIME
 _ASI_UNIX_ID = 0x756E
 _ASI_UNIX = struct.Struct("<HHLHLHH")
 _ASI_UNIX_CRC_OFFSET = 4                     # the CRC covers the bytes after it
+# rear's provenance field ("rp", not assigned in APPNOTE 4.6): who wrote
+# the entry, in the local headers of temp zips and final archives only (a
+# listing never reads it; other readers skip a field they do not know).
+# Body: a version byte, then (tag, length, ASCII value) items, each
+# present only where known.  About 40 bytes under SLURM.
+_PROVENANCE_ID = 0x7072
+_PROVENANCE_VERSION = 1
+_PROVENANCE_ITEM = struct.Struct("<BB")
+#: tag: (key, environment variables it is read from, first set wins)
+_PROVENANCE_TAGS = {
+    1: ("host", ()),
+    2: ("pid", ()),
+    3: ("slurm_job", ("SLURM_JOB_ID",)),
+    4: ("slurm_array_job", ("SLURM_ARRAY_JOB_ID",)),
+    5: ("slurm_array_task", ("SLURM_ARRAY_TASK_ID",)),
+    6: ("slurm_restart", ("SLURM_RESTART_COUNT",)),
+    7: ("pbs_job", ("PBS_JOBID",)),
+    8: ("pbs_array_index", ("PBS_ARRAY_INDEX", "PBS_ARRAYID")),
+    9: ("lsf_job", ("LSB_JOBID",)),
+    10: ("lsf_array_index", ("LSB_JOBINDEX",)),
+    11: ("flux_job", ("FLUX_JOB_ID",)),
+    12: ("mpi_rank", ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")),
+}
 # Bounds of what an entry and the end records take in a final archive, so
 # that a commit never takes an archive past max_size: local header and
 # central record, each with rear's UT field and the largest zip64 field
@@ -1162,7 +1190,7 @@ class _Entry:
 
     __slots__ = ("name", "flags", "method", "dos_time", "dos_date", "crc",
                  "compressed_size", "file_size", "external_attr",
-                 "header_offset", "data_offset", "raw_name", "mtime")
+                 "header_offset", "data_offset", "raw_name", "mtime", "provenance")
 
     def __init__(self, name, flags, method, dos_time, dos_date, crc,
                  compressed_size, file_size, external_attr=_DEFAULT_FILE_MODE << 16,
@@ -1180,6 +1208,7 @@ class _Entry:
         self.data_offset = data_offset
         self.raw_name = None    # the name's bytes as read from a central directory
         self.mtime = mtime      # Unix seconds (UTC) for the UT extra field, or None
+        self.provenance = None  # body of rear's provenance field (local headers), or None
 
 
 def _dos_datetime(timestamp):
@@ -1235,6 +1264,46 @@ def _pack_mode_extra(entry):
     return packed[:_ASI_UNIX_CRC_OFFSET] + struct.pack("<L", zlib.crc32(body)) + body
 
 
+def _pack_provenance(fields):
+    """The body of a provenance field from {key: value} (see _PROVENANCE_TAGS)."""
+    body = bytearray([_PROVENANCE_VERSION])
+    for tag, (key, _variables) in _PROVENANCE_TAGS.items():
+        value = fields.get(key)
+        if value is not None:
+            encoded = str(value).encode("utf-8")[:255]
+            body += _PROVENANCE_ITEM.pack(tag, len(encoded)) + encoded
+    return bytes(body)
+
+
+def _parse_provenance(body):
+    """{key: value} of a provenance field's body ({} if it is not one this
+    rear reads).  Values are text; tags unknown to this rear are kept as
+    ``tag_N``."""
+    fields = {}
+    if not body or body[0] != _PROVENANCE_VERSION:
+        return fields
+    position = 1
+    while position + _PROVENANCE_ITEM.size <= len(body):
+        tag, length = _PROVENANCE_ITEM.unpack_from(body, position)
+        position += _PROVENANCE_ITEM.size
+        value = body[position:position + length].decode("utf-8", "replace")
+        position += length
+        fields[_PROVENANCE_TAGS.get(tag, ("tag_%d" % tag,))[0]] = value
+    return fields
+
+
+def _this_process_provenance():
+    """This process's provenance body: host, pid, and the job ids the
+    scheduler and MPI put in its environment."""
+    fields = {"host": socket.gethostname(), "pid": os.getpid()}
+    for key, variables in _PROVENANCE_TAGS.values():
+        for variable in variables:
+            if os.environ.get(variable):
+                fields[key] = os.environ[variable]
+                break
+    return _pack_provenance(fields)
+
+
 def _extract_version(method, zip64):
     version = _EXTRACT_VERSION.get(method, _VERSION_DEFAULT)
     return max(version, _VERSION_ZIP64) if zip64 else version
@@ -1252,6 +1321,8 @@ def _pack_local_header(entry, encoded=None, with_mode=False):
     name, utf8_flag = encoded or _encode_name(entry.name)
     zip64 = entry.file_size >= _U32_LIMIT or entry.compressed_size >= _U32_LIMIT
     extra = _pack_timestamp_extra(entry) + (_pack_mode_extra(entry) if with_mode else b"")
+    if entry.provenance:
+        extra += _EXTRA_HEADER.pack(_PROVENANCE_ID, len(entry.provenance)) + entry.provenance
     file_size, compressed_size = entry.file_size, entry.compressed_size
     if zip64:
         # 4.5.3: in a local header the zip64 extra holds both sizes.
@@ -1562,9 +1633,11 @@ def _read_local_header(reader, offset, size):
     mode = _parse_mode_extra(extra)
     if mode is None:
         mode = (stat.S_IFDIR | 0o755) if name.endswith("/") else _DEFAULT_FILE_MODE
-    return _Entry(name, flags, method, dos_time, dos_date, crc, compressed_size,
-                  file_size, _external_attr(mode), header_offset=offset,
-                  data_offset=variable_end, mtime=_parse_timestamp_extra(extra))
+    entry = _Entry(name, flags, method, dos_time, dos_date, crc, compressed_size,
+                   file_size, _external_attr(mode), header_offset=offset,
+                   data_offset=variable_end, mtime=_parse_timestamp_extra(extra))
+    entry.provenance = _find_extra_field(extra, _PROVENANCE_ID)
+    return entry
 
 
 def _new_decompressor(method):
@@ -1721,6 +1794,9 @@ def _read_central_entries(fd, size, path, error, check_small=False, small_crc=No
         if not matches:
             raise error("%s: entry %r has no matching local header" % (path, entry.name), path)
         entry.data_offset = offset + _LOCAL_STRUCT.size + name_len + extra_len
+        if extra_len:    # the writer's provenance, for the archive's local header
+            entry.provenance = _find_extra_field(
+                reader.read(entry.data_offset - extra_len, extra_len), _PROVENANCE_ID)
         if entry.data_offset + entry.compressed_size > directory.cd_offset:
             raise error("%s: entry %r runs into the central directory" % (path, entry.name), path)
         if small_crc is not None:
@@ -2530,6 +2606,7 @@ class _TempZip:
         self.entries = []
         self.size = 0
         self.broken = False
+        self.provenance = _this_process_provenance()
         # CRC-32 of the bytes (local header and data) of every entry up to
         # _SMALL_ENTRY compressed, in file order, recorded in the sealed
         # sidecar: a scavenger checks those bytes with one cheap CRC instead
@@ -2578,6 +2655,7 @@ class _TempZip:
                        dos_date, prepared.crc, prepared.compressed_size,
                        prepared.file_size, _external_attr(mode), self.size,
                        mtime=_unix_seconds(mtime))
+        entry.provenance = self.provenance
         header = _pack_local_header(entry, with_mode=True)
         start = self.size
         small = prepared.compressed_size <= _SMALL_ENTRY
@@ -4418,7 +4496,8 @@ def _entry_cost_bound(member, entry):
     ``member.~N~``) takes in an archive: data, local header and central
     record with every extra field rear may write, zip64 included."""
     return (entry.compressed_size + 2 * (len(member.encode("utf-8")) + _CONFLICT_SUFFIX_MAX)
-            + _HEADERS_PER_ENTRY_MAX)
+            + _HEADERS_PER_ENTRY_MAX
+            + (_EXTRA_HEADER.size + len(entry.provenance) if entry.provenance else 0))
 
 
 def _journal_and_append(paths, archive, additions, temps, stats):
@@ -4593,7 +4672,7 @@ def _claim(path, stats, *, flush=False, grace=0.0, salvage_only=False, dead_host
         if path in _OWN_TEMP_ZIPS:
             stats.busy += 1
             return None
-    locked = _open_and_lock(path, stats, dead_hosts)
+    locked = _open_and_lock(path, stats, dead_hosts, flush)
     if locked is None:
         return None
     fd, locks_work = locked
@@ -4628,9 +4707,10 @@ def _is_regular_temp_zip(path):
     return True
 
 
-def _open_and_lock(path, stats, dead_hosts=()):
+def _open_and_lock(path, stats, dead_hosts=(), flush=False):
     """(descriptor, whether locks work) of the temp zip, locked by us (or
-    taken over from a host in ``dead_hosts``); None if it is gone or busy."""
+    taken over from a host in ``dead_hosts``, waiting for it to be still
+    with ``flush``); None if it is gone or busy."""
     fd = _open_existing(path, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
     if fd is None:
         return None
@@ -4639,7 +4719,7 @@ def _open_and_lock(path, stats, dead_hosts=()):
         locks_work = True
         try:
             if not _lock(fd, path, exclusive=True, blocking=False):
-                if not _may_take_over(fd, path, dead_hosts):
+                if not _may_take_over(fd, path, dead_hosts, flush):
                     stats.busy += 1
                     return None
                 stats.taken_over += 1
@@ -4665,9 +4745,11 @@ def _open_and_lock(path, stats, dead_hosts=()):
             _close_read_only(fd)
 
 
-def _may_take_over(fd, path, dead_hosts):
-    """Is this locked temp zip an unsealed one whose writer's host the
-    operator declared down?  Then it is taken over without its lock.
+def _may_take_over(fd, path, dead_hosts, wait=False):
+    """Is this locked temp zip, with hosts declared down, one to take over
+    without its lock: an unsealed one whose writer is on such a host, or a
+    sealed one (its lock can then only be a scavenger's claim) that has
+    been still for _DEAD_HOST_QUIET seconds (with ``wait``, once it has)?
 
     A crashed node's locks last as long as the filesystem keeps its session:
     until the connection drops (GlusterFS), the MDS session timeout (CephFS,
@@ -4703,7 +4785,14 @@ def _may_take_over(fd, path, dead_hosts):
     st, _changed = _refresh_view(fd)
     still = time.time() - st.st_mtime
     if claimed and still < _DEAD_HOST_QUIET:
-        return False        # just sealed: most likely a live scavenger's claim
+        if not wait:
+            return False    # just sealed: most likely a live scavenger's claim
+        # A --flush is to finish: a sealed one does not change again, so
+        # waiting the rest of the quiet period tells a live claim (which
+        # ends meanwhile, the temp zip gone) from a dead one.
+        time.sleep(_DEAD_HOST_QUIET - still)
+        if _stat_existing(path) is None:
+            return False
     if still < _DEAD_HOST_QUIET:
         raise TempZipError("%s changed %.1f s ago, so its writer (%s) may be alive; "
                            "--dead-host is for a node that is down: if it is, run the "
@@ -5254,15 +5343,27 @@ class _ArchiveView:
         _close_held(self)
 
 
-def _data_offset(fd, path, entry):
-    """Where ``entry``'s data starts, from its local header (4.3.7)."""
+def _local_lengths(fd, path, entry):
+    """(name length, extra length) of ``entry``'s local header (4.3.7)."""
     header = os.pread(fd, _LOCAL_STRUCT.size, entry.header_offset)
     if len(header) < _LOCAL_STRUCT.size or header[:4] != _LOCAL_SIG:
         raise ArchiveError("%s: member %r has no local header at byte %d; the archive is "
                            "damaged ('rear verify' tells more)"
                            % (path, entry.name, entry.header_offset), path)
-    name_len, extra_len = _LOCAL_NAME_EXTRA.unpack_from(header, _LOCAL_NAME_EXTRA_OFFSET)
+    return _LOCAL_NAME_EXTRA.unpack_from(header, _LOCAL_NAME_EXTRA_OFFSET)
+
+
+def _data_offset(fd, path, entry):
+    """Where ``entry``'s data starts, from its local header."""
+    name_len, extra_len = _local_lengths(fd, path, entry)
     return entry.header_offset + _LOCAL_STRUCT.size + name_len + extra_len
+
+
+def _local_provenance(fd, path, entry):
+    """{key: value} of the provenance field in ``entry``'s local header."""
+    name_len, extra_len = _local_lengths(fd, path, entry)
+    extra = os.pread(fd, extra_len, entry.header_offset + _LOCAL_STRUCT.size + name_len)
+    return _parse_provenance(_find_extra_field(extra, _PROVENANCE_ID))
 
 
 class _MemberReader(io.RawIOBase):
@@ -5447,8 +5548,56 @@ class ArchiveReader:
     def __contains__(self, member):
         return self._find_member(member)[1] is not None
 
-    def info(self, member):
-        """MemberInfo of ``member``; KeyError if it is not there."""
+    def copies(self, member):
+        """The names the copies of ``member`` are stored under, in the order
+        they were written: ``member`` itself (the first), then
+        ``member.~1~``, ``member.~2~``, ... (written again with other
+        content: see the scavenger).  [] if there is none."""
+        names = []
+        candidate = member
+        while candidate in self:
+            names.append(candidate)
+            candidate = "%s.~%d~" % (member, len(names))
+        return names
+
+    def _copy_name(self, member, version):
+        """The stored name of ``version`` of ``member``: None or "first"
+        (the name itself, what unzip shows under it), "last", or N >= 1
+        (the copy stored as ``member.~N~``)."""
+        if version is None or version == "first":
+            return member
+        if version == "last":
+            return (self.copies(member) or [member])[-1]
+        if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
+            return "%s.~%d~" % (member, version)
+        raise ValueError("version must be 'first', 'last' or a copy number N >= 1 (the "
+                         "copy stored as NAME.~N~), not %r" % (version,))
+
+    def provenance(self, member, version=None):
+        """Who wrote ``member`` (``version`` as for read): {key: value} of
+        host, pid and, where it ran under one, the scheduler's job ids and
+        the MPI rank (_PROVENANCE_TAGS); {} for a member that rear before
+        1.3, or another tool, wrote.  KeyError if it is not there."""
+        member = self._copy_name(member, version)
+        view, entry = self._find_member(member)
+        if entry is None:
+            raise self._missing_error(member)
+        if view is not None:
+            return _local_provenance(view.fd, view.path, entry)
+        path = self._pending.entries[member][0]
+        fd = _open_existing(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+        if fd is None:     # scavenged since we looked: it is in an archive now
+            self._reopen()
+            return self.provenance(member)
+        try:
+            return _local_provenance(fd, path, entry)
+        finally:
+            _close_read_only(fd)
+
+    def info(self, member, version=None):
+        """MemberInfo of ``member`` (``version`` as for read); KeyError if
+        it is not there."""
+        member = self._copy_name(member, version)
         view, entry = self._find_member(member)
         if entry is None:
             raise self._missing_error(member)
@@ -5456,10 +5605,10 @@ class ArchiveReader:
             return MemberInfo.of(entry, member, self._pending.entries[member][0], True)
         return MemberInfo.of(entry, member, view.path)
 
-    def open(self, member):
+    def open(self, member, version=None):
         """A binary file object streaming ``member``'s bytes, CRC-checked at
-        the end; KeyError if it is not there."""
-        return self._open_with_info(member)[1]
+        the end (``version`` as for read); KeyError if it is not there."""
+        return self._open_with_info(self._copy_name(member, version))[1]
 
     def _open_with_info(self, member):
         """(MemberInfo, stream) of ``member``, found with one lookup."""
@@ -5477,9 +5626,14 @@ class ArchiveReader:
         return (MemberInfo.of(entry, member, path, True),
                 io.BufferedReader(_OwningReader(reader), _CHUNK))
 
-    def read(self, member):
-        """The bytes of ``member``, CRC-checked; KeyError if it is not there."""
-        with self.open(member) as handle:
+    def read(self, member, version=None):
+        """The bytes of ``member``, CRC-checked; KeyError if it is not there.
+
+        A name written again with other content is kept under
+        ``member.~1~``, ``member.~2~``...; ``member`` means the first copy
+        written, before and after scavenging.  ``version``: "first" (the
+        default), "last", or N for the copy stored as ``member.~N~``."""
+        with self.open(member, version) as handle:
             return handle.read()
 
     def infos(self, prefix=""):
@@ -5591,13 +5745,13 @@ def open_archive(path, dest=None, pending=False, lock_timeout=_READ_LOCK_TIMEOUT
     return reader
 
 
-def read_bytes(base, path, lock_timeout=_READ_LOCK_TIMEOUT):
+def read_bytes(base, path, lock_timeout=_READ_LOCK_TIMEOUT, version=None):
     """The bytes of ``"sub/name.zip/member"`` under ``base``: from the
     archive series, or failing that from the temp zips not yet scavenged.
-    KeyError if it is nowhere (yet)."""
+    KeyError if it is nowhere (yet).  ``version`` as for ArchiveReader.read."""
     dest, member = split_path(path)
     with open_archive(base, dest, pending=True, lock_timeout=lock_timeout) as reader:
-        return reader.read(member)
+        return reader.read(member, version)
 
 
 # ---------------------------------------------------------------- fsspec filesystem
@@ -6868,6 +7022,9 @@ class _LocalTimes:
 
 def _cmd_ls(args):
     with _reader_for(args.target, args.archive, args.pending) as reader:
+        if args.versions:
+            _write_lines(sys.stdout, _version_lines(reader, args.prefix, args.json))
+            return 0
         if args.names_only:
             _write_lines(sys.stdout, ((name if name.isprintable() else _shown_name(name)) + "\n"
                                       for name in reader.names(args.prefix)))
@@ -6883,6 +7040,32 @@ def _cmd_ls(args):
         sys.stdout.write("%12d %12d  %-16s  %s\n" % (totals[0], totals[1], "",
                                                      _counted(totals[2], "file")))
     return 0
+
+
+#: The suffix of a copy the scavenger kept under another name (name.~N~).
+_COPY_SUFFIX = re.compile(r"\.~[1-9][0-9]*~$")
+
+
+def _version_lines(reader, prefix, as_json):
+    """'rear ls --versions': every copy of each name, with who wrote it."""
+    shown = _LocalTimes("%Y-%m-%d %H:%M:%S")
+    for name in reader.names(prefix):
+        if _COPY_SUFFIX.search(name):
+            continue          # listed under its name
+        for number, stored in enumerate(reader.copies(name)):
+            info = reader.info(stored)
+            provenance = reader.provenance(stored)
+            if as_json:
+                yield json.dumps({"name": name, "version": number + 1, "stored_as": stored,
+                                  "size": info.size, "crc": info.crc,
+                                  "mtime": int(info.mtime), "date_time": shown(info.mtime),
+                                  "archive": info.archive, "pending": info.pending,
+                                  "provenance": provenance}) + "\n"
+            else:
+                yield "%s  %s  %d  %08x  %s%s  %s\n" % (
+                    _shown_name(name), _shown_name(stored), info.size, info.crc,
+                    shown(info.mtime), "  (pending)" if info.pending else "",
+                    " ".join("%s=%s" % item for item in provenance.items()) or "-")
 
 
 def _listing_lines(rows, totals):
@@ -6940,7 +7123,7 @@ def _cmd_cat(args):
         member, reader = args.member, _reader_for(args.target)
     with reader:
         try:
-            handle = reader.open(member)
+            handle = reader.open(member, args.version)
         except KeyError as err:
             raise RearError("%s; list the members with 'rear ls %s'"
                             % (err.args[0], " ".join(
@@ -7171,6 +7354,10 @@ def _add_ls_arguments(sub):
                        "mode, mtime, date_time, archive, pending)")
     shape.add_argument("-1", dest="names_only", action="store_true",
                        help="names only, one per line, like 'zipinfo -1'")
+    sub.add_argument("--versions", action="store_true",
+                     help="every copy of each name (a name written again with other content "
+                     "is kept as NAME.~N~): the name, where it is stored, size, CRC, time, "
+                     "and who wrote it (host, pid, scheduler job ids)")
 
 
 def _add_missing_arguments(sub):
@@ -7194,6 +7381,18 @@ def _add_cat_arguments(sub):
     sub.add_argument("target", help="an archive (BASE/logs.zip), or a base directory")
     sub.add_argument("member", help="the member's name in the archive, as 'rear ls' "
                      "lists it; with a base: its full path, like 'logs.zip/task-17/out.txt'")
+    sub.add_argument("--version", type=_version_arg, default=None, metavar="first|last|N",
+                     help="which copy of a name written more than once: the first (default, "
+                     "the plain name), the last, or the one stored as NAME.~N~")
+
+
+def _version_arg(text):
+    if text in ("first", "last"):
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError("%r is not a version: give first, last or a copy number "
+                                     "N >= 1 (the copy stored as NAME.~N~)" % text)
 
 
 def _add_verify_arguments(sub):

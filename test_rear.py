@@ -701,7 +701,10 @@ def test_the_scavengers_raw_copy_keeps_the_time_field_in_local_and_central_heade
     name_len, extra_len = struct.unpack_from("<HH", data, 26)      # the local header
     local_extra = data[30 + name_len:30 + name_len + extra_len]
     ut = b"\x55\x54\x05\x00\x01" + struct.pack("<L", MTIME_2050)
-    assert info.extra == ut and local_extra == ut
+    assert info.extra == ut and local_extra.startswith(ut)
+    # then only the writer's provenance, which the central record leaves out
+    assert local_extra[len(ut):len(ut) + 2] == struct.pack("<H", rear._PROVENANCE_ID)
+    assert len(local_extra) == len(ut) + 4 + struct.unpack_from("<H", local_extra, len(ut) + 2)[0]
 
 
 @pytest.mark.parametrize("mtime", [MTIME_1970, MTIME_2200, -86400], ids=["1970", "2200", "1969"])
@@ -3771,3 +3774,127 @@ def test_missing_finds_a_non_ascii_name_another_tool_stored_in_cp437(base):
     assert os.path.exists(index_path(base, "results.zip"))
     assert list(rear.missing(base, "results.zip", ["\u00e9.txt", "\u00e8.txt",
                                                    "out/009.json"])) == ["\u00e8.txt"]
+
+
+# ---------------------------------------------------------------- accounting: provenance, versions
+
+
+WRITE_ONE_SCRIPT = """
+    import sys, rear
+    with rear.rear_fs(sys.argv[1]) as fs:
+        fs.write_bytes(sys.argv[2], sys.argv[3].encode())
+"""
+
+SLURM_TASK_ENV = {"SLURM_JOB_ID": "1235", "SLURM_ARRAY_JOB_ID": "1230",
+                  "SLURM_ARRAY_TASK_ID": "5"}
+
+
+def write_as_task(base, path, text, **env):
+    """Write one file from a process with the scheduler's environment ``env``;
+    returns that process's pid."""
+    child = run_child(WRITE_ONE_SCRIPT, base, path, text, env=dict(CHILD_ENV, **env))
+    assert child.wait(60) == 0
+    return child.pid
+
+
+def test_each_entry_records_who_wrote_it_host_pid_and_the_jobs_ids(base):
+    pid = write_as_task(base, "r.zip/out/5.json", "x", OMPI_COMM_WORLD_RANK="7",
+                        **SLURM_TASK_ENV)
+    expected = {"host": socket.gethostname(), "pid": str(pid), "slurm_job": "1235",
+                "slurm_array_job": "1230", "slurm_array_task": "5", "mpi_rank": "7"}
+    with rear.open_archive(base, "r.zip", pending=True) as reader:      # still pending
+        assert reader.provenance("out/5.json") == expected
+    rear.scavenge(base)
+    with rear.open_archive(base, "r.zip") as reader:                    # archived
+        assert reader.provenance("out/5.json") == expected
+    read_archive(os.path.join(base, "r.zip"))                          # unzip -t, zipfile
+
+
+def test_a_salvaged_entry_keeps_who_wrote_it(base):
+    killed = run_child("""
+        import os, signal, sys, rear
+        fs = rear.rear_fs(sys.argv[1]).__enter__()
+        fs.write_bytes("r.zip/a", b"a")
+        os.kill(os.getpid(), signal.SIGKILL)      # never sealed
+    """, base, env=dict(CHILD_ENV, **SLURM_TASK_ENV))
+    assert killed.wait(60) == -signal.SIGKILL
+    assert rear.scavenge(base, flush=True).salvaged == 1
+    with rear.open_archive(base, "r.zip") as reader:
+        assert reader.provenance("a") == {
+            "host": socket.gethostname(), "pid": str(killed.pid), "slurm_job": "1235",
+            "slurm_array_job": "1230", "slurm_array_task": "5"}
+
+
+def test_provenance_is_only_in_local_headers_and_every_reader_accepts_it(base):
+    write_as_task(base, "r.zip/x", "x", **SLURM_TASK_ENV)
+    rear.scavenge(base)
+    archive = os.path.join(base, "r.zip")
+    with zipfile.ZipFile(archive) as handle:
+        (info,) = handle.infolist()
+    assert struct.pack("<H", rear._PROVENANCE_ID) not in info.extra    # central record
+    assert struct.pack("<H", rear._PROVENANCE_ID) in open(archive, "rb").read()
+    unzip_test(archive)
+
+
+def test_a_requeued_tasks_two_runs_are_told_apart_by_ls_versions(base):
+    write_as_task(base, "r.zip/out/5.json", "first run", **SLURM_TASK_ENV)
+    rear.scavenge(base)
+    write_as_task(base, "r.zip/out/5.json", "second run", SLURM_RESTART_COUNT="1",
+                  **SLURM_TASK_ENV)
+    rear.scavenge(base)
+    result = run_cli("ls", "--versions", "--json", base, "r.zip")
+    copies = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(c["name"], c["version"], c["stored_as"]) for c in copies] == [
+        ("out/5.json", 1, "out/5.json"), ("out/5.json", 2, "out/5.json.~1~")]
+    assert "slurm_restart" not in copies[0]["provenance"]
+    assert copies[1]["provenance"]["slurm_restart"] == "1"
+    assert copies[0]["provenance"]["slurm_array_task"] == "5"
+    lines = run_cli("ls", "--versions", base, "r.zip").stdout.splitlines()
+    assert len(lines) == 2 and "slurm_restart=1" in lines[1] and "out/5.json.~1~" in lines[1]
+
+
+def test_a_name_means_its_first_copy_before_and_after_scavenging(base):
+    with rear.rear_fs(base) as fs:
+        fs.write_bytes("r.zip/x", b"first")
+    rear.scavenge(base)
+    with rear.rear_fs(base) as fs:
+        fs.write_bytes("r.zip/x", b"second")
+    assert rear.read_bytes(base, "r.zip/x") == b"first"            # second still pending
+    assert run_cli("cat", base, "r.zip/x").stdout == "first"
+    assert list(rear.missing(base, "r.zip", "x")) == []
+    rear.scavenge(base)
+    assert rear.read_bytes(base, "r.zip/x") == b"first"
+    assert run_cli("cat", base, "r.zip/x").stdout == "first"
+    assert unzip_p(os.path.join(base, "r.zip"), "x") == b"first"
+
+
+@pytest.mark.parametrize("version, expected", [("first", b"one"), ("last", b"three"),
+                                               (1, b"two"), (2, b"three")])
+def test_the_other_copies_of_a_name_are_read_by_version(base, version, expected):
+    for content in (b"one", b"two", b"three"):
+        with rear.rear_fs(base) as fs:
+            fs.write_bytes("r.zip/x", content)
+        rear.scavenge(base)
+    assert rear.read_bytes(base, "r.zip/x", version=version) == expected
+    with rear.open_archive(base, "r.zip") as reader:
+        assert reader.copies("x") == ["x", "x.~1~", "x.~2~"]
+        assert reader.read("x", version=version) == expected
+    result = run_cli("cat", "--version", str(version), base, "r.zip/x")
+    assert result.stdout.encode() == expected
+
+
+@pytest.mark.parametrize("version", [0, -1, "newest", True])
+def test_a_version_that_is_not_one_is_refused_saying_what_is(base, version):
+    with rear.rear_fs(base) as fs:
+        fs.write_bytes("r.zip/x", b"x")
+    with pytest.raises(ValueError, match="version must be 'first', 'last' or a copy number"):
+        rear.read_bytes(base, "r.zip/x", version=version)
+
+
+def unzip_p(archive, member):
+    """The bytes Info-ZIP unzip gives for ``member``: an independent reader's
+    answer to which copy a name means."""
+    if shutil.which("unzip") is None:
+        pytest.skip("Info-ZIP unzip is not installed (apt-get install unzip)")
+    return subprocess.run(["unzip", "-p", archive, member], capture_output=True,
+                          check=True).stdout
