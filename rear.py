@@ -1295,7 +1295,9 @@ def _parse_provenance(body):
 def _this_process_provenance():
     """This process's provenance body: host, pid, and the job ids the
     scheduler and MPI put in its environment."""
-    fields = {"host": socket.gethostname(), "pid": os.getpid()}
+    # The host's first label, as SLURM names nodes: an FQDN would add a
+    # fifth to the field, which costs bytes on every entry.
+    fields = {"host": socket.gethostname().split(".")[0], "pid": os.getpid()}
     for key, variables in _PROVENANCE_TAGS.values():
         for variable in variables:
             if os.environ.get(variable):

@@ -3800,7 +3800,8 @@ def write_as_task(base, path, text, **env):
 def test_each_entry_records_who_wrote_it_host_pid_and_the_jobs_ids(base):
     pid = write_as_task(base, "r.zip/out/5.json", "x", OMPI_COMM_WORLD_RANK="7",
                         **SLURM_TASK_ENV)
-    expected = {"host": socket.gethostname(), "pid": str(pid), "slurm_job": "1235",
+    expected = {"host": socket.gethostname().split(".")[0], "pid": str(pid),
+                "slurm_job": "1235",
                 "slurm_array_job": "1230", "slurm_array_task": "5", "mpi_rank": "7"}
     with rear.open_archive(base, "r.zip", pending=True) as reader:      # still pending
         assert reader.provenance("out/5.json") == expected
@@ -3821,7 +3822,8 @@ def test_a_salvaged_entry_keeps_who_wrote_it(base):
     assert rear.scavenge(base, flush=True).salvaged == 1
     with rear.open_archive(base, "r.zip") as reader:
         assert reader.provenance("a") == {
-            "host": socket.gethostname(), "pid": str(killed.pid), "slurm_job": "1235",
+            "host": socket.gethostname().split(".")[0], "pid": str(killed.pid),
+            "slurm_job": "1235",
             "slurm_array_job": "1230", "slurm_array_task": "5"}
 
 

@@ -726,6 +726,47 @@ def bench_missing(root, scale, pythons, results):
           flush=True)
 
 
+def bench_provenance(root, scale, pythons, results):
+    """Row 10: a commit of 1 KiB entries and the archive it makes, with the
+    writers' provenance recorded (as rear writes them, under a SLURM
+    array task's environment) and without it (the field left out), three
+    interleaved rounds: ratios of the best times and of the sizes."""
+    rear = _import_rear()
+    entries = [("a.zip/s/%05d/out-%d.txt" % (n // 1000, n), payload(1024, n))
+               for n in range(scale["scavenge_small"])]
+    slurm = {"SLURM_JOB_ID": "4242137", "SLURM_ARRAY_JOB_ID": "4242100",
+             "SLURM_ARRAY_TASK_ID": "37"}
+    times = {True: [], False: []}
+    sizes = {}
+    recorded = rear._this_process_provenance
+    for _round in range(max(scale["repeats"], 3)):
+        for with_provenance in (True, False):
+            base = fresh_dir(root, "p")
+            saved = {name: os.environ.get(name) for name in slurm}
+            os.environ.update(slurm)
+            if not with_provenance:
+                rear._this_process_provenance = lambda: None
+            try:
+                make_rear_inbox(base, entries, "deflated")
+            finally:
+                rear._this_process_provenance = recorded
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name)
+                    else:
+                        os.environ[name] = value
+            report = run_worker(sys.executable, "scavenge", {"method": "rear", "base": base})
+            times[with_provenance].append(report["seconds"])
+            sizes[with_provenance] = os.path.getsize(os.path.join(base, "a.zip"))
+    rows = {"seconds_with": min(times[True]), "seconds_without": min(times[False]),
+            "bytes_with": sizes[True], "bytes_without": sizes[False], "entries": len(entries)}
+    results["provenance"] = rows
+    print("  provenance: %d entries of 1 KiB: commit %.3f s with, %.3f s without; archive "
+          "%d bytes with, %d without" % (len(entries), rows["seconds_with"],
+                                         rows["seconds_without"], sizes[True], sizes[False]),
+          flush=True)
+
+
 def run_worker_with_timeout(python, kind, args, timeout):
     """run_worker, killing the worker (and its process group) past ``timeout``."""
     settle()
@@ -860,6 +901,14 @@ def summary(results):
                       "< 10", row["seconds"] < 10))
         lines.append(("rear missing, %d expected: peak RSS" % row["expected"], row["rss_mib"],
                       "< 100 MiB", None if row["rss_mib"] is None else row["rss_mib"] < 100))
+    row = results.get("provenance")
+    if row:
+        value = ratio(row["seconds_with"], row["seconds_without"])
+        lines.append(("commit with / without provenance, time", value, "<= 1.05x",
+                      None if value is None else value <= 1.05))
+        value = ratio(row["bytes_with"], row["bytes_without"])
+        lines.append(("archive with / without provenance, bytes", value, "<= 1.05x",
+                      None if value is None else value <= 1.05))
     memory = results.get("peak_rss_mib", {}).get("rear", {})
     for key in ("worker_rss_mib", "scavenger_rss_mib"):
         value = memory.get(key)
@@ -898,7 +947,7 @@ def main(argv=None):
     parser.add_argument("--only", action="append", choices=["writers", "metadata",
                                                             "scavenger", "append", "memory",
                                                             "read", "campaign", "fsspec",
-                                                            "missing"])
+                                                            "missing", "provenance"])
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     pythons = {"rear": sys.executable, "writestr": sys.executable, "open": sys.executable}
@@ -912,7 +961,8 @@ def main(argv=None):
     rows = [("writers", bench_writers), ("metadata", bench_metadata),
             ("scavenger", bench_scavenger), ("append", bench_append),
             ("memory", bench_memory), ("read", bench_read), ("campaign", bench_campaign),
-            ("fsspec", bench_fsspec), ("missing", bench_missing)]
+            ("fsspec", bench_fsspec), ("missing", bench_missing),
+            ("provenance", bench_provenance)]
     try:
         for name, function in rows:
             if args.only and name not in args.only:
