@@ -4786,15 +4786,19 @@ def _may_take_over(fd, path, dead_hosts, wait=False):
                            "a node that is down" % (path, writer), path)
     st, _changed = _refresh_view(fd)
     still = time.time() - st.st_mtime
-    if claimed and still < _DEAD_HOST_QUIET:
-        if not wait:
-            return False    # just sealed: most likely a live scavenger's claim
+    if still < _DEAD_HOST_QUIET and wait and claimed:
         # A --flush is to finish: a sealed one does not change again, so
-        # waiting the rest of the quiet period tells a live claim (which
-        # ends meanwhile, the temp zip gone) from a dead one.
+        # waiting out the quiet period tells a live scavenger's claim
+        # (which finishes meanwhile, the temp zip gone) from a dead one.
+        # (An unsealed one that just changed is refused instead: its
+        # writer may well be alive, and the operator told otherwise.)
         time.sleep(_DEAD_HOST_QUIET - still)
         if _stat_existing(path) is None:
             return False
+        st, _changed = _refresh_view(fd)
+        still = time.time() - st.st_mtime
+    if still < _DEAD_HOST_QUIET and claimed:
+        return False        # just sealed: most likely a live scavenger's claim
     if still < _DEAD_HOST_QUIET:
         raise TempZipError("%s changed %.1f s ago, so its writer (%s) may be alive; "
                            "--dead-host is for a node that is down: if it is, run the "

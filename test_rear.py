@@ -1982,6 +1982,16 @@ def test_dead_host_takes_over_the_archive_lock_rolls_back_its_commit_and_loses_n
     assert rear.scavenge(base).files_moved == 1
 
 
+
+def test_dead_host_flush_right_after_the_crash_waits_out_the_quiet_period_and_finishes(
+        base, stuck_commit, monkeypatch):
+    _pid, files = stuck_commit
+    monkeypatch.setattr(rear, "_DEAD_HOST_QUIET", 1.0)
+    stats = rear.scavenge(base, flush=True, dead_hosts=["node17"])    # no pause first
+    assert stats.errors == [] and stats.locks_taken_over == 1 and stats.taken_over == 1
+    assert inbox_temp_zips(base) == []
+    assert_exactly_once(base, files)
+
 def test_two_scavengers_taking_over_one_archive_lock_at_once_lose_nothing(
         base, stuck_commit):
     _pid, files = stuck_commit

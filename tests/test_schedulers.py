@@ -7,6 +7,7 @@ Needs root, Debian's slurm-wlm, munge, openmpi-bin and python3-mpi4py (for
 stubbed versions (a fake sbatch, a fake mpi4py) for machines without them.
 """
 
+import json
 import os
 import re
 import shutil
@@ -103,6 +104,87 @@ def test_the_slurm_example_runs_as_shipped(slurm, shipped, tmp_path):
     assert sorted(name for name in os.listdir(os.path.join(base, ".job"))
                   if name.startswith("slurm-")) == sorted(
                       ["slurm-%s.out" % array_job, "slurm-%s.out" % scavenge_job])
+
+
+RESUBMIT_TASK = """
+import os, sys, time
+import rear      # vendored next to this script by submit.sh
+task = int(os.environ["SLURM_ARRAY_TASK_ID"])
+first = not os.environ.get("REAR_RESUBMITTED")
+restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+with rear.rear_fs():
+    for step in range(10):
+        with rear.rear_open("results.zip/task-%04d/step-%03d.txt" % (task, step), "w") as out:
+            out.write("task %d, step %d\\n" % (task, step))
+    if first and task == 1:
+        sys.exit("task 1 fails on its first run")
+    if first and task == 2:
+        time.sleep(3600)                        # killed at its time limit
+    if task == 3 and restart == 0:
+        with rear.rear_open("logs.zip/task-0003.log", "w") as log:
+            log.write("task 3, first run\\n")
+        open(os.path.join(os.environ["ACK_DIR"], "requeue-3"), "w").close()
+        time.sleep(3600)                        # requeued meanwhile
+    with rear.rear_open("logs.zip/task-%04d.log" % task, "w") as log:
+        log.write("task %d finished, restart %d\\n" % (task, restart))
+"""
+
+
+def test_the_slurm_example_resubmits_exactly_the_tasks_that_left_no_log_once(
+        slurm, shipped, tmp_path):
+    """Of five tasks, 1 fails and 2 is killed at its time limit on their
+    first run; 3 is requeued with 'scontrol requeue' after writing its log.
+    The scavenger job resubmits 1 and 2 (from 'rear missing --array'), a
+    second scavenger finds every log, and 'rear ls --versions' tells task
+    3's two runs apart."""
+    base = str(tmp_path / "run")
+    acks = tmp_path / "acks"
+    acks.mkdir()
+    task = tmp_path / "task.py"
+    task.write_text(RESUBMIT_TASK)
+    env = job_env(REAR_BASE=base, TASKS="5", TASK=str(task), ACK_DIR=str(acks),
+                  SBATCH_TIMELIMIT="1")                 # minutes, for every job
+    result = subprocess.run(["bash", os.path.join(shipped, "examples", "slurm", "submit.sh")],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    array_job, scavenge_job = re.findall(r"job (\d+)", result.stdout)
+    deadline = time.monotonic() + 120
+    while not (acks / "requeue-3").exists():
+        assert time.monotonic() < deadline, "task 3 never wrote its first log"
+        time.sleep(0.2)
+    task_3 = "%s_3" % array_job
+    subprocess.run(["scontrol", "requeue", task_3], check=True)
+    # A requeued job waits about two minutes (BeginTime); start it now.
+    while subprocess.run(["scontrol", "update", "JobId=" + task_3, "StartTime=now"],
+                         capture_output=True).returncode:
+        assert time.monotonic() < deadline + 60, "task 3 was never pending again"
+        time.sleep(0.5)
+    job_dir = os.path.join(base, ".job")
+    state = slurm_harness.wait_for(scavenge_job, timeout=400)
+    output = open(os.path.join(job_dir, "slurm-%s.out" % scavenge_job)).read()
+    assert state == ("COMPLETED", "0:0"), (state, output)
+    resubmitted = re.search(r"resubmitted tasks (\S+): job (\d+), scavenger: job (\d+)",
+                            output)
+    assert resubmitted and resubmitted.group(1) == "1-2", output
+    state = slurm_harness.wait_for(resubmitted.group(3), timeout=400)
+    output = open(os.path.join(job_dir, "slurm-%s.out" % resubmitted.group(3))).read()
+    assert state == ("COMPLETED", "0:0") and "every task left its log" in output, output
+    rear_py = os.path.join(job_dir, "rear.py")
+    versions = subprocess.run([SYSTEM_PYTHON, rear_py, "ls", "--versions", "--json", base,
+                               "logs.zip", "--prefix", "task-0003"],
+                              capture_output=True, text=True, check=True).stdout
+    copies = [json.loads(line) for line in versions.splitlines()]
+    assert [copy["stored_as"] for copy in copies] == ["task-0003.log", "task-0003.log.~1~"]
+    assert "slurm_restart" not in copies[0]["provenance"]
+    assert copies[1]["provenance"]["slurm_restart"] == "1"
+    assert {copy["provenance"]["slurm_array_task"] for copy in copies} == {"3"}
+    assert sorted(archive_names(os.path.join(base, "logs.zip"))) == sorted(
+        ["task-%04d.log" % number for number in range(5)] + ["task-0003.log.~1~"])
+    assert len(archive_names(os.path.join(base, "results.zip"))) == 50    # reruns: duplicates
+    assert inbox_temp_zips(base) == []
+    missing = subprocess.run([SYSTEM_PYTHON, rear_py, "missing", base, "logs.zip", "--expect",
+                              "task-{0000..0004}.log"], capture_output=True, text=True)
+    assert missing.returncode == 0 and missing.stdout == ""
 
 
 HARSH_TASK = """
