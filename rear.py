@@ -2040,6 +2040,17 @@ def split_path(path):
                     "like 'name.zip/member/path'" % (path,))
 
 
+def _check_dest(dest):
+    """Refuse what is not the path of an archive in a base (``sub/name.zip``)."""
+    try:
+        valid = split_path(dest + "/_")[0] == dest
+    except PathError:
+        valid = False
+    if not valid:
+        raise PathError("%r is not an archive path; give one like 'results.zip' or "
+                        "'sub/name.zip'" % (dest,))
+
+
 def _not_utf8_error(path):
     """PathError naming the component of ``path`` that is not UTF-8 text (a
     lone surrogate: a file name in another encoding, as os.listdir gives it)."""
@@ -5731,8 +5742,7 @@ def open_archive(path, dest=None, pending=False, lock_timeout=_READ_LOCK_TIMEOUT
         path = os.path.abspath(os.fspath(path))
         return ArchiveReader([_ArchiveView(path, lock_timeout=lock_timeout)], name=path)
     base = _checked_base(path)
-    if split_path(dest + "/_")[0] != dest:
-        raise PathError("%r is not an archive path; give one like 'sub/name.zip'" % (dest,))
+    _check_dest(dest)
     views = []
     try:
         for archive in _series(base, dest):
@@ -6610,9 +6620,7 @@ class Missing:
 
     def __init__(self, base, dest, expected):
         self.base = _checked_base(base)
-        if split_path(dest + "/_")[0] != dest:
-            raise PathError("%r is not an archive path; give one like 'sub/name.zip'"
-                            % (dest,))
+        _check_dest(dest)
         self.dest = dest
         if isinstance(expected, str):
             expected = [expected]
@@ -6622,6 +6630,9 @@ class Missing:
         self.archives = 0      # how many archives the series has
 
     def __iter__(self):
+        # The inbox first, then the archives: a name a scavenger moves in
+        # between is then in the one or the other, never in neither.
+        pending = _PendingView(self.base, self.dest).entries
         views = []
         try:
             for archive in _series(self.base, self.dest):
@@ -6629,7 +6640,6 @@ class Missing:
                                           _READ_LOCK_TIMEOUT))
             self.archives = len(views)
             lookups = [_name_lookup(view) for view in views]
-            pending = _PendingView(self.base, self.dest).entries
             for name, value in self._names():
                 self.expected += 1
                 encoded = name.encode("utf-8")
@@ -7194,11 +7204,20 @@ def _cmd_missing(args):
 
 def _names_in_file(path):
     """(name, None) for each non-empty line of ``path``: literal names."""
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            name = line.rstrip("\n")
-            if name:
-                yield name, None
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as err:
+        raise RearError("cannot read --expect-file %s: %s; give a file of expected names, "
+                        "one per line" % (path, err.strerror), path) from err
+    with handle:
+        try:
+            for line in handle:
+                name = line.rstrip("\n")
+                if name:
+                    yield name, None
+        except UnicodeDecodeError as err:
+            raise RearError("--expect-file %s is not UTF-8 text (%s); give a file of expected "
+                            "names, one per line" % (path, err.reason), path) from err
 
 
 def _cmd_verify(args):

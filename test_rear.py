@@ -3910,3 +3910,16 @@ def unzip_p(archive, member):
         pytest.skip("Info-ZIP unzip is not installed (apt-get install unzip)")
     return subprocess.run(["unzip", "-p", archive, member], capture_output=True,
                           check=True).stdout
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["results", "--expect", "x"], "'results' is not an archive path; give one like "
+     "'results.zip' or 'sub/name.zip'"),
+    (["results.zip", "--expect-file", "/nonexistent/names.txt"], "cannot read --expect-file "
+     "/nonexistent/names.txt: No such file or directory; give a file of expected names"),
+])
+def test_missing_with_a_bad_archive_or_names_file_says_what_to_give(base, arguments, message):
+    result = run_cli("missing", base, *arguments)
+    assert result.returncode == 1
+    assert result.stderr.startswith("rear: error: " + message)
+    assert "Traceback" not in result.stderr

@@ -182,6 +182,50 @@ def test_an_archive_another_tool_made_is_appended_to_and_every_reader_agrees(
             before, **{"new/%d" % number: b"%d" % number for number in range(3)})
     assert rear.verify(archive) == []
 
+
+JAVA_READER = """
+import java.io.FileInputStream;
+import java.util.zip.ZipEntry;
+import java.util.zip.ZipFile;
+import java.util.zip.ZipInputStream;
+
+// Java's two zip readers: ZipFile (the central directory) and
+// ZipInputStream (local headers, in order, extra fields included).
+public class ReadZips {
+    public static void main(String[] paths) throws Exception {
+        for (String path : paths) {
+            int streamed = 0;
+            try (ZipInputStream in = new ZipInputStream(new FileInputStream(path))) {
+                while (in.getNextEntry() != null) {
+                    in.readAllBytes();      // checks the CRC at the end of each entry
+                    streamed++;
+                }
+            }
+            try (ZipFile zip = new ZipFile(path)) {
+                if (zip.size() != streamed) {
+                    throw new Exception(path + ": " + zip.size() + " entries, " + streamed
+                                        + " streamed");
+                }
+                for (ZipEntry entry : java.util.Collections.list(zip.entries())) {
+                    zip.getInputStream(entry).readAllBytes();
+                }
+            }
+        }
+    }
+}
+"""
+
+
+def test_java_reads_every_kind_of_archive(zoo, tmp_path):
+    if shutil.which("java") is None or shutil.which("javac") is None:
+        pytest.skip("no Java (apt-get install default-jdk-headless)")
+    source = tmp_path / "ReadZips.java"
+    source.write_text(JAVA_READER)
+    paths = [zoo[kind] for kind in ZOO_KINDS
+             if not methods_of(zoo[kind]) & {zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}]
+    result = subprocess.run(["java", str(source)] + paths, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
 def test_zipfile_path_reads_an_archive_like_a_folder(zoo):
     root = zipfile.Path(zoo["non-ASCII names"])
     (directory,) = list(root.iterdir())
