@@ -852,8 +852,10 @@ _STALE_VIEW_RETRY = _Backoff(first=0.05, cap=1.0, total=5.0)
 #: its wait is bounded) up to its lock_timeout.
 _LOCK_POLL = _Backoff(first=0.001, cap=0.05)
 #: A scavenger polls a busy archive lock (so that its wait is bounded and
-#: it sees a takeover's new lock file) up to _ARCHIVE_LOCK_WAIT.
-_ARCHIVE_LOCK_POLL = _Backoff(first=0.001, cap=0.25)
+#: it sees a takeover's new lock file) up to _ARCHIVE_LOCK_WAIT; at most
+#: 50 ms apart, so that scavengers taking turns on one archive lose little
+#: to the poll (a blocking lock would hand over at once, but never time out).
+_ARCHIVE_LOCK_POLL = _Backoff(first=0.001, cap=0.05)
 #: A reader without the lock finds an archive mid-commit: four more tries
 #: 0.1 s apart.
 _UNPARSED_RETRY = _Backoff(first=0.1, cap=0.1, tries=4)
