@@ -6646,8 +6646,10 @@ class Missing:
                 self.expected += 1
                 encoded = name.encode("utf-8")
                 name_hash = _name_hash(encoded)
-                for lookup in lookups:
+                for position, lookup in enumerate(lookups):
                     if lookup(encoded, name_hash):
+                        if position:    # names in order are mostly in one archive
+                            lookups.insert(0, lookups.pop(position))
                         break
                 else:
                     lookup = None
