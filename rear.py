@@ -7070,7 +7070,8 @@ def _version_lines(reader, prefix, as_json):
     """'rear ls --versions': every copy of each name, with who wrote it."""
     shown = _LocalTimes("%Y-%m-%d %H:%M:%S")
     for name in reader.names(prefix):
-        if _COPY_SUFFIX.search(name):
+        copy_of = _COPY_SUFFIX.search(name)
+        if copy_of and name[:copy_of.start()] in reader:
             continue          # listed under its name
         for number, stored in enumerate(reader.copies(name)):
             info = reader.info(stored)
@@ -7145,8 +7146,8 @@ def _cmd_cat(args):
         try:
             handle = reader.open(member, args.version)
         except KeyError as err:
-            raise RearError("%s; list the members with 'rear ls %s'"
-                            % (err.args[0], " ".join(
+            raise RearError("%s; list the members with 'rear ls %s%s'"
+                            % (err.args[0], "--versions " if args.version else "", " ".join(
                                 [args.target] + ([dest] if os.path.isdir(args.target)
                                                  else []))), args.target) from None
         with handle:

@@ -3923,3 +3923,11 @@ def test_missing_with_a_bad_archive_or_names_file_says_what_to_give(base, argume
     assert result.returncode == 1
     assert result.stderr.startswith("rear: error: " + message)
     assert "Traceback" not in result.stderr
+
+
+def test_ls_versions_lists_a_name_that_only_looks_like_a_copy_under_itself(base):
+    with rear.rear_fs(base) as fs:
+        fs.write_bytes("r.zip/notes.~1~", b"a user's own name")
+    rear.scavenge(base)
+    lines = run_cli("ls", "--versions", base, "r.zip").stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("notes.~1~  notes.~1~  17  ")
