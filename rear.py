@@ -7204,6 +7204,19 @@ def _cmd_missing(args):
                          "name right? (%s)\n" % (found.base, args.archive, (
                              "archives there: " + ", ".join(others)) if others
                              else "it has no archives yet"))
+    elif found.expected and found.missing == found.expected:
+        # Not one expected name is there, yet the archive holds others: a
+        # pattern that does not match the names (padding, a glob) would
+        # otherwise have every task resubmitted.
+        with open_archive(found.base, args.archive, pending=True) as reader:
+            names = list(itertools.islice(reader.names(), 3))
+        sys.stderr.write("rear: note: none of the expected names is in %s, which holds others "
+                         "(%s, ...); is the pattern right?%s\n" % (
+                             args.archive, ", ".join(names),
+                             " '*' and '?' are not expanded: use braces, like "
+                             "{0..999} or {000..999}" if any(
+                                 "*" in pattern or "?" in pattern for pattern in args.expect)
+                             else " Zero padding is {000..999}, not {0..999}"))
     return 3 if found.missing else 0
 
 

@@ -3931,3 +3931,17 @@ def test_ls_versions_lists_a_name_that_only_looks_like_a_copy_under_itself(base)
     rear.scavenge(base)
     lines = run_cli("ls", "--versions", base, "r.zip").stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith("notes.~1~  notes.~1~  17  ")
+
+
+@pytest.mark.parametrize("pattern, hint", [
+    ("out/{0..2}.json", "Zero padding is {000..999}, not {0..999}"),
+    ("out/*.json", "'*' and '?' are not expanded: use braces"),
+])
+def test_missing_whose_pattern_matches_nothing_there_says_so_before_a_resubmission_of_all(
+        base, pattern, hint):
+    campaign(base, done=[0, 1, 2])
+    result = run_cli("missing", base, "results.zip", "--expect", pattern)
+    assert result.returncode == 3
+    assert ("none of the expected names is in results.zip, which holds others "
+            "(out/000.json, out/001.json, out/002.json, ...); is the pattern right?"
+            in result.stderr) and hint in result.stderr
