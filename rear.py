@@ -337,6 +337,11 @@ _GRACE_SPANS = 2.0
 #: once it has not changed for this long: one that just changed has a live
 #: writer, whatever the operator believes.
 _DEAD_HOST_QUIET = 10.0
+#: 'scavenge --flush' waits for the temp zips other scavengers are taking
+#: for as long as their number keeps changing, this long without a change
+#: at most, looking every _FLUSH_POLL seconds.
+_FLUSH_PATIENCE = 60.0
+_FLUSH_POLL = 0.2
 #: A scavenger waits for an archive lock another process holds for this
 #: long at most, saying who holds it after _ARCHIVE_LOCK_REPORT seconds;
 #: then the archive is reported and its entries wait for the next pass.  A
@@ -6399,12 +6404,11 @@ def status(base=None, rotation_span=None):
     """A BaseStatus: the temp zips (open/sealed/dead/stale/damaged), pending
     journals and final archives under ``base``."""
     base = _checked_base(base, whole=True)
-    grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
     inbox = os.path.join(base, _INBOX)
     # Probing a lock opens and closes a descriptor, which would drop the lock
     # of an in-process scavenger on that file: keep out of its way.
     with _SCAVENGE_LOCK:
-        temps = [_temp_status(path, grace) for path in _list_temp_zips(inbox)]
+        temps = _temp_statuses(base, rotation_span)
         journals, committing = [], []
         directory = os.path.join(inbox, _ARCHIVES_DIR)
         if os.path.isdir(directory):
@@ -6417,6 +6421,14 @@ def status(base=None, rotation_span=None):
                     for archive in _archives_under(base, unreadable=unreadable)]
     return BaseStatus(base, temps, journals, [info for info in archives if info is not None],
                       unreadable, committing)
+
+
+def _temp_statuses(base, rotation_span=None):
+    """The TempZipStatus of every temp zip in ``base``'s inbox."""
+    grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
+    with _SCAVENGE_LOCK:
+        return [_temp_status(path, grace)
+                for path in _list_temp_zips(os.path.join(base, _INBOX))]
 
 
 def _lock_holder(paths):
@@ -6854,7 +6866,7 @@ def _cmd_scavenge(args):
             code = _report_errors(stats)
             if not args.watch:
                 if args.flush and not code:
-                    code = _report_unfinished(_checked_base(args.base), args.rotation)
+                    code = _finish_flush(args)
                 return code
             time.sleep(args.watch)
     except KeyboardInterrupt:
@@ -6882,6 +6894,35 @@ def _scavenge_pass(args):
     finally:
         if progress is not None:
             progress.finish()
+
+
+def _finish_flush(args):
+    """--flush asked for everything.  Sealed temp zips a pass left were
+    claimed by another scavenger: they are waited for while their number
+    keeps changing, then one more pass takes what it left; what remains then
+    is reported (_report_unfinished).  (An unsealed one left is a live
+    writer's, or a crashed client's: that is said at once.)"""
+    base = _checked_base(args.base)
+    taken, changed = None, time.monotonic()
+    while True:
+        now_taken = {temp.path for temp in _temp_statuses(base, args.rotation)
+                     if temp.state == "sealed"}
+        if not now_taken:
+            break
+        if now_taken != taken:
+            taken, changed = now_taken, time.monotonic()
+        elif time.monotonic() - changed > _FLUSH_PATIENCE:
+            break
+        time.sleep(_FLUSH_POLL)
+    if taken:
+        stats = _scavenge_pass(args)
+        if not args.quiet and _did_something(stats):
+            _print_stats(stats, sys.stdout)
+            sys.stdout.flush()
+        code = _report_errors(stats)
+        if code:
+            return code
+    return _report_unfinished(base, args.rotation)
 
 
 def _report_unfinished(base, rotation_span=None):

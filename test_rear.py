@@ -3945,3 +3945,35 @@ def test_missing_whose_pattern_matches_nothing_there_says_so_before_a_resubmissi
     assert ("none of the expected names is in results.zip, which holds others "
             "(out/000.json, out/001.json, out/002.json, ...); is the pattern right?"
             in result.stderr) and hint in result.stderr
+
+
+SLOW_SCAVENGER_SCRIPT = """
+    import sys, time, rear
+
+    def checkpoint(name):
+        if name == "journal-written":       # a commit that takes its time
+            time.sleep(float(sys.argv[2]))
+
+    rear._crash_test_point = checkpoint
+    sys.exit(1 if rear.scavenge(sys.argv[1], flush=True).errors else 0)
+"""
+
+
+def test_two_flushing_scavengers_both_exit_0_when_together_they_finished(base):
+    files = {}
+    for batch in range(4):
+        more = {"a.zip/%d/%d" % (batch, n): b"%d" % n for n in range(10)}
+        fill(base, more)
+        files.update(more)
+    slow = run_child(SLOW_SCAVENGER_SCRIPT, base, "2.0")
+    journal = os.path.join(base, "inbox", "archives", rear._archive_key("a.zip") + ".journal")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(journal):          # it has claimed every temp zip
+        assert time.monotonic() < deadline and slow.poll() is None
+        time.sleep(0.01)
+    result = run_cli("scavenge", "--flush", base)
+    assert result.returncode == 0, result.stderr
+    assert "remains" not in result.stderr
+    assert slow.wait(60) == 0
+    assert inbox_temp_zips(base) == []
+    assert_exactly_once(base, files)
