@@ -492,6 +492,7 @@ _ASI_UNIX_CRC_OFFSET = 4                     # the CRC covers the bytes after it
 # Body: a version byte, then (tag, length, ASCII value) items, each
 # present only where known.  About 40 bytes under SLURM.
 _PROVENANCE_ID = 0x7072
+_PROVENANCE_ID_BYTES = struct.pack("<H", _PROVENANCE_ID)
 _PROVENANCE_VERSION = 1
 _PROVENANCE_ITEM = struct.Struct("<BB")
 #: tag: (key, environment variables it is read from, first set wins)
@@ -1282,6 +1283,19 @@ def _pack_provenance(fields):
     return bytes(body)
 
 
+def _provenance_field(extra):
+    """The body of the provenance field in a local header's ``extra``, or
+    None; without a walk where rear's writer puts it, right after its UT
+    field (the scavenger looks once per entry)."""
+    after_ut = _EXTENDED_TIMESTAMP.size
+    if (extra[:len(_UT_AS_REAR_WRITES_IT)] == _UT_AS_REAR_WRITES_IT
+            and extra[after_ut:after_ut + 2] == _PROVENANCE_ID_BYTES
+            and len(extra) >= after_ut + _EXTRA_HEADER.size):
+        start = after_ut + _EXTRA_HEADER.size
+        return extra[start:start + _EXTRA_HEADER.unpack_from(extra, after_ut)[1]]
+    return _find_extra_field(extra, _PROVENANCE_ID)
+
+
 def _parse_provenance(body):
     """{key: value} of a provenance field's body ({} if it is not one this
     rear reads).  Values are text; tags unknown to this rear are kept as
@@ -1804,8 +1818,8 @@ def _read_central_entries(fd, size, path, error, check_small=False, small_crc=No
             raise error("%s: entry %r has no matching local header" % (path, entry.name), path)
         entry.data_offset = offset + _LOCAL_STRUCT.size + name_len + extra_len
         if extra_len:    # the writer's provenance, for the archive's local header
-            entry.provenance = _find_extra_field(
-                reader.read(entry.data_offset - extra_len, extra_len), _PROVENANCE_ID)
+            entry.provenance = _provenance_field(
+                reader.read(entry.data_offset - extra_len, extra_len))
         if entry.data_offset + entry.compressed_size > directory.cd_offset:
             raise error("%s: entry %r runs into the central directory" % (path, entry.name), path)
         if small_crc is not None:
@@ -3794,6 +3808,7 @@ class _NameIndex(_IndexReader):
     def __init__(self, path, archive_fd, archive_path, cd, size, rolled=False):
         super().__init__(path, archive_fd, archive_path, cd)
         self.pending = {}      # name -> (crc, file_size) of this commit's additions
+        self.hashes = {}       # name -> _name_hash, of names this commit looked up
         self.rebuilt = False   # rebuilt from the central directory: worth saving
         # A rolled-over archive's index is only ever replaced whole, never
         # updated in place: a new file, whose pages no client has cached, so
@@ -3838,12 +3853,23 @@ class _NameIndex(_IndexReader):
                 self.used += 1
                 return
 
-    def lookup(self, name, name_hash=None):
-        """(crc, file_size) of the archived ``name``, or None."""
+    def lookup(self, name, hash_of):
+        """(crc, file_size) of the archived ``name``, or None.  The name is
+        hashed by ``hash_of(name)`` only if this index holds names at all:
+        a new archive's first commit hashes each name once, for update()."""
         if name in self.pending:
             return self.pending[name]
-        entry = self.find(name, name_hash)
+        if not self.used:
+            return None
+        entry = self.find(name, hash_of(name))
         return None if entry is None else (entry.crc, entry.file_size)
+
+    def hash_of(self, name):
+        """_name_hash of ``name``, kept for this commit's update()."""
+        name_hash = self.hashes.get(name)
+        if name_hash is None:
+            name_hash = self.hashes[name] = _name_hash(name.encode("utf-8"))
+        return name_hash
 
     def add(self, name, crc, file_size):
         """Note a name this commit adds (indexed by update() once committed)."""
@@ -3862,13 +3888,13 @@ class _NameIndex(_IndexReader):
         stamp = _archive_stamp(archive_fd, size, cd)
         if self.in_memory:
             for name, position in positions:
-                self._insert_in_memory(_name_hash(name.encode("utf-8")), position)
+                self._insert_in_memory(self.hash_of(name), position)
             _write_file_durably(self.path, _pack_index_header(self.slots, self.used, stamp)
                                 + self.buffer)
             return
         taken = {}
         for name, position in positions:
-            name_hash = _name_hash(name.encode("utf-8"))
+            name_hash = self.hash_of(name)
             for slot, slot_hash, _position in self._probe(name_hash, taken):
                 if not slot_hash:
                     taken[slot] = _INDEX_SLOT.pack(name_hash, position)
@@ -4376,9 +4402,8 @@ class _ArchiveState:
     def _copies_in_series(self, name):
         """{(crc, size)} of ``name`` across the series."""
         found = set()
-        name_hash = _name_hash(name.encode("utf-8"))
         for index in [self.index] + [rolled.index for rolled in self._rolled_archives()]:
-            existing = index.lookup(name, name_hash)
+            existing = index.lookup(name, self.index.hash_of)
             if existing is not None:
                 found.add(existing)
         return found

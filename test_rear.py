@@ -3977,3 +3977,16 @@ def test_two_flushing_scavengers_both_exit_0_when_together_they_finished(base):
     assert slow.wait(60) == 0
     assert inbox_temp_zips(base) == []
     assert_exactly_once(base, files)
+
+
+def test_a_picked_up_executable_keeps_its_mode_and_who_wrote_it(base, tmp_path):
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)        # a mode field goes between the time and the provenance
+    with rear.rear_fs(base) as fs:
+        with fs.pickup(str(script), "r.zip/run.sh"):
+            pass
+    rear.scavenge(base)
+    with rear.open_archive(base, "r.zip") as reader:
+        assert stat.S_IMODE(reader.info("run.sh").mode) == 0o755
+        assert reader.provenance("run.sh")["pid"] == str(os.getpid())
