@@ -275,7 +275,7 @@ import weakref
 import zipfile
 import zlib
 
-__version__ = "1.2.0"
+__version__ = "1.3.0"
 
 __all__ = [
     "rear_fs",
