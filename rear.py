@@ -4272,6 +4272,35 @@ class _ArchiveState:
         # no zip reader accepts.
         self.fd = -1
         self.index = None
+        for delay in _ESTALE_RETRY.delays():
+            try:
+                self._open(limits)
+                return
+            except OSError as err:
+                # Rule 2 of "network filesystems": the name opened, but a call
+                # on the descriptor failed as gone (ESTALE, ENOENT; no file
+                # name: not a lookup): a ghost of the archive another client's
+                # scavenger removed before we took the lock (a new archive
+                # whose commit was rolled back, a rollover), still in this
+                # client's entry cache.  Looked up again once the cache lets
+                # go (GlusterFS: 1 s).  Every step before the journal is
+                # safe to redo.
+                self.close(written=False)
+                if err.errno not in _GONE_ERRNOS or err.filename is not None:
+                    raise
+            except BaseException:
+                self.close()
+                raise
+            time.sleep(delay)
+        try:
+            self._open(limits)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, limits):
+        self.rolled, self.index = None, None
+        archive = self.paths.archive
         try:
             fd = _open_existing(archive, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
         except IsADirectoryError as err:
@@ -4286,11 +4315,7 @@ class _ArchiveState:
         self.created = fd is None
         if fd is not None:
             self.fd = fd
-        try:
-            self._load_central_directory(limits)
-        except BaseException:
-            self.close()
-            raise
+        self._load_central_directory(limits)
 
     def _load_central_directory(self, limits):
         if self.created:
