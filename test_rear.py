@@ -829,10 +829,40 @@ def test_rear_ls_shows_the_exact_time_in_the_readers_time_zone(base, tmp_path):
 # ---------------------------------------------------------------- rotation, sealing and durability
 
 
-def test_rotation_due_is_a_pure_function_of_age_and_size():
-    assert not rear._rotation_due(100.0, 100.5, 1.0, 10, 1000)
-    assert rear._rotation_due(100.0, 101.0, 1.0, 10, 1000)
-    assert rear._rotation_due(100.0, 100.1, 1.0, 1000, 1000)
+def test_rotation_due_is_a_pure_function_of_age_size_and_entries():
+    assert not rear._rotation_due(100.0, 100.5, 1.0, 10, 1000, 9, 10)
+    assert rear._rotation_due(100.0, 101.0, 1.0, 10, 1000, 9, 10)
+    assert rear._rotation_due(100.0, 100.1, 1.0, 1000, 1000, 9, 10)
+    assert rear._rotation_due(100.0, 100.1, 1.0, 10, 1000, 10, 10)
+
+
+def test_a_temp_zip_is_sealed_once_it_holds_the_most_entries_a_scavenger_takes_at_once(
+        base, monkeypatch):
+    # What bounds a scavenger's memory: it holds a claimed temp zip's
+    # entries until they are committed.
+    monkeypatch.setattr(rear, "_TEMP_ZIP_MAX_ENTRIES", 4)
+    monkeypatch.setattr(rear, "_BATCH_ENTRIES", 4)
+    claimed = []
+    real_claim = rear._claim
+
+    def counting_claim(path, stats, **options):
+        claim = real_claim(path, stats, **options)
+        if claim is not None:
+            claimed.append(len(claim.routes))
+        return claim
+
+    with rear.rear_fs(base, rotation_span=3600) as fs:
+        for number in range(10):
+            fs.write_bytes("a.zip/%d" % number, b"%d" % number)
+        assert len(glob.glob(os.path.join(base, "inbox", "*.zip"))) == 3
+    monkeypatch.setattr(rear, "_claim", counting_claim)
+    batches = []
+    real_commit = rear._commit_claims
+    monkeypatch.setattr(rear, "_commit_claims", lambda base, claims, *args: batches.append(
+        sum(len(claim.routes) for claim in claims)) or real_commit(base, claims, *args))
+    assert rear.scavenge(base).files_moved == 10
+    assert sorted(claimed) == [2, 4, 4] and max(batches) < 2 * 4
+    unzip_test(os.path.join(base, "a.zip"))
 
 
 def test_idle_worker_seals_its_temp_zip_at_rotation(base):
