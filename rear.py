@@ -425,8 +425,10 @@ _INDEX_SLOT = struct.Struct("<2Q")       # name hash (0: empty), record offset i
 _INDEX_STAMP_BYTES = 4096
 _INDEX_MIN_SLOTS = 1024                  # a power of two
 _INDEX_PROBE_SLOTS = 8                   # slots read per pread when probing
+#: Bytes of the table one pass of _IndexReader.resolve reads at a time.
+_INDEX_WINDOW = 1024 ** 2
 #: Page size, and how many pages read in sequence cost as much as one read
-#: at random (index prefetch; 67 us a random read against 1 GB/s here).
+#: at random (index resolve; 67 us a random read against 1 GB/s here).
 _PAGE_SIZE = 4096
 _RANDOM_READ_PAGES = 16
 #: Bytes read past a central record's fixed part in one go: most names fit.
@@ -1152,8 +1154,9 @@ def _give_to_directory_owner(path, fd=None):
         os.fchown(fd, st.st_uid, st.st_gid)
 
 
-def _write_file_durably(path, data):
-    """Replace ``path`` with ``data``: temp file, fsync, os.replace, fsync dir."""
+def _write_file_durably(path, *parts):
+    """Replace ``path`` with ``parts`` (bytes-like, written in turn, never
+    joined into one more copy): temp file, fsync, os.replace, fsync dir."""
     directory = os.path.dirname(path)
     # Hidden (scavengers skip dot-names) and unique; plain os.open rather than
     # tempfile.mkstemp so that every file operation goes through this module.
@@ -1162,7 +1165,8 @@ def _write_file_durably(path, data):
     fd = _create_file(tmp_path, os.O_WRONLY | os.O_EXCL | _O_CLOEXEC)
     try:
         try:
-            _write_all(fd, data)
+            for part in parts:
+                _write_all(fd, part)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -3657,7 +3661,7 @@ class _IndexReader:
     _Entry of a name, confirmed by reading its one central record.
 
     Where the slots are read from: ``buffer`` when they are in memory (the
-    file mapped, a prefetched copy, or the whole table a _NameIndex rebuilt
+    file mapped, or the whole table a _NameIndex rebuilt
     or grew, which ``in_memory`` marks as to be written back whole), else
     the file itself, a window of slots per read.  ``_probe`` is the one walk
     of the table that lookups, inserts and updates share.
@@ -3678,8 +3682,9 @@ class _IndexReader:
         self.fd = -1
         self.slots = _INDEX_MIN_SLOTS
         self.used = 0
+        self.resolved = {}       # name hash -> [record positions], from resolve()
 
-    def open_matching(self, size, writable=False):
+    def open_matching(self, size, writable=False, mapped=True):
         """Open the index file if its stamp matches the archive; else False.
 
         Another client's scavenger replaces the file (a rebuild) or updates
@@ -3712,7 +3717,7 @@ class _IndexReader:
             return False
         self.fd = fd
         self.slots, self.used = fields[_INDEX_HEADER_SLOTS], fields[_INDEX_HEADER_USED]
-        if not writable:
+        if mapped and not writable:
             # Probed with no system call per slot (a lookup went from 10 us
             # to 2 us); a file replaced meanwhile stays mapped as it was,
             # and its stamp no longer matches the archive.
@@ -3721,17 +3726,55 @@ class _IndexReader:
                 self.buffer, self.buffer_offset = self.map, _INDEX_HEADER.size
         return True
 
-    def prefetch(self, lookups):
-        """Read the whole table once where that costs less than ``lookups``
-        random reads: a scavenger's refresh dropped the file's cached pages,
-        and 1,000 lookups in a 250,000-entry archive were 1,000 disk reads
-        (67 ms) where one sequential read of its 8 MiB takes a few.  A random
-        page read costs about as much as _RANDOM_READ_PAGES sequential ones."""
-        size = self.slots * _INDEX_SLOT.size
-        if (self.buffer is None and self.fd >= 0
-                and lookups * _RANDOM_READ_PAGES * _PAGE_SIZE >= size):
-            self.buffer = _pread_exact(self.fd, size, _INDEX_HEADER.size, self.path)
-            self.buffer_offset = 0
+    def resolve(self, name_hashes):
+        """Walk the probes of many names (their hashes) in one sequential
+        pass over the table file (_by_window); lookups of those names then
+        read no slot.  Done where it costs less than one random read per
+        lookup (_worth_a_pass): a scavenger's refresh dropped the file's
+        cached pages, and 1,000 lookups in a 250,000-entry archive were
+        1,000 disk reads (67 ms) where a sequential read of its 8 MiB takes
+        a few.  One window is held at a time: reading the whole table, and
+        mapping each rolled-over archive's, held 8 MiB per 250,000 entries
+        of the series (87 MiB for a flush of 1M entries)."""
+        if not self.used or self.in_memory or not self._worth_a_pass(len(name_hashes)):
+            return
+        mask = self.slots - 1
+        homes = sorted((name_hash & mask, name_hash) for name_hash in set(name_hashes))
+        for first, window, group in self._by_window(homes):
+            for home, name_hash in group:
+                positions = []
+                for offset in range((home - first) * _INDEX_SLOT.size, len(window),
+                                    _INDEX_SLOT.size):
+                    slot_hash, position = _INDEX_SLOT.unpack_from(window, offset)
+                    if not slot_hash:
+                        self.resolved[name_hash] = positions
+                        break
+                    if slot_hash == name_hash:
+                        positions.append(position)
+                # A probe that runs past its window is left to _probe.
+
+    def _worth_a_pass(self, names):
+        """Is one sequential pass over the table file cheaper than a random
+        read for each of ``names``?  (A random page read costs about as
+        much as _RANDOM_READ_PAGES sequential ones.)"""
+        return (self.fd >= 0 and names * _RANDOM_READ_PAGES * _PAGE_SIZE
+                >= self.slots * _INDEX_SLOT.size)
+
+    def _by_window(self, items):
+        """Group ``items``, sorted tuples whose first field is a home slot,
+        by window of _INDEX_WINDOW bytes of the table file: yields (first
+        slot of the window, its bytes as a bytearray, the window's items)."""
+        window_slots = min(self.slots, _INDEX_WINDOW // _INDEX_SLOT.size)
+        at = 0
+        while at < len(items):
+            first = items[at][0] - items[at][0] % window_slots
+            group = []
+            while at < len(items) and items[at][0] < first + window_slots:
+                group.append(items[at])
+                at += 1
+            yield first, bytearray(_pread_exact(
+                self.fd, window_slots * _INDEX_SLOT.size,
+                _INDEX_HEADER.size + first * _INDEX_SLOT.size, self.path)), group
 
     def _read_slots(self, start, end):
         """The bytes of slots ``start`` to ``end`` (byte offsets in the table)."""
@@ -3762,12 +3805,19 @@ class _IndexReader:
             return None
         if name_hash is None:
             name_hash = _name_hash(name.encode("utf-8"))
-        for _slot, slot_hash, position in self._probe(name_hash):
-            if slot_hash == name_hash:
-                entry = self._record_at(position)
-                if entry.name == name:
-                    return entry
+        for position in self._positions(name_hash):
+            entry = self._record_at(position)
+            if entry.name == name:
+                return entry
         return None
+
+    def _positions(self, name_hash):
+        """Positions of the records whose name hashes to ``name_hash``."""
+        resolved = self.resolved.get(name_hash)
+        if resolved is not None:
+            return resolved
+        return [position for _slot, slot_hash, position in self._probe(name_hash)
+                if slot_hash == name_hash]
 
     def contains(self, encoded_name, name_hash):
         """Whether the archive holds the name whose UTF-8 is
@@ -3776,16 +3826,15 @@ class _IndexReader:
         if not self.used:
             return False
         size = _CENTRAL_STRUCT.size + len(encoded_name)
-        for _slot, slot_hash, position in self._probe(name_hash):
-            if slot_hash == name_hash:
-                record = os.pread(self.archive_fd, size, self.cd.cd_offset + position)
-                if (record[_CENTRAL_STRUCT.size:] == encoded_name
-                        and record[:4] == _CENTRAL_SIG
-                        and _CENTRAL_STRUCT.unpack_from(record)[_CD_FILENAME_LENGTH]
-                        == len(encoded_name)):
-                    return True
-                if not encoded_name.isascii():   # a cp437 name, decoded to the same text?
-                    return self.find(encoded_name.decode("utf-8"), name_hash) is not None
+        for position in self._positions(name_hash):
+            record = os.pread(self.archive_fd, size, self.cd.cd_offset + position)
+            if (record[_CENTRAL_STRUCT.size:] == encoded_name
+                    and record[:4] == _CENTRAL_SIG
+                    and _CENTRAL_STRUCT.unpack_from(record)[_CD_FILENAME_LENGTH]
+                    == len(encoded_name)):
+                return True
+            if not encoded_name.isascii():   # a cp437 name, decoded to the same text?
+                return self.find(encoded_name.decode("utf-8"), name_hash) is not None
         return False
 
     def _record_at(self, position):
@@ -3830,7 +3879,9 @@ class _NameIndex(_IndexReader):
         # updated in place: a new file, whose pages no client has cached, so
         # it is read without the refresh (which drops the cache and made
         # each lookup a disk read: 67 us, a second per commit in a series).
-        if size and self.open_matching(size, writable=not rolled):
+        # Never mapped: a scavenger looks a batch up in a pass a window at a
+        # time (resolve), and a mapping's touched pages count in its memory.
+        if size and self.open_matching(size, writable=not rolled, mapped=False):
             return
         if size and not rolled:
             # No index of rear's matches: the archive was not written by
@@ -3898,6 +3949,7 @@ class _NameIndex(_IndexReader):
         In place: slots written, fsynced, then the header.  A crash before
         the header leaves the old stamp, which no longer matches: rebuilt.
         """
+        self.resolved = {}
         needed = self.used + len(positions)
         if 2 * needed > self.slots:
             self._grow(needed)
@@ -3905,12 +3957,14 @@ class _NameIndex(_IndexReader):
         if self.in_memory:
             for name, position in positions:
                 self._insert_in_memory(self.hash_of(name), position)
-            _write_file_durably(self.path, _pack_index_header(self.slots, self.used, stamp)
-                                + self.buffer)
+            _write_file_durably(self.path, _pack_index_header(self.slots, self.used, stamp),
+                                self.buffer)
             return
+        new = [(self.hash_of(name), position) for name, position in positions]
+        if self._worth_a_pass(len(new)):
+            new = self._insert_by_window(new)
         taken = {}
-        for name, position in positions:
-            name_hash = self.hash_of(name)
+        for name_hash, position in new:
             for slot, slot_hash, _position in self._probe(name_hash, taken):
                 if not slot_hash:
                     taken[slot] = _INDEX_SLOT.pack(name_hash, position)
@@ -3918,16 +3972,46 @@ class _NameIndex(_IndexReader):
         for slot, packed in taken.items():
             _pwrite_all(self.fd, packed, _INDEX_HEADER.size + slot * _INDEX_SLOT.size)
         os.fsync(self.fd)
-        self.used += len(taken)
+        self.used += len(positions)
         _pwrite_all(self.fd, _pack_index_header(self.slots, self.used, stamp), 0)
 
+    def _insert_by_window(self, new):
+        """Insert [(name hash, position)] a window of the table file at a
+        time, each window read and written back once (a commit of 10,000
+        names was 10,000 reads and as many writes); returns those whose
+        probe runs past their window, for _probe."""
+        mask = self.slots - 1
+        spilled = []
+        for first, window, group in self._by_window(sorted(
+                (name_hash & mask, name_hash, position) for name_hash, position in new)):
+            for home, name_hash, position in group:
+                for offset in range((home - first) * _INDEX_SLOT.size, len(window),
+                                    _INDEX_SLOT.size):
+                    if not _INDEX_SLOT.unpack_from(window, offset)[0]:
+                        _INDEX_SLOT.pack_into(window, offset, name_hash, position)
+                        break
+                else:
+                    spilled.append((name_hash, position))
+            _pwrite_all(self.fd, window, _INDEX_HEADER.size + first * _INDEX_SLOT.size)
+        return spilled
+
     def _grow(self, needed):
-        """Rehash into memory with room for ``needed`` names at load <= 1/2."""
-        old = bytes(self._read_slots(0, self.slots * _INDEX_SLOT.size))
+        """Rehash into memory with room for ``needed`` names at load <= 1/2,
+        the old table read a window at a time (not held whole beside the
+        new one)."""
+        old_size = self.slots * _INDEX_SLOT.size
+        old_buffer, old_offset = self.buffer, self.buffer_offset
         self._new_table(needed)
-        for slot_hash, position in _INDEX_SLOT.iter_unpack(old):
-            if slot_hash:
-                self._insert_in_memory(slot_hash, position)
+        for start in range(0, old_size, _INDEX_WINDOW):
+            end = min(start + _INDEX_WINDOW, old_size)
+            if old_buffer is not None:
+                window = old_buffer[old_offset + start:old_offset + end]
+            else:
+                window = _pread_exact(self.fd, end - start, _INDEX_HEADER.size + start,
+                                      self.path)
+            for slot_hash, position in _INDEX_SLOT.iter_unpack(window):
+                if slot_hash:
+                    self._insert_in_memory(slot_hash, position)
 
 
 def _check_appendable(fd, size, directory, path):
@@ -4440,6 +4524,16 @@ class _ArchiveState:
                 return None
             number += 1
 
+    def resolve(self, names):
+        """Prepare the series-wide lookups of a commit's ``names``: one
+        sequential pass over each index that holds any (_IndexReader.resolve)."""
+        indexes = [index for index in [self.index] + [
+            rolled.index for rolled in self._rolled_archives()] if index.used]
+        if indexes:
+            hashes = [self.index.hash_of(name) for name in names]
+            for index in indexes:
+                index.resolve(hashes)
+
     def _copies_in_series(self, name):
         """{(crc, size)} of ``name`` across the series."""
         found = set()
@@ -4560,7 +4654,7 @@ def _plan_additions(archive, items, limits, stats):
     left out; the items that would take the archive past ``limits``, which
     the next archive of the series takes).  An empty archive takes at least
     one entry, however large: a cap is never a reason to refuse one."""
-    archive.index.prefetch(len(items))
+    archive.resolve([member for _temp, member, _entry in items])
     additions = []
     entries_left = limits.max_entries - archive.cd.count
     bytes_left = limits.max_size - archive.size - _END_RECORDS_MAX

@@ -1311,6 +1311,67 @@ def refeed_is_all_duplicates(base, files):
     return (stats.duplicates, stats.files_moved, stats.conflicts) == (len(files), 0, 0)
 
 
+def index_slots(base, dest):
+    """(used count in the header, [(hash, position)] of the filled slots)."""
+    with open(index_path(base, dest), "rb") as handle:
+        data = handle.read()
+    used = rear._INDEX_HEADER.unpack_from(data)[rear._INDEX_HEADER_USED]
+    return used, [slot for slot in rear._INDEX_SLOT.iter_unpack(
+        data[rear._INDEX_HEADER.size:]) if slot[0]]
+
+
+def test_an_index_read_and_updated_a_window_at_a_time_finds_every_name(base, monkeypatch):
+    # Windows of 4 slots: most probes run past their window (or wrap at the
+    # end of the table), the case the window passes hand back to _probe.
+    monkeypatch.setattr(rear, "_INDEX_WINDOW", 4 * rear._INDEX_SLOT.size)
+    contents = {}
+    for batch in range(6):
+        files = {"a.zip/%d-%d" % (batch, n): b"%d" % n for n in range(300)}
+        fill(base, files)
+        contents.update(files)
+        stats = rear.scavenge(base)
+        assert stats.errors == [] and stats.files_moved == 300
+    used, slots = index_slots(base, "a.zip")
+    assert used == len(slots) == len(contents)
+    assert len({position for _hash, position in slots}) == len(contents)
+    assert refeed_is_all_duplicates(base, dict(list(contents.items())[::7]))
+    fill(base, {"a.zip/0-1": b"other"})
+    assert rear.scavenge(base).conflicts == 1
+    monkeypatch.undo()
+    for name, data in contents.items():     # probed name by name, by a reader
+        assert rear.read_bytes(base, name) == data
+    unzip_test(os.path.join(base, "a.zip"))
+
+
+def test_a_commit_reads_each_index_of_a_series_a_window_at_a_time_not_whole(
+        base, monkeypatch):
+    # A scavenger's memory does not grow with the series: the names of a
+    # batch are looked up in one pass over each index, never mapped or held.
+    fill(base, {"a.zip/old-%d" % n: b"%d" % n for n in range(3000)})
+    assert rear.scavenge(base, max_entries=1000).files_moved == 3000
+    monkeypatch.setattr(rear, "_INDEX_WINDOW", 4096, raising=False)
+    reads = []
+    real_pread = rear._pread_exact
+
+    def recording_pread(fd, size, offset, path):
+        if path.endswith(rear._INDEX_SUFFIX):
+            reads.append(size)
+        return real_pread(fd, size, offset, path)
+
+    monkeypatch.setattr(rear, "_pread_exact", recording_pread)
+    monkeypatch.setattr(rear.mmap, "mmap", None)     # any map fails loudly
+    files = {"a.zip/old-%d" % n: b"%d" % n for n in range(0, 3000, 3)}
+    files.update({"a.zip/new-%d" % n: b"%d" % n for n in range(500)})
+    fill(base, files)
+    stats = rear.scavenge(base, max_entries=1000)
+    assert (stats.duplicates, stats.files_moved, stats.errors) == (1000, 500, [])
+    assert reads and max(reads) <= 4096
+    monkeypatch.undo()
+    with rear.open_archive(base, "a.zip") as series:
+        assert sorted(series.names()) == sorted(
+            ["old-%d" % n for n in range(3000)] + ["new-%d" % n for n in range(500)])
+
+
 def test_appending_to_an_indexed_archive_does_not_parse_its_central_directory(
         base, monkeypatch):
     fill(base, {"a.zip/%d" % n: b"%d" % n for n in range(100)})

@@ -44,7 +44,7 @@ SCALES = {
                  fsspec_entries=[100000, 1000000], dask_members=10000,
                  dask_pattern="old/000*/*", dask_timeout=600,
                  missing_expected=1000000, missing_pending=10000,
-                 repeats=3),
+                 flush_entries=1000000, scaleout_entries=200000, repeats=3),
     # campaign_max_entries None: rear's default; smoke scale shrinks it to
     # keep the mechanics (a series of rolled archives) in seconds.
     "smoke": dict(small_files=300, medium_files=30, scavenge_small=2000,
@@ -53,7 +53,8 @@ SCALES = {
                   read_entries=20000, campaign_entries=20000, campaign_max_entries=5000,
                   fsspec_entries=[20000], dask_members=100,
                   dask_pattern="old/0000/result-00000*.txt", dask_timeout=120,
-                  missing_expected=20000, missing_pending=200, repeats=1),
+                  missing_expected=20000, missing_pending=200, flush_entries=30000,
+                  scaleout_entries=4000, repeats=1),
 }
 WRITERS = ["rear", "legacy", "writestr", "open"]
 #: max_entries for rows that measure one archive as it grows (append, read).
@@ -157,9 +158,13 @@ def worker_write(args):
 
 def worker_scavenge(args):
     method, base = args["method"], args["base"]
+    if args.get("core") is not None:
+        os.sched_setaffinity(0, {args["core"]})
     if method == "rear":
         rear = _import_rear()
         limits = {"max_entries": args["max_entries"]} if args.get("max_entries") else {}
+        time.sleep(max(0.0, args.get("start_at", 0) - time.time()))   # start together
+        started = time.time()
         start = time.perf_counter()
         stats = rear.scavenge(base, flush=True, **limits)
         assert not stats.errors, stats.errors
@@ -169,8 +174,10 @@ def worker_scavenge(args):
         start = time.perf_counter()
         scavenger.try_scan_once(base, flush=True)
         moved = None
-    return {"seconds": time.perf_counter() - start, "moved": moved,
-            "rss_mib": _peak_rss_mib()}
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "moved": moved, "rss_mib": _peak_rss_mib(),
+            "start": started if method == "rear" else None,
+            "end": started + seconds if method == "rear" else None}
 
 
 def worker_read(args):
@@ -365,9 +372,9 @@ def settle():
     os.sync()
 
 
-def run_parallel(python, processes, make_args):
+def run_parallel(python, processes, make_args, kind="write"):
     settle()
-    command = [python, os.path.abspath(__file__), "_worker", "write"]
+    command = [python, os.path.abspath(__file__), "_worker", kind]
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     children = [subprocess.Popen(command + [json.dumps(make_args(ident))], cwd=HERE, env=env,
@@ -377,7 +384,7 @@ def run_parallel(python, processes, make_args):
     for child in children:
         output, _ = child.communicate()
         if child.returncode:
-            raise RuntimeError("a writer failed (exit %d)" % child.returncode)
+            raise RuntimeError("a %s worker failed (exit %d)" % (kind, child.returncode))
         reports.append(json.loads(output.strip().splitlines()[-1]))
     return reports
 
@@ -767,6 +774,56 @@ def bench_provenance(root, scale, pythons, results):
           flush=True)
 
 
+def bench_flush(root, scale, pythons, results):
+    """One scavenger flushing a big inbox of 1 KiB entries (rear's writers
+    seal a temp zip every 10,000): its peak RSS, bounded whatever the inbox
+    holds, and its entries/s."""
+    count = scale["flush_entries"]
+    base = fresh_dir(root, "flush")
+    make_rear_inbox(base, [("a.zip/f/%05d/out-%d.txt" % (n // 1000, n), payload(1024, n))
+                           for n in range(count)], "stored")
+    temp_zips = len([name for name in os.listdir(os.path.join(base, "inbox"))
+                     if name.endswith(".zip")])
+    report = run_worker(pythons["rear"], "scavenge", {"method": "rear", "base": base})
+    assert report["moved"] == count, report
+    results["flush"] = {"entries": count, "temp_zips": temp_zips,
+                        "seconds": report["seconds"], "rss_mib": report["rss_mib"]}
+    print("  flush %d entries in %d temp zips: %.1f s, %.0f entries/s, peak RSS %.0f MiB"
+          % (count, temp_zips, report["seconds"], count / report["seconds"],
+             report["rss_mib"]), flush=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def bench_scaleout(root, scale, pythons, results):
+    """1, 2 and 4 scavengers started together on one inbox of 1 KiB
+    entries, all for one archive or spread over eight; each process pinned
+    to one core (round robin over the cores there are).  Entries/s of the
+    whole from the first start to the last end."""
+    count = scale["scaleout_entries"]
+    cores = sorted(os.sched_getaffinity(0))
+    rows = {"cores": len(cores)}
+    for layout, archives in (("one archive", 1), ("eight archives", 8)):
+        rows[layout] = {}
+        for processes in (1, 2, 4):
+            base = fresh_dir(root, "scaleout")
+            make_rear_inbox(base, [("a%d.zip/s/%05d/out-%d.txt" % (n % archives, n // 1000, n),
+                                    payload(1024, n)) for n in range(count)], "stored",
+                            workers=16)
+            start_at = time.time() + 2.0     # after every process imported rear
+            reports = run_parallel(pythons["rear"], processes, lambda ident: {
+                "method": "rear", "base": base, "core": cores[ident % len(cores)],
+                "start_at": start_at}, kind="scavenge")
+            moved = sum(report["moved"] for report in reports)
+            assert moved == count, "%d scavengers moved %d of %d" % (processes, moved, count)
+            seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+            rows[layout][processes] = count / seconds
+            print("  %d scavenger%s, %-14s %9.0f entries/s  (%.2fx one)"
+                  % (processes, "s" if processes > 1 else " ", layout, count / seconds,
+                     rows[layout][processes] / rows[layout][1]), flush=True)
+            shutil.rmtree(base, ignore_errors=True)
+    results["scaleout"] = rows
+
+
 def run_worker_with_timeout(python, kind, args, timeout):
     """run_worker, killing the worker (and its process group) past ``timeout``."""
     settle()
@@ -914,6 +971,19 @@ def summary(results):
         value = memory.get(key)
         lines.append(("peak RSS, rear %s" % key.split("_")[0], value, "< 100 MiB",
                       None if value is None else value < 100))
+    flush = results.get("flush")
+    if flush:
+        lines.append(("flush of %d entries: peak RSS" % flush["entries"], flush["rss_mib"],
+                      "< 64 MiB", flush["rss_mib"] < 64))
+        rate = flush["entries"] / flush["seconds"]
+        lines.append(("flush of %d 1 KiB entries: entries/s" % flush["entries"], rate,
+                      ">= 150000", rate >= 150000))
+    scaleout = results.get("scaleout")
+    for layout, target in (("one archive", 1.7), ("eight archives", 1.8)):
+        if scaleout:
+            value = ratio(scaleout[layout][2], scaleout[layout][1])
+            lines.append(("2 scavengers / 1, %s" % layout, value, ">= %.1fx" % target,
+                          value >= target))
     return lines
 
 
@@ -947,7 +1017,8 @@ def main(argv=None):
     parser.add_argument("--only", action="append", choices=["writers", "metadata",
                                                             "scavenger", "append", "memory",
                                                             "read", "campaign", "fsspec",
-                                                            "missing", "provenance"])
+                                                            "missing", "provenance",
+                                                            "flush", "scaleout"])
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     pythons = {"rear": sys.executable, "writestr": sys.executable, "open": sys.executable}
@@ -962,7 +1033,8 @@ def main(argv=None):
             ("scavenger", bench_scavenger), ("append", bench_append),
             ("memory", bench_memory), ("read", bench_read), ("campaign", bench_campaign),
             ("fsspec", bench_fsspec), ("missing", bench_missing),
-            ("provenance", bench_provenance)]
+            ("provenance", bench_provenance), ("flush", bench_flush),
+            ("scaleout", bench_scaleout)]
     try:
         for name, function in rows:
             if args.only and name not in args.only:
