@@ -2067,7 +2067,6 @@ def test_a_reader_of_a_locked_archive_says_who_holds_the_lock(base, stuck_commit
     assert ("pid %d on host node17 since" % pid) in str(raised.value)
 
 
-
 def test_status_shows_a_commit_in_progress_and_who_holds_it_not_an_interrupted_one(
         base, stuck_commit):
     pid, _files = stuck_commit
@@ -2104,6 +2103,7 @@ def test_ctrl_c_while_waiting_for_another_scavengers_lock_does_not_claim_its_com
     assert "rear: interrupted; a commit in progress, if any, was rolled back" in err, err
     assert "commit point" not in err
 
+
 def test_dead_host_takes_over_the_archive_lock_rolls_back_its_commit_and_loses_nothing(
         base, stuck_commit, monkeypatch):
     _pid, files = stuck_commit
@@ -2122,7 +2122,6 @@ def test_dead_host_takes_over_the_archive_lock_rolls_back_its_commit_and_loses_n
     assert rear.scavenge(base).files_moved == 1
 
 
-
 def test_dead_host_flush_right_after_the_crash_waits_out_the_quiet_period_and_finishes(
         base, stuck_commit, monkeypatch):
     _pid, files = stuck_commit
@@ -2131,6 +2130,7 @@ def test_dead_host_flush_right_after_the_crash_waits_out_the_quiet_period_and_fi
     assert stats.errors == [] and stats.locks_taken_over == 1 and stats.taken_over == 1
     assert inbox_temp_zips(base) == []
     assert_exactly_once(base, files)
+
 
 def test_two_scavengers_taking_over_one_archive_lock_at_once_lose_nothing(
         base, stuck_commit):
@@ -3775,7 +3775,6 @@ def test_scavenge_watch_ends_on_sigterm_as_on_ctrl_c(base):
     assert child.returncode == 0, err
     assert out.splitlines()[0].startswith("moved 1 files")      # flushed as it happened
     assert out.splitlines()[-1].startswith("stopped; in all: moved 1 files")
-
 
 
 # ---------------------------------------------------------------- accounting: rear missing
