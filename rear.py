@@ -4600,16 +4600,20 @@ class _RolledArchive:
         _close_held(self)
 
 
-def _commit_to_archive(base, dest, items, limits, stats, dead_hosts=frozenset()):
+def _commit_to_archive(base, dest, items, limits, stats, dead_hosts=frozenset(), wait=True):
     """Append (claim, member, entry) items to one archive atomically (steps
     1-8).  What would take the archive past ``limits`` continues in the
     next archive of the series, by a commit of its own under the same lock;
     only the last one finishes the temp zips, so a crash between two leaves
     them whole, and the next run finds the entries committed so far as
-    duplicates."""
+    duplicates.  Without ``wait``, returns False having done nothing if
+    another scavenger holds the archive's lock; else True."""
     paths = _ArchivePaths(base, dest)
     claims = list({id(claim): claim for claim, _member, _entry in items}.values())
-    with _archive_lock(paths, dead_hosts=dead_hosts, stats=stats):   # step 1
+    with _archive_lock(paths, blocking=wait, dead_hosts=dead_hosts,
+                       stats=stats) as held:                        # step 1
+        if not held:
+            return False
         _recover_locked(paths, stats)
         paths.set_dest(dest)
         roll_over = False
@@ -4621,6 +4625,7 @@ def _commit_to_archive(base, dest, items, limits, stats, dead_hosts=frozenset())
                 _commit_additions(paths, archive, additions, [] if items else claims, stats)
             finally:
                 archive.close()
+    return True
 
 
 def _commit_additions(paths, archive, additions, claims, stats):
@@ -5174,12 +5179,15 @@ def _commit_claims(base, claims, limits, stats, report=None, dead_hosts=frozense
         for dest, member, entry in claim.routes:
             if dest in claim.pending:
                 by_dest.setdefault(dest, []).append((claim, member, entry))
-    for dest in sorted(by_dest):
+
+    def commit(dest, wait):
+        """Commit to ``dest``, an error reported; False if skipped as busy."""
         items = [item for item in by_dest[dest] if not item[0].failed]
         if not items:
-            continue
+            return True
         try:
-            _commit_to_archive(base, dest, items, limits, stats, dead_hosts)
+            if not _commit_to_archive(base, dest, items, limits, stats, dead_hosts, wait):
+                return False
         except (RearError, OSError) as err:
             # Only this archive failed: the claims' other archives are still
             # committed (their sidecars record them as done), and every bad
@@ -5196,6 +5204,14 @@ def _commit_claims(base, claims, limits, stats, report=None, dead_hosts=frozense
                     claim.failed = True
         if report is not None:
             report()
+        return True
+
+    # Archives another scavenger is committing to are left for last: two
+    # scavengers going through the same archives in the same order took
+    # turns at every lock.
+    busy = [dest for dest in sorted(by_dest) if not commit(dest, wait=len(by_dest) == 1)]
+    for dest in busy:
+        commit(dest, wait=True)
     for claim in claims:
         if claim.failed or claim.pending:
             continue      # not salvaged yet: nothing of it moved, or not all

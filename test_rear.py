@@ -2447,6 +2447,42 @@ LOCK_HOLDER = """
 """
 
 
+LOCK_HOLDER_FOR_A_WHILE = """
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_scavenger_commits_to_archives_nobody_holds_first_then_waits_for_the_busy_one(
+        base, monkeypatch):
+    # Two scavengers going through the same archives in the same order took
+    # turns at every archive lock.
+    fill(base, {"a.zip/0": b"0", "b.zip/0": b"0"})
+    rear.scavenge(base)
+    files = {"%s.zip/1" % dest: dest.encode() for dest in "abc"}
+    fill(base, files)
+    committed = []
+    real_commit = rear._commit_additions
+    monkeypatch.setattr(rear, "_commit_additions", lambda paths, *args: committed.append(
+        (paths.dest, time.monotonic())) or real_commit(paths, *args))
+    holder = run_child(LOCK_HOLDER_FOR_A_WHILE, rear._ArchivePaths(base, "a.zip").lock, "1.5",
+                       stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        released = time.monotonic() + 1.0      # at the soonest
+        stats = rear.scavenge(base)
+    finally:
+        holder.kill()
+        holder.wait(60)
+    assert (stats.files_moved, stats.errors) == (3, [])
+    assert [dest for dest, _when in committed] == ["b.zip", "c.zip", "a.zip"]
+    assert committed[1][1] < released <= committed[2][1]
+    assert_exactly_once(base, dict(files, **{"a.zip/0": b"0", "b.zip/0": b"0"}))
+
+
 def test_a_sealed_temp_zip_still_locked_by_a_host_declared_down_is_taken_over(base):
     """Its writer died between sealing and closing it (or the lock is a
     scavenger's claim: then the second commit skips every entry)."""

@@ -798,29 +798,38 @@ def bench_scaleout(root, scale, pythons, results):
     """1, 2 and 4 scavengers started together on one inbox of 1 KiB
     entries, all for one archive or spread over eight; each process pinned
     to one core (round robin over the cores there are).  Entries/s of the
-    whole from the first start to the last end."""
+    whole from the first start to the last end, best of interleaved rounds
+    (each on a fresh copy of the same inbox)."""
     count = scale["scaleout_entries"]
     cores = sorted(os.sched_getaffinity(0))
-    rows = {"cores": len(cores)}
-    for layout, archives in (("one archive", 1), ("eight archives", 8)):
-        rows[layout] = {}
+    layouts = (("one archive", 1), ("eight archives", 8))
+    templates = {}
+    for layout, archives in layouts:
+        templates[layout] = fresh_dir(root, "scaleout-%d" % archives)
+        make_rear_inbox(templates[layout], [
+            ("a%d.zip/s/%05d/out-%d.txt" % (n % archives, n // 1000, n), payload(1024, n))
+            for n in range(count)], "stored", workers=16)
+    rows = {"cores": len(cores), "entries": count}
+    for _round in range(scale["repeats"]):
+        for layout, _archives in layouts:
+            for processes in (1, 2, 4):
+                base = os.path.join(root, "scaleout-run")
+                shutil.rmtree(base, ignore_errors=True)
+                shutil.copytree(templates[layout], base, symlinks=True)
+                start_at = time.time() + 2.0     # after every process imported rear
+                reports = run_parallel(pythons["rear"], processes, lambda ident: {
+                    "method": "rear", "base": base, "core": cores[ident % len(cores)],
+                    "start_at": start_at}, kind="scavenge")
+                moved = sum(report["moved"] for report in reports)
+                assert moved == count, "%d scavengers moved %d of %d" % (processes, moved, count)
+                seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+                best = rows.setdefault(layout, {})
+                best[processes] = max(best.get(processes, 0), count / seconds)
+    for layout, _archives in layouts:
         for processes in (1, 2, 4):
-            base = fresh_dir(root, "scaleout")
-            make_rear_inbox(base, [("a%d.zip/s/%05d/out-%d.txt" % (n % archives, n // 1000, n),
-                                    payload(1024, n)) for n in range(count)], "stored",
-                            workers=16)
-            start_at = time.time() + 2.0     # after every process imported rear
-            reports = run_parallel(pythons["rear"], processes, lambda ident: {
-                "method": "rear", "base": base, "core": cores[ident % len(cores)],
-                "start_at": start_at}, kind="scavenge")
-            moved = sum(report["moved"] for report in reports)
-            assert moved == count, "%d scavengers moved %d of %d" % (processes, moved, count)
-            seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-            rows[layout][processes] = count / seconds
             print("  %d scavenger%s, %-14s %9.0f entries/s  (%.2fx one)"
-                  % (processes, "s" if processes > 1 else " ", layout, count / seconds,
+                  % (processes, "s" if processes > 1 else " ", layout, rows[layout][processes],
                      rows[layout][processes] / rows[layout][1]), flush=True)
-            shutil.rmtree(base, ignore_errors=True)
     results["scaleout"] = rows
 
 
