@@ -4068,7 +4068,7 @@ class ScavengeStats:
 
     files_moved: int = 0        # entries appended to final archives
     temp_zips_done: int = 0     # temp zips fully ingested and deleted
-    archives_touched: int = 0   # commits made
+    archives_touched: int = 0   # commits made (an archive can take several in a pass)
     conflicts: int = 0          # entries kept under a name.~N~ name
     salvaged: int = 0           # unsealed temp zips of dead writers recovered
     duplicates: int = 0         # entries skipped because already archived
@@ -6984,7 +6984,8 @@ class _ProgressLine:
 
 
 def _print_stats(stats, out):
-    out.write("moved %d files from %d temp zips into %d archives (%d duplicates skipped, "
+    # Commits, not archives: a pass commits to one archive once per batch.
+    out.write("moved %d files from %d temp zips in %d commits (%d duplicates skipped, "
               "%d conflicts renamed, %d salvaged, %d busy, %d waiting, %d errors)\n"
               % (stats.files_moved, stats.temp_zips_done, stats.archives_touched,
                  stats.duplicates, stats.conflicts, stats.salvaged, stats.busy,

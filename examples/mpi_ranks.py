@@ -41,6 +41,6 @@ with rear.rear_fs(base, rotation_span=60):
 comm.Barrier()      # every rank has left its rear_fs: its temp zips are sealed
 if rank == 0:
     stats = rear.scavenge(base)
-    print("rank 0 moved %d files from %d temp zips into %d archives"
+    print("rank 0 moved %d files from %d temp zips in %d commits"
           % (stats.files_moved, stats.temp_zips_done, stats.archives_touched))
     sys.exit(1 if stats.errors else 0)
