@@ -44,7 +44,8 @@ SCALES = {
                  fsspec_entries=[100000, 1000000], dask_members=10000,
                  dask_pattern="old/000*/*", dask_timeout=600,
                  missing_expected=1000000, missing_pending=10000,
-                 flush_entries=1000000, scaleout_entries=200000, repeats=3),
+                 flush_entries=1000000, scaleout_entries=200000,
+                 inbox_live_writers=2000, inbox_sealed=20000, repeats=3),
     # campaign_max_entries None: rear's default; smoke scale shrinks it to
     # keep the mechanics (a series of rolled archives) in seconds.
     "smoke": dict(small_files=300, medium_files=30, scavenge_small=2000,
@@ -54,7 +55,8 @@ SCALES = {
                   fsspec_entries=[20000], dask_members=100,
                   dask_pattern="old/0000/result-00000*.txt", dask_timeout=120,
                   missing_expected=20000, missing_pending=200, flush_entries=30000,
-                  scaleout_entries=4000, repeats=1),
+                  scaleout_entries=4000, inbox_live_writers=50, inbox_sealed=200,
+                  repeats=1),
 }
 WRITERS = ["rear", "legacy", "writestr", "open"]
 #: max_entries for rows that measure one archive as it grows (append, read).
@@ -833,6 +835,60 @@ def bench_scaleout(root, scale, pythons, results):
     results["scaleout"] = rows
 
 
+LIVE_WRITERS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import rear
+writers = []
+for number in range(int(sys.argv[3])):
+    fs = rear.rear_fs(sys.argv[2], rotation_span=3600)
+    fs.__enter__()
+    fs.write_bytes("a.zip/live-%d.txt" % number, b"x")
+    writers.append(fs)
+print("ready", flush=True)
+sys.stdin.read()          # until the benchmark closes it
+for fs in writers:
+    fs.__exit__(None, None, None)
+"""
+
+
+def bench_inbox(root, scale, pythons, results):
+    """What an inbox costs a pass beside its entries: an idle pass with
+    many live writers (each temp zip opened and found locked), and a pass
+    over many small sealed temp zips (10 entries each)."""
+    rows = {}
+    base = fresh_dir(root, "inbox-live")
+    writers = scale["inbox_live_writers"]
+    holder = subprocess.Popen([sys.executable, "-c", LIVE_WRITERS, REPO, base, str(writers)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        report = run_worker(pythons["rear"], "scavenge", {"method": "rear", "base": base})
+        assert report["moved"] == 0, report
+    finally:
+        holder.stdin.close()
+        holder.wait(600)
+    rows["idle pass"] = {"temp_zips": writers, "seconds": report["seconds"]}
+    print("  idle pass, %d live writers: %.3f s (%.0f us a temp zip)"
+          % (writers, report["seconds"], report["seconds"] / writers * 1e6), flush=True)
+    base = fresh_dir(root, "inbox-sealed")
+    sealed = scale["inbox_sealed"]
+    rear = _import_rear()
+    for number in range(sealed):
+        with rear.rear_fs(base) as fs:
+            for entry in range(10):
+                fs.write_bytes("a.zip/t%d/%d.txt" % (number, entry), payload(1024, entry))
+    report = run_worker(pythons["rear"], "scavenge", {"method": "rear", "base": base})
+    assert report["moved"] == 10 * sealed, report
+    rows["sealed pass"] = {"temp_zips": sealed, "seconds": report["seconds"],
+                           "rss_mib": report["rss_mib"]}
+    print("  pass over %d sealed temp zips of 10 entries: %.1f s, %.0f entries/s "
+          "(%.2f ms a temp zip), peak RSS %.0f MiB"
+          % (sealed, report["seconds"], 10 * sealed / report["seconds"],
+             report["seconds"] / sealed * 1e3, report["rss_mib"]), flush=True)
+    results["inbox"] = rows
+
+
 def run_worker_with_timeout(python, kind, args, timeout):
     """run_worker, killing the worker (and its process group) past ``timeout``."""
     settle()
@@ -1027,7 +1083,8 @@ def main(argv=None):
                                                             "scavenger", "append", "memory",
                                                             "read", "campaign", "fsspec",
                                                             "missing", "provenance",
-                                                            "flush", "scaleout"])
+                                                            "flush", "scaleout",
+                                                            "inbox"])
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     pythons = {"rear": sys.executable, "writestr": sys.executable, "open": sys.executable}
@@ -1043,7 +1100,7 @@ def main(argv=None):
             ("memory", bench_memory), ("read", bench_read), ("campaign", bench_campaign),
             ("fsspec", bench_fsspec), ("missing", bench_missing),
             ("provenance", bench_provenance), ("flush", bench_flush),
-            ("scaleout", bench_scaleout)]
+            ("scaleout", bench_scaleout), ("inbox", bench_inbox)]
     try:
         for name, function in rows:
             if args.only and name not in args.only:
