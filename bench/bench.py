@@ -836,11 +836,20 @@ def bench_scaleout(root, scale, pythons, results):
 
 
 LIVE_WRITERS = """
-import sys
+import resource, sys
 sys.path.insert(0, sys.argv[1])
 import rear
+count = int(sys.argv[3])
+# One descriptor per live temp zip: raise the soft limit (often 1,024) as
+# far as the hard one allows, and say so if that is not enough.
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+wanted = count + 100 if hard == resource.RLIM_INFINITY else min(hard, count + 100)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+if wanted < count + 100:
+    sys.exit("%d live writers need %d open files; the hard limit is %d (ulimit -Hn)"
+             % (count, count + 100, hard))
 writers = []
-for number in range(int(sys.argv[3])):
+for number in range(count):
     fs = rear.rear_fs(sys.argv[2], rotation_span=3600)
     fs.__enter__()
     fs.write_bytes("a.zip/live-%d.txt" % number, b"x")
@@ -862,7 +871,8 @@ def bench_inbox(root, scale, pythons, results):
     holder = subprocess.Popen([sys.executable, "-c", LIVE_WRITERS, REPO, base, str(writers)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout.readline() == "ready\n"
+        if holder.stdout.readline() != "ready\n":
+            raise RuntimeError("the live writers did not start (their error is above)")
         report = run_worker(pythons["rear"], "scavenge", {"method": "rear", "base": base})
         assert report["moved"] == 0, report
     finally:
