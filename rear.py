@@ -425,7 +425,7 @@ _INDEX_SLOT = struct.Struct("<2Q")       # name hash (0: empty), record offset i
 _INDEX_STAMP_BYTES = 4096
 _INDEX_MIN_SLOTS = 1024                  # a power of two
 _INDEX_PROBE_SLOTS = 8                   # slots read per pread when probing
-#: Bytes of the table one pass of _IndexReader.resolve reads at a time.
+#: Bytes of the table one pass of _NameIndex.resolve reads at a time.
 _INDEX_WINDOW = 1024 ** 2
 #: Page size, and how many pages read in sequence cost as much as one read
 #: at random (index resolve; 67 us a random read against 1 GB/s here).
@@ -3661,9 +3661,9 @@ class _IndexReader:
     _Entry of a name, confirmed by reading its one central record.
 
     Where the slots are read from: ``buffer`` when they are in memory (the
-    file mapped, or the whole table a _NameIndex rebuilt
-    or grew, which ``in_memory`` marks as to be written back whole), else
-    the file itself, a window of slots per read.  ``_probe`` is the one walk
+    file mapped, or the whole table a _NameIndex rebuilt or grew, which
+    ``in_memory`` marks as to be written back whole), else the file
+    itself, a window of slots per read.  ``_probe`` is the one walk
     of the table that lookups, inserts and updates share.
     """
 
@@ -3682,7 +3682,7 @@ class _IndexReader:
         self.fd = -1
         self.slots = _INDEX_MIN_SLOTS
         self.used = 0
-        self.resolved = {}       # name hash -> [record positions], from resolve()
+        self.resolved = {}       # name hash -> [record positions], from _NameIndex.resolve
 
     def open_matching(self, size, writable=False, mapped=True):
         """Open the index file if its stamp matches the archive; else False.
@@ -3725,56 +3725,6 @@ class _IndexReader:
                 self.map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
                 self.buffer, self.buffer_offset = self.map, _INDEX_HEADER.size
         return True
-
-    def resolve(self, name_hashes):
-        """Walk the probes of many names (their hashes) in one sequential
-        pass over the table file (_by_window); lookups of those names then
-        read no slot.  Done where it costs less than one random read per
-        lookup (_worth_a_pass): a scavenger's refresh dropped the file's
-        cached pages, and 1,000 lookups in a 250,000-entry archive were
-        1,000 disk reads (67 ms) where a sequential read of its 8 MiB takes
-        a few.  One window is held at a time: reading the whole table, and
-        mapping each rolled-over archive's, held 8 MiB per 250,000 entries
-        of the series (87 MiB for a flush of 1M entries)."""
-        if not self.used or self.in_memory or not self._worth_a_pass(len(name_hashes)):
-            return
-        mask = self.slots - 1
-        homes = sorted((name_hash & mask, name_hash) for name_hash in set(name_hashes))
-        for first, window, group in self._by_window(homes):
-            for home, name_hash in group:
-                positions = []
-                for offset in range((home - first) * _INDEX_SLOT.size, len(window),
-                                    _INDEX_SLOT.size):
-                    slot_hash, position = _INDEX_SLOT.unpack_from(window, offset)
-                    if not slot_hash:
-                        self.resolved[name_hash] = positions
-                        break
-                    if slot_hash == name_hash:
-                        positions.append(position)
-                # A probe that runs past its window is left to _probe.
-
-    def _worth_a_pass(self, names):
-        """Is one sequential pass over the table file cheaper than a random
-        read for each of ``names``?  (A random page read costs about as
-        much as _RANDOM_READ_PAGES sequential ones.)"""
-        return (self.fd >= 0 and names * _RANDOM_READ_PAGES * _PAGE_SIZE
-                >= self.slots * _INDEX_SLOT.size)
-
-    def _by_window(self, items):
-        """Group ``items``, sorted tuples whose first field is a home slot,
-        by window of _INDEX_WINDOW bytes of the table file: yields (first
-        slot of the window, its bytes as a bytearray, the window's items)."""
-        window_slots = min(self.slots, _INDEX_WINDOW // _INDEX_SLOT.size)
-        at = 0
-        while at < len(items):
-            first = items[at][0] - items[at][0] % window_slots
-            group = []
-            while at < len(items) and items[at][0] < first + window_slots:
-                group.append(items[at])
-                at += 1
-            yield first, bytearray(_pread_exact(
-                self.fd, window_slots * _INDEX_SLOT.size,
-                _INDEX_HEADER.size + first * _INDEX_SLOT.size, self.path)), group
 
     def _read_slots(self, start, end):
         """The bytes of slots ``start`` to ``end`` (byte offsets in the table)."""
@@ -3980,20 +3930,69 @@ class _NameIndex(_IndexReader):
         time, each window read and written back once (a commit of 10,000
         names was 10,000 reads and as many writes); returns those whose
         probe runs past their window, for _probe."""
-        mask = self.slots - 1
         spilled = []
-        for first, window, group in self._by_window(sorted(
-                (name_hash & mask, name_hash, position) for name_hash, position in new)):
+        for file_offset, window, group in self._by_window(new):
             for home, name_hash, position in group:
-                for offset in range((home - first) * _INDEX_SLOT.size, len(window),
-                                    _INDEX_SLOT.size):
+                for offset in range(home, len(window), _INDEX_SLOT.size):
                     if not _INDEX_SLOT.unpack_from(window, offset)[0]:
                         _INDEX_SLOT.pack_into(window, offset, name_hash, position)
                         break
                 else:
                     spilled.append((name_hash, position))
-            _pwrite_all(self.fd, window, _INDEX_HEADER.size + first * _INDEX_SLOT.size)
+            _pwrite_all(self.fd, window, file_offset)
         return spilled
+
+    def resolve(self, name_hashes):
+        """Walk the probes of many names (their hashes) in one sequential
+        pass over the table file (_by_window); lookups of those names then
+        read no slot.  Done where it costs less than one random read per
+        lookup (_worth_a_pass): a scavenger's refresh dropped the file's
+        cached pages, and 1,000 lookups in a 250,000-entry archive were
+        1,000 disk reads (67 ms) where a sequential read of its 8 MiB takes
+        a few.  One window is held at a time: reading the whole table, and
+        mapping each rolled-over archive's, held 8 MiB per 250,000 entries
+        of the series (87 MiB for a flush of 1M entries)."""
+        if not self.used or self.in_memory or not self._worth_a_pass(len(name_hashes)):
+            return
+        for _offset, window, group in self._by_window((name_hash, None)
+                                                      for name_hash in set(name_hashes)):
+            for home, name_hash, _position in group:
+                positions = []
+                for offset in range(home, len(window), _INDEX_SLOT.size):
+                    slot_hash, position = _INDEX_SLOT.unpack_from(window, offset)
+                    if not slot_hash:
+                        self.resolved[name_hash] = positions
+                        break
+                    if slot_hash == name_hash:
+                        positions.append(position)
+                # A probe that runs past its window is left to _probe.
+
+    def _worth_a_pass(self, names):
+        """Is one sequential pass over the table file cheaper than a random
+        read for each of ``names``?  (A random page read costs about as
+        much as _RANDOM_READ_PAGES sequential ones.)"""
+        return (self.fd >= 0 and names * _RANDOM_READ_PAGES * _PAGE_SIZE
+                >= self.slots * _INDEX_SLOT.size)
+
+    def _by_window(self, pairs):
+        """(name hash, position) ``pairs`` grouped by window of _INDEX_WINDOW
+        bytes of the table file, in file order: yields (the window's offset
+        in the file, its bytes as a bytearray, [(offset of the name's home
+        slot in the window, name hash, position)])."""
+        mask = self.slots - 1
+        window_slots = min(self.slots, _INDEX_WINDOW // _INDEX_SLOT.size)
+        items = sorted((name_hash & mask, name_hash, position) for name_hash, position in pairs)
+        at = 0
+        while at < len(items):
+            first = items[at][0] - items[at][0] % window_slots
+            group = []
+            while at < len(items) and items[at][0] < first + window_slots:
+                home, name_hash, position = items[at]
+                group.append(((home - first) * _INDEX_SLOT.size, name_hash, position))
+                at += 1
+            offset = _INDEX_HEADER.size + first * _INDEX_SLOT.size
+            yield offset, bytearray(_pread_exact(self.fd, window_slots * _INDEX_SLOT.size,
+                                                 offset, self.path)), group
 
     def _grow(self, needed):
         """Rehash into memory with room for ``needed`` names at load <= 1/2,
@@ -4372,11 +4371,13 @@ class _ArchiveState:
         # no zip reader accepts.
         self.fd = -1
         self.index = None
-        for delay in _ESTALE_RETRY.delays():
+        for delay in itertools.chain(_ESTALE_RETRY.delays(), [None]):
             try:
                 self._open(limits)
                 return
-            except OSError as err:
+            except BaseException as err:
+                # Nothing was written through the descriptor yet.
+                self.close(written=False)
                 # Rule 2 of "network filesystems": the name opened, but a call
                 # on the descriptor failed as gone (ESTALE, ENOENT; no file
                 # name: not a lookup): a ghost of the archive another client's
@@ -4385,18 +4386,10 @@ class _ArchiveState:
                 # client's entry cache.  Looked up again once the cache lets
                 # go (GlusterFS: 1 s).  Every step before the journal is
                 # safe to redo.
-                self.close(written=False)
-                if err.errno not in _GONE_ERRNOS or err.filename is not None:
+                if (delay is None or not isinstance(err, OSError)
+                        or err.errno not in _GONE_ERRNOS or err.filename is not None):
                     raise
-            except BaseException:
-                self.close()
-                raise
             time.sleep(delay)
-        try:
-            self._open(limits)
-        except BaseException:
-            self.close()
-            raise
 
     def _open(self, limits):
         self.rolled, self.index = None, None
@@ -4526,7 +4519,7 @@ class _ArchiveState:
 
     def resolve(self, names):
         """Prepare the series-wide lookups of a commit's ``names``: one
-        sequential pass over each index that holds any (_IndexReader.resolve)."""
+        sequential pass over each index that holds any (_NameIndex.resolve)."""
         indexes = [index for index in [self.index] + [
             rolled.index for rolled in self._rolled_archives()] if index.used]
         if indexes:
@@ -5126,10 +5119,10 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
         paths = _list_temp_zips(inbox)
         looked_at = 0
         while looked_at < len(paths):
-            claims, held = [], 0
+            claims, entries_held = [], 0
             try:
                 while (looked_at < len(paths) and len(claims) < _BATCH_TEMP_ZIPS
-                       and held < _BATCH_ENTRIES):
+                       and entries_held < _BATCH_ENTRIES):
                     path = paths[looked_at]
                     looked_at += 1
                     claim = _claim_or_report(path, stats, flush=flush, grace=grace,
@@ -5137,7 +5130,7 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                                              dead_hosts=dead_hosts)
                     if claim is not None:
                         claims.append(claim)
-                        held += len(claim.routes)
+                        entries_held += len(claim.routes)
                 if claims:
                     _commit_claims(base, claims, limits, stats,
                                    _progress_report(progress, stats, looked_at, claims, len(paths)),
