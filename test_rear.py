@@ -39,9 +39,9 @@ import rear
 from tests.support import (BAD_PATHS, CHILD_ENV, HERE, MTIME_1970, MTIME_2050, MTIME_2200,
                            MTIME_ODD, SALVAGED_PICKUP, SCAVENGER_LOOP_SCRIPT,
                            STUCK_SCAVENGER_SCRIPT, Acknowledged, archives_of, as_sets,
-                           check_archives, fill, inbox_temp_zips, make_faithful_tree,
-                           read_archive, run_child, run_cli, run_in_threads, unzip_test,
-                           write_raw_temp_zip)
+                           check_archives, fill, fill_temp_zips, inbox_temp_zips,
+                           make_faithful_tree, read_archive, run_child, run_cli,
+                           run_in_threads, unzip_test, write_raw_temp_zip)
 
 
 # ---------------------------------------------------------------- helpers
@@ -3593,11 +3593,7 @@ def test_an_entry_larger_than_max_size_gets_an_archive_of_its_own(base):
 
 
 def test_two_scavengers_at_once_keep_every_archive_within_max_entries(base):
-    files = {}
-    for worker in range(8):
-        batch = {"a.zip/%d/%04d" % (worker, n): b"%d" % n for n in range(700)}
-        fill(base, batch)
-        files.update(batch)
+    files = fill_temp_zips(base, 8, 700, "a.zip/%d/%04d")
     scavengers = [run_cli_background("scavenge", base, "--max-entries", "1000")
                   for _ in range(2)]
     assert [scavenger.wait(120) for scavenger in scavengers] == [0, 0]
@@ -4135,11 +4131,7 @@ SLOW_SCAVENGER_SCRIPT = """
 
 
 def test_two_flushing_scavengers_both_exit_0_when_together_they_finished(base):
-    files = {}
-    for batch in range(4):
-        more = {"a.zip/%d/%d" % (batch, n): b"%d" % n for n in range(10)}
-        fill(base, more)
-        files.update(more)
+    files = fill_temp_zips(base, 4, 10)
     slow = run_child(SLOW_SCAVENGER_SCRIPT, base, "2.0")
     journal = os.path.join(base, "inbox", "archives", rear._archive_key("a.zip") + ".journal")
     deadline = time.monotonic() + 60

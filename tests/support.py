@@ -55,6 +55,17 @@ def fill(base, files, **fs_options):
             fs.write_bytes(name, data)
 
 
+def fill_temp_zips(base, count, per_zip, name="a.zip/%d/%d"):
+    """``count`` temp zips (fill) of ``per_zip`` small files each, named
+    ``name % (zip number, file number)``; returns every file written."""
+    files = {}
+    for number in range(count):
+        batch = {name % (number, n): b"%d" % n for n in range(per_zip)}
+        fill(base, batch)
+        files.update(batch)
+    return files
+
+
 def unzip_test(path):
     """Info-ZIP's verdict on an archive: an independent reader."""
     if shutil.which("unzip") is None:
