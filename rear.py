@@ -433,6 +433,9 @@ _PAGE_SIZE = 4096
 _RANDOM_READ_PAGES = 16
 #: Bytes read past a central record's fixed part in one go: most names fit.
 _TYPICAL_NAME = 128
+#: Bytes read past a local header's name in one go: the extra fields rear's
+#: writer puts there (UT, ASi mode, provenance) fit.
+_TYPICAL_LOCAL_EXTRA = 128
 
 # Zip format, PKWARE APPNOTE.TXT 6.3.x; field layouts as in CPython's zipfile.
 _LOCAL_SIG = b"PK\x03\x04"                      # 4.3.7 local file header
@@ -1820,38 +1823,58 @@ def _read_central_entries(fd, size, path, error, check_small=False, small_crc=No
     directory = _read_end_records(fd, size, path, error)
     entries = list(_iter_central_entries(_ChunkReader(fd, path), directory, path, error))
     reader = _ChunkReader(fd, path)
-    running = 0
+    fixed_size = _LOCAL_STRUCT.size
+    small_runs = []     # [start, end] of the checked entries' bytes, merged where they touch
     # In file order: the recorded CRC runs over the bytes in that order.
     for entry in sorted(entries, key=_header_offset):
         # Only the name is compared and the data located: what a reader
-        # needs to find the entry by its central record.
+        # needs to find the entry by its central record.  One read for the
+        # header, its name and the extra fields rear's writer puts there.
         offset = entry.header_offset
-        fixed = reader.read(offset, _LOCAL_STRUCT.size)
-        matches = len(fixed) == _LOCAL_STRUCT.size and fixed[:4] == _LOCAL_SIG
+        raw_name = entry.raw_name
+        name_end = fixed_size + len(raw_name)
+        head = reader.read(offset, name_end + _TYPICAL_LOCAL_EXTRA)
+        matches = len(head) >= name_end and head[:4] == _LOCAL_SIG
         if matches:
-            name_len, extra_len = _LOCAL_NAME_EXTRA.unpack_from(fixed, _LOCAL_NAME_EXTRA_OFFSET)
-            matches = reader.read(offset + _LOCAL_STRUCT.size, name_len) == entry.raw_name
+            name_len, extra_len = _LOCAL_NAME_EXTRA.unpack_from(head, _LOCAL_NAME_EXTRA_OFFSET)
+            matches = name_len == len(raw_name) and head[fixed_size:name_end] == raw_name
         if not matches:
             raise error("%s: entry %r has no matching local header" % (path, entry.name), path)
-        entry.data_offset = offset + _LOCAL_STRUCT.size + name_len + extra_len
+        entry.data_offset = offset + name_end + extra_len
         if extra_len:    # the writer's provenance, for the archive's local header
-            entry.provenance = _provenance_field(
-                reader.read(entry.data_offset - extra_len, extra_len))
-        if entry.data_offset + entry.compressed_size > directory.cd_offset:
+            extra = head[name_end:name_end + extra_len]
+            if len(extra) < extra_len:
+                extra = reader.read(offset + name_end, extra_len)
+            entry.provenance = _provenance_field(extra)
+        end = entry.data_offset + entry.compressed_size
+        if end > directory.cd_offset:
             raise error("%s: entry %r runs into the central directory" % (path, entry.name), path)
         if small_crc is not None:
             if entry.compressed_size <= small_limit:
-                end = entry.data_offset + entry.compressed_size
-                running = zlib.crc32(reader.read_exact(entry.header_offset,
-                                                       end - entry.header_offset), running)
+                if small_runs and small_runs[-1][1] == offset:
+                    small_runs[-1][1] = end
+                else:
+                    small_runs.append([offset, end])
         elif (check_small and entry.compressed_size <= _SMALL_ENTRY
               and _is_copyable(entry) and not _is_entry_data_intact(reader, entry)):
             # (an entry rear would not copy anyway gets its precise error
             # from the claim)
             raise _damaged_entry_error(path, entry.name, error)
-    if small_crc is not None and running != small_crc:
+    if small_crc is not None and _crc_of_ranges(fd, small_runs, path) != small_crc:
         raise _damaged_entry_error(path, None, error)
     return entries
+
+
+def _crc_of_ranges(fd, ranges, path):
+    """CRC-32 of the bytes of [start, end] ``ranges`` of a file, in order,
+    read _CHUNK at a time: a temp zip's small entries are one range, so
+    checking 10,000 of them is a few reads, not a call per entry."""
+    running = 0
+    for start, end in ranges:
+        for chunk_start in range(start, end, _CHUNK):
+            running = zlib.crc32(_pread_exact(fd, min(_CHUNK, end - chunk_start), chunk_start,
+                                              path), running)
+    return running
 
 
 def _is_copyable(entry):

@@ -1645,6 +1645,38 @@ def test_a_byte_changed_on_disk_in_a_sealed_temp_zip_is_caught_at_claim(base, co
     assert stats.files_moved == 0 and inbox_temp_zips(base) == [zip_name]
 
 
+def _small_big_small(count=5):
+    """Small entries, one too big for the claim's CRC check, small ones again."""
+    files = {"a.zip/s%d" % n: b"small %d " % n * 40 for n in range(count)}
+    files["a.zip/big"] = os.urandom(rear._SMALL_ENTRY + 1)
+    files.update({"a.zip/t%d" % n: b"later %d " % n * 40 for n in range(count)})
+    return files
+
+
+def test_small_entries_on_both_sides_of_a_big_one_pass_the_claim_check(base):
+    files = _small_big_small()
+    fill(base, files, compression="stored")
+    stats = rear.scavenge(base)
+    assert stats.errors == [] and stats.files_moved == len(files)
+    assert archives_of(base)["a.zip"] == {name[len("a.zip/"):]: data
+                                          for name, data in files.items()}
+
+
+def test_a_byte_changed_in_a_small_entry_after_a_big_one_is_caught_at_claim(base):
+    fill(base, _small_big_small(), compression="stored")
+    (zip_name,) = inbox_temp_zips(base)
+    path = os.path.join(base, "inbox", zip_name)
+    with zipfile.ZipFile(path) as handle:
+        info = handle.getinfo("a.zip/t3")
+    with open(path, "r+b") as handle:
+        handle.seek(info.header_offset + 30 + len("a.zip/t3") + 5)
+        handle.write(b"X")
+    stats = rear.scavenge(base)
+    assert [path for path, _reason in stats.errors] == [path]
+    assert "integrity check" in stats.errors[0][1]
+    assert stats.files_moved == 0 and inbox_temp_zips(base) == [zip_name]
+
+
 def test_a_garbage_sidecar_is_reported_and_its_zip_left_in_place(base):
     fill(base, {"a.zip/x": b"x"})
     (zip_name,) = inbox_temp_zips(base)
