@@ -934,6 +934,77 @@ def test_sync_file_fsyncs_every_file_before_its_block_returns(base, monkeypatch)
         assert len(synced) == before
 
 
+def test_a_writer_writes_back_in_the_background_and_its_seal_waits_for_that(
+        base, monkeypatch):
+    monkeypatch.setattr(rear, "_WRITEBACK_BYTES", 4096)
+    background, in_flight = [], threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def slow_fdatasync(fd):
+        if threading.current_thread().name == "rear-writeback":
+            background.append(fd)
+            in_flight.set()
+            time.sleep(0.2)     # still running when the seal comes
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(rear.os, "fdatasync", slow_fdatasync)
+    files = {"a.zip/%d" % n: os.urandom(3000) for n in range(8)}
+    with rear.rear_fs(base, compression="stored", rotation_span=3600) as fs:
+        for name, data in files.items():
+            fs.write_bytes(name, data)
+        assert in_flight.wait(5), "no writeback started"
+    assert background, "writeback ran in the writer's own thread"
+    assert not [thread for thread in threading.enumerate() if thread.name == "rear-writeback"]
+    assert [s["state"] for s in sidecars(base)] == ["sealed"]
+    assert rear.scavenge(base).files_moved == len(files)
+    assert_exactly_once(base, files)
+    unzip_test(os.path.join(base, "a.zip"))
+
+
+def test_a_background_writeback_error_reaches_the_caller_and_loses_nothing(base, monkeypatch):
+    monkeypatch.setattr(rear, "_WRITEBACK_BYTES", 4096)
+    real_fdatasync = os.fdatasync
+
+    def failing_in_background(fd):
+        if threading.current_thread().name == "rear-writeback":
+            raise OSError(errno.EIO, "Input/output error")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(rear.os, "fdatasync", failing_in_background)
+    files = {"a.zip/%d" % n: os.urandom(3000) for n in range(4)}
+    fs = rear.rear_fs(base, compression="stored", rotation_span=3600)
+    for name, data in files.items():
+        fs.write_bytes(name, data)
+    with pytest.raises(OSError) as raised:
+        fs.close()
+    assert raised.value.errno == errno.EIO
+    # Left unsealed for salvage, as after any failed seal: here the bytes
+    # did reach the disk, so a flush finds every file.
+    assert [s["state"] for s in sidecars(base)] == ["open"]
+    monkeypatch.setattr(rear.os, "fdatasync", real_fdatasync)
+    assert rear.scavenge(base, flush=True).files_moved == len(files)
+    assert_exactly_once(base, files)
+
+
+def test_a_writeback_thread_that_cannot_start_changes_nothing(base, monkeypatch):
+    monkeypatch.setattr(rear, "_WRITEBACK_BYTES", 4096)
+    real_start = threading.Thread.start
+
+    def refusing_start(thread):
+        if thread.name == "rear-writeback":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refusing_start)
+    files = {"a.zip/%d" % n: os.urandom(3000) for n in range(4)}
+    with rear.rear_fs(base, compression="stored", rotation_span=3600) as fs:
+        for name, data in files.items():
+            fs.write_bytes(name, data)
+    assert [s["state"] for s in sidecars(base)] == ["sealed"]
+    assert rear.scavenge(base).files_moved == len(files)
+    assert_exactly_once(base, files)
+
+
 # ---------------------------------------------------------------- processes and threads
 
 
