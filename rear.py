@@ -428,6 +428,7 @@ _INDEX_HEADER_USED = 2
 _INDEX_HEADER_STAMP = slice(3, 8)      # size, cd offset, cd size, count, CRC of the end
 _INDEX_HEADER_CRC = 8
 _INDEX_SLOT = struct.Struct("<2Q")       # name hash (0: empty), record offset in the CD
+_SLOT_HASH = struct.Struct("<Q")         # its first field alone
 _INDEX_STAMP_BYTES = 4096
 _INDEX_MIN_SLOTS = 1024                  # a power of two
 _INDEX_PROBE_SLOTS = 8                   # slots read per pread when probing
@@ -3939,11 +3940,14 @@ class _NameIndex(_IndexReader):
             self._insert_in_memory(_name_hash(raw_name), position)
 
     def _insert_in_memory(self, name_hash, position):
-        for slot, slot_hash, _position in self._probe(name_hash):
-            if not slot_hash:
-                _INDEX_SLOT.pack_into(self.buffer, slot * _INDEX_SLOT.size, name_hash, position)
-                self.used += 1
-                return
+        # The probe of _probe, without its generator and window copies: a
+        # rebuild or a growing index inserts every name of the archive.
+        buffer, mask, size = self.buffer, self.slots - 1, _INDEX_SLOT.size
+        slot = name_hash & mask
+        while _SLOT_HASH.unpack_from(buffer, slot * size)[0]:
+            slot = (slot + 1) & mask
+        _INDEX_SLOT.pack_into(buffer, slot * size, name_hash, position)
+        self.used += 1
 
     def lookup(self, name, hash_of):
         """(crc, file_size) of the archived ``name``, or None.  The name is
