@@ -1724,6 +1724,24 @@ def _small_big_small(count=5):
     return files
 
 
+@pytest.mark.parametrize("offset", [0, 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 40])
+@pytest.mark.parametrize("name", ["plain/name.txt", "ünïcödé/名前.txt"])
+def test_headers_staged_at_claim_are_the_ones_packed_at_commit(offset, name):
+    entry = rear._Entry("a.zip/" + name, rear._FLAG_UTF8, zipfile.ZIP_DEFLATED, 100, 200,
+                        zlib.crc32(b"data"), 4, 4, header_offset=77, mtime=1_700_000_000)
+    entry.provenance = rear._this_process_provenance()
+    entry.staged = rear._Staged(name, entry)
+    encoded = rear._encode_name(name)
+    assert rear._central_record_at(entry, name, offset) == rear._pack_central_record(
+        entry, offset, encoded)
+    assert rear._local_header_as(entry, name) == rear._pack_local_header(entry, encoded)
+    renamed = name + ".~1~"     # a conflict's new name is packed afresh
+    assert rear._central_record_at(entry, renamed, offset) == rear._pack_central_record(
+        entry, offset, rear._encode_name(renamed))
+    assert rear._local_header_as(entry, renamed) == rear._pack_local_header(
+        entry, rear._encode_name(renamed))
+
+
 def test_small_entries_on_both_sides_of_a_big_one_pass_the_claim_check(base):
     files = _small_big_small()
     fill(base, files, compression="stored")
