@@ -45,7 +45,8 @@ SCALES = {
                  dask_pattern="old/000*/*", dask_timeout=600,
                  missing_expected=1000000, missing_pending=10000,
                  flush_entries=1000000, scaleout_entries=200000,
-                 inbox_live_writers=2000, inbox_sealed=20000, repeats=3),
+                 inbox_live_writers=2000, inbox_sealed=20000, sizes_bytes=256 * 1024 ** 2,
+                 repeats=3),
     # campaign_max_entries None: rear's default; smoke scale shrinks it to
     # keep the mechanics (a series of rolled archives) in seconds.
     "smoke": dict(small_files=300, medium_files=30, scavenge_small=2000,
@@ -56,7 +57,7 @@ SCALES = {
                   dask_pattern="old/0000/result-00000*.txt", dask_timeout=120,
                   missing_expected=20000, missing_pending=200, flush_entries=30000,
                   scaleout_entries=4000, inbox_live_writers=50, inbox_sealed=200,
-                  repeats=1),
+                  sizes_bytes=8 * 1024 ** 2, repeats=1),
 }
 WRITERS = ["rear", "legacy", "writestr", "open"]
 #: max_entries for rows that measure one archive as it grows (append, read).
@@ -448,6 +449,22 @@ def cp_rate(source_dir, root):
     return total / seconds / 1e6
 
 
+def cat_rate(files, root, fsync):
+    """MB/s of cat of ``files`` into one file (then fsynced, if ``fsync``):
+    a raw byte copy of temp zips, what a scavenger of raw copies tends to."""
+    total = sum(os.path.getsize(path) for path in files)
+    target = os.path.join(fresh_dir(root, "cat"), "all")
+    settle()
+    start = time.perf_counter()
+    with open(target, "wb") as out:
+        subprocess.run(["cat"] + files, stdout=out, check=True)
+        if fsync:
+            os.fsync(out.fileno())
+    seconds = time.perf_counter() - start
+    shutil.rmtree(os.path.dirname(target))
+    return total / seconds / 1e6
+
+
 def bench_scavenger(root, scale, pythons, results):
     """Row 3: files/s and MB/s moving small and 1 GiB entries."""
     rows = {}
@@ -492,6 +509,38 @@ def bench_scavenger(root, scale, pythons, results):
                 print("  scavenge %-15s %-7s %28.1f MB/s" % (key, "cp", rows[key]["cp_MBps"]),
                       flush=True)
     results["scavenger"] = rows
+
+
+def bench_sizes(root, scale, pythons, results):
+    """The scavenger on 64 KiB and 1 MiB stored entries against cat of the
+    same temp zips into one file, without and with an fsync (rear makes
+    what it appends durable); best of ``repeats``, interleaved."""
+    rows = {}
+    for label, size in (("64KiB", 64 * 1024), ("1MiB", MIB)):
+        template = fresh_dir(root, "sizes-" + label)
+        data = payload(size, 0)   # one object: the row is about bytes moved, not content
+        make_rear_inbox(template, [("a.zip/e-%06d.bin" % n, data)
+                                   for n in range(max(1, scale["sizes_bytes"] // size))],
+                        "stored")
+        inbox = os.path.join(template, "inbox")
+        files = [os.path.join(inbox, name) for name in sorted(os.listdir(inbox))
+                 if name.endswith(".zip")]
+        total = sum(os.path.getsize(path) for path in files)
+        row = rows[label] = {"rear": 0.0, "cat": 0.0, "cat_fsync": 0.0}
+        for _repeat in range(scale["repeats"]):
+            row["cat"] = max(row["cat"], cat_rate(files, root, fsync=False))
+            row["cat_fsync"] = max(row["cat_fsync"], cat_rate(files, root, fsync=True))
+            base = os.path.join(root, "sizes-run")
+            shutil.rmtree(base, ignore_errors=True)
+            shutil.copytree(template, base, symlinks=True)
+            report = run_worker(pythons["rear"], "scavenge", {"method": "rear", "base": base})
+            row["rear"] = max(row["rear"], total / report["seconds"] / 1e6)
+        shutil.rmtree(template, ignore_errors=True)
+        print("  scavenge %-6s stored  rear %7.0f MB/s  cat %7.0f MB/s  cat+fsync %7.0f MB/s"
+              "  (%.2fx cat, %.2fx cat+fsync)" % (label, row["rear"], row["cat"],
+                                                  row["cat_fsync"], row["rear"] / row["cat"],
+                                                  row["rear"] / row["cat_fsync"]), flush=True)
+    results["sizes"] = rows
 
 
 def archived_entries(base):
@@ -953,6 +1002,10 @@ def summary(results):
         shown = "rear 0.1.2" if other == "legacy" else other
         lines.append(("writer 1KiB stored 1p: rear / %s" % shown, value, ">= %.1fx" % target,
                       None if value is None else value >= target))
+    medium = results.get("writer_files_per_s", {}).get("64KiB stored 1p", {})
+    value = ratio(medium.get("rear"), medium.get("writestr"))
+    lines.append(("writer 64KiB stored 1p: rear / writestr", value, ">= 1.0x",
+                  None if value is None else value >= 1.0))
     metadata = results.get("metadata_calls_one_rotation", {})
     for key, row in sorted(metadata.items()):
         if key.startswith("rear"):
@@ -1054,6 +1107,10 @@ def summary(results):
         lines.append(("flush of %d 1 KiB entries: entries/s" % flush["entries"], rate,
                       ">= 150000", rate >= 150000))
     scaleout = results.get("scaleout")
+    for label, row in sorted(results.get("sizes", {}).items()):
+        value = ratio(row["rear"], row["cat"])
+        lines.append(("scavenger %s stored: rear / cat MB/s" % label, value, ">= 0.5x",
+                      value >= 0.5))
     for layout, target in (("one archive", 1.7), ("eight archives", 1.8)):
         if scaleout:
             value = ratio(scaleout[layout][2], scaleout[layout][1])
@@ -1094,7 +1151,7 @@ def main(argv=None):
                                                             "read", "campaign", "fsspec",
                                                             "missing", "provenance",
                                                             "flush", "scaleout",
-                                                            "inbox"])
+                                                            "inbox", "sizes"])
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     pythons = {"rear": sys.executable, "writestr": sys.executable, "open": sys.executable}
@@ -1110,7 +1167,7 @@ def main(argv=None):
             ("memory", bench_memory), ("read", bench_read), ("campaign", bench_campaign),
             ("fsspec", bench_fsspec), ("missing", bench_missing),
             ("provenance", bench_provenance), ("flush", bench_flush),
-            ("scaleout", bench_scaleout), ("inbox", bench_inbox)]
+            ("scaleout", bench_scaleout), ("inbox", bench_inbox), ("sizes", bench_sizes)]
     try:
         for name, function in rows:
             if args.only and name not in args.only:
