@@ -135,9 +135,12 @@ Writer steps
 3. Per file: compress and CRC it off the lock, then append local header and
    data in one ``write()``.  A failed write is truncated away before the error
    reaches the caller, so no torn entry ever precedes an acknowledged one.
+   Every 8 MiB appended, a background ``fdatasync`` starts writing the temp
+   zip back, so that step 4's fsync waits only for the tail.
 4. Seal (every ``rotation_span`` seconds, even when idle, on ``rear_fs`` exit
-   and at interpreter exit): write the central directory, fsync, replace the
-   sidecar with ``sealed``, then close (which releases the lock).
+   and at interpreter exit): wait for that writeback (its error, if any, is
+   the seal's), write the central directory, fsync, replace the sidecar with
+   ``sealed``, then close (which releases the lock).
 
 Scavenger commit (per final archive; compare SQLite's rollback journal)
 =========================================================================
@@ -174,7 +177,10 @@ Scavenger commit (per final archive; compare SQLite's rollback journal)
 5. Overwrite the old tail with the new entries, copied raw (no recompression,
    ``copy_file_range`` where possible), then the old central directory copied
    back verbatim from the journal, the new records and the end records
-   (zip64 where needed); fsync.
+   (zip64 where needed); fsync.  What does not depend on the archive (each
+   entry's name hash, local header and central record but for its offset)
+   was worked out when its temp zip was claimed, before step 1, so that
+   scavengers committing to one archive hold its lock for less.
 6. Rename ``.journal`` to ``.commit`` and fsync the directory.  This rename is
    the commit point.
 7. Add the new names to the index.  For every temp zip in the batch: delete
