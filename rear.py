@@ -2809,12 +2809,16 @@ class _TempZip:
             # own fsync would succeed over pages that were never written.
             self.writeback_error = err
 
-    def _finish_writeback(self):
-        """Wait for a writeback in progress (its descriptor must stay open
-        until it ends); the error it met, if any, is raised."""
+    def _join_writeback(self):
+        """Wait for a writeback in progress: its descriptor must stay open
+        until it ends."""
         if self.writeback is not None:
             self.writeback.join()
             self.writeback = None
+
+    def _finish_writeback(self):
+        """_join_writeback, then raise the error the writeback met, if any."""
+        self._join_writeback()
         error, self.writeback_error = self.writeback_error, None
         if error is not None:
             raise error
@@ -2858,9 +2862,7 @@ class _TempZip:
     def _close(self):
         with _OWN_TEMP_ZIPS_LOCK:
             _OWN_TEMP_ZIPS.discard(self.path)
-        if self.writeback is not None:
-            self.writeback.join()   # not raised here: the seal raises it, or abandon() went on
-            self.writeback = None
+        self._join_writeback()    # its error not raised here: the seal raised it, or abandon()
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)     # releases the fcntl lock

@@ -949,10 +949,8 @@ def test_a_writer_writes_back_in_the_background_and_its_seal_waits_for_that(
 
     monkeypatch.setattr(rear.os, "fdatasync", slow_fdatasync)
     files = {"a.zip/%d" % n: os.urandom(3000) for n in range(8)}
-    with rear.rear_fs(base, compression="stored", rotation_span=3600) as fs:
-        for name, data in files.items():
-            fs.write_bytes(name, data)
-        assert in_flight.wait(5), "no writeback started"
+    fill(base, files, compression="stored", rotation_span=3600)
+    assert in_flight.is_set(), "no writeback started"
     assert background, "writeback ran in the writer's own thread"
     assert not [thread for thread in threading.enumerate() if thread.name == "rear-writeback"]
     assert [s["state"] for s in sidecars(base)] == ["sealed"]
@@ -997,9 +995,7 @@ def test_a_writeback_thread_that_cannot_start_changes_nothing(base, monkeypatch)
 
     monkeypatch.setattr(threading.Thread, "start", refusing_start)
     files = {"a.zip/%d" % n: os.urandom(3000) for n in range(4)}
-    with rear.rear_fs(base, compression="stored", rotation_span=3600) as fs:
-        for name, data in files.items():
-            fs.write_bytes(name, data)
+    fill(base, files, compression="stored", rotation_span=3600)
     assert [s["state"] for s in sidecars(base)] == ["sealed"]
     assert rear.scavenge(base).files_moved == len(files)
     assert_exactly_once(base, files)
