@@ -605,6 +605,9 @@ _EXTRACT_VERSION = {
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+#: Directories whose owner root remembers (_directory_owner): inbox/ and
+#: the directories of the archives a scavenger commits to.
+_OWNER_CACHE_SIZE = 1024
 # The retry policies (_Backoff, in "platform") are named with the retry
 # loops that use them: _ESTALE_RETRY, _STALE_VIEW_RETRY, _LOCK_POLL,
 # _UNPARSED_RETRY.
@@ -684,6 +687,9 @@ _SCAVENGE_LOCK = threading.RLock()
 _FINALIZER_PID = None
 # Directories whose filesystem refuses locks, warned about once each.
 _warned_no_locks = set()
+# Root only: {directory: (uid, gid)} of the directories it creates files
+# in (_directory_owner); a child may keep them, the directories are the same.
+_directory_owners = {}
 
 
 def _after_fork_in_child():
@@ -1163,13 +1169,30 @@ def _give_to_directory_owner(path, fd=None):
     the base's owner fail with EACCES.  Nothing to do for anyone else."""
     if os.geteuid() != 0:
         return
-    st = os.stat(os.path.dirname(path) or ".")
-    if (st.st_uid, st.st_gid) == (0, 0):
+    owner = _directory_owner(os.path.dirname(path) or ".")
+    if owner == (0, 0):
         return
     if fd is None:
-        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+        os.chown(path, *owner, follow_symlinks=False)
     else:
-        os.fchown(fd, st.st_uid, st.st_gid)
+        os.fchown(fd, *owner)
+
+
+def _directory_owner(directory, st=None):
+    """(uid, gid) of ``directory`` (whose os.stat may be given), asked of the
+    filesystem once per process: a writer creates two files in inbox/ per
+    rotation, and a stat of it for each was a metadata call per create on
+    the filesystem rear exists to spare.  A directory chowned while the
+    process runs gets the old owner's files until it restarts, as it would
+    have had them a moment earlier."""
+    owner = _directory_owners.get(directory)
+    if owner is None:
+        if st is None:
+            st = os.stat(directory)
+        if len(_directory_owners) >= _OWNER_CACHE_SIZE:
+            _directory_owners.clear()
+        owner = _directory_owners[directory] = (st.st_uid, st.st_gid)
+    return owner
 
 
 def _write_file_durably(path, *parts):
@@ -2436,6 +2459,8 @@ def _checked_base(base, *, writing=False, may_be_missing=False, whole=False):
     it would find nothing to do and say so, while their temp zips wait.
     """
     base = os.path.abspath(_base_or_env(base))
+    if writing and may_be_missing and _is_usable_inbox(os.path.join(base, _INBOX)):
+        return base
     if not may_be_missing:
         _check_existing_base(base, writing)
     if whole:
@@ -2447,6 +2472,23 @@ def _checked_base(base, *, writing=False, may_be_missing=False, whole=False):
                 _check_creatable(path)
                 break
     return base
+
+
+def _is_usable_inbox(path):
+    """Is ``path`` a directory this user can create files in?  What a
+    writer starting in an existing base needs, in two calls (each rear_fs
+    made four, the base's too, on the metadata server of a campaign's
+    every worker); anything else is left to the full check, which says
+    what is wrong."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or not os.access(path, os.W_OK | os.X_OK):
+        return False
+    if os.geteuid() == 0:
+        _directory_owner(path, st)      # the first temp zip's create asks for it
+    return True
 
 
 def _check_creatable(path):
@@ -5225,7 +5267,7 @@ def _remove_orphans(inbox, grace, stats):
 
 def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SIZE,
              salvage_only=False, progress=None, max_entries=DEFAULT_MAX_ENTRIES,
-             dead_hosts=()):
+             dead_hosts=(), part=None):
     """One scavenger pass over ``base/inbox``; returns a ScavengeStats.
 
     Sealed temp zips are ingested.  Unsealed ones whose lock is free (their
@@ -5240,7 +5282,14 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     filesystem still holds (MooseFS keeps a crashed client's locks for a
     day by default): their unsealed temp zips are taken over as if their
     locks were free, once unchanged for 10 s.  Never name a node that runs.
+
+    ``part=(K, N)`` takes only the temp zips of part K of N (1 <= K <= N),
+    split by a hash of their names: N scavengers given parts 1 to N share
+    the inbox without trying the same temp zip (each try is an open and a
+    lock on the filesystem's metadata server), and each --flush waits for
+    its own part only.  Interrupted commits are finished by every part.
     """
+    part = _checked_part(part)
     if isinstance(dead_hosts, str):
         dead_hosts = (dead_hosts,)
     dead_hosts = frozenset(dead_hosts)
@@ -5254,7 +5303,7 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
         _remove_orphans(inbox, grace, stats)
         # Listed once: relisting for every batch made a pass quadratic in the
         # inbox size.  Temp zips sealed meanwhile wait for the next pass.
-        paths = _list_temp_zips(inbox)
+        paths = [path for path in _list_temp_zips(inbox) if _in_part(path, part)]
         looked_at = 0
         while looked_at < len(paths):
             claims, entries_held = [], 0
@@ -5277,6 +5326,32 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                 for claim in claims:
                     claim.release()
     return stats
+
+
+def _checked_part(part):
+    """``part`` as a (K, N) tuple, None for all, else ValueError."""
+    if part is None:
+        return None
+    try:
+        number, count = part
+        valid = (isinstance(number, int) and isinstance(count, int)
+                 and 1 <= number <= count)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError("part must be (K, N) with 1 <= K <= N, like (1, 4) to (4, 4) for "
+                         "four scavengers, not %r" % (part,))
+    return number, count
+
+
+def _in_part(path, part):
+    """Is the temp zip ``path`` in ``part`` (see scavenge; None: all)?  By
+    its file name, which a temp zip keeps from creation to deletion, so a
+    temp zip stays in one part whoever lists it."""
+    if part is None:
+        return True
+    number, count = part
+    return _name_hash(os.path.basename(path).encode("utf-8")) % count == number - 1
 
 
 def _claim_or_report(path, stats, **options):
@@ -7069,6 +7144,16 @@ def _host_arg(text):
     return text.strip()
 
 
+def _part_arg(text):
+    try:
+        number, count = (int(field) for field in text.split("/"))
+        return _checked_part((number, count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "%r is not a part: give K/N with 1 <= K <= N, like 1/4 to 4/4 for four "
+            "scavengers (in a SLURM step: $((SLURM_PROCID + 1))/$SLURM_NTASKS)" % text)
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -7202,7 +7287,7 @@ def _scavenge_pass(args):
     try:
         return scavenge(args.base, flush=args.flush, rotation_span=args.rotation,
                         max_size=args.max_size, max_entries=args.max_entries,
-                        progress=progress, dead_hosts=args.dead_host)
+                        progress=progress, dead_hosts=args.dead_host, part=args.part)
     finally:
         if progress is not None:
             progress.finish()
@@ -7218,7 +7303,7 @@ def _finish_flush(args):
     taken, changed = None, time.monotonic()
     while True:
         now_taken = {temp.path for temp in _temp_statuses(base, args.rotation)
-                     if temp.state == "sealed"}
+                     if temp.state == "sealed" and _in_part(temp.path, args.part)}
         if not now_taken:
             break
         if now_taken != taken:
@@ -7234,14 +7319,15 @@ def _finish_flush(args):
         code = _report_errors(stats)
         if code:
             return code
-    return _report_unfinished(base, args.rotation)
+    return _report_unfinished(base, args.rotation, args.part)
 
 
-def _report_unfinished(base, rotation_span=None):
-    """After 'scavenge --flush', which asked for everything: name each temp
-    zip still in the inbox with its writer, and return _EXIT_UNFINISHED if
-    there are any (0 if none)."""
-    temps = status(base, rotation_span).temp_zips
+def _report_unfinished(base, rotation_span=None, part=None):
+    """After 'scavenge --flush', which asked for everything (of its
+    ``part``): name each temp zip still in the inbox with its writer, and
+    return _EXIT_UNFINISHED if there are any (0 if none)."""
+    temps = [temp for temp in status(base, rotation_span).temp_zips
+             if _in_part(temp.path, part)]
     for temp in temps:
         sys.stderr.write("rear: error: %s remains in %s/inbox/: %s\n"
                          % (temp.path, base, _why_left(temp, base)))
@@ -7721,6 +7807,10 @@ def _add_scavenge_arguments(sub):
                      "over its writers' temp zips and its scavengers' archive locks "
                      "although the filesystem still holds them (MooseFS does, for a day "
                      "by default); repeatable.  Never name a node that runs")
+    sub.add_argument("--part", type=_part_arg, default=None, metavar="K/N",
+                     help="take only part K of N of the temp zips (split by name): N "
+                     "scavengers given 1/N to N/N share the inbox without trying the same "
+                     "temp zip; --flush then waits for its own part only")
     sub.add_argument("--watch", type=_positive_float, default=None, metavar="S",
                      help="repeat every S seconds until interrupted")
     sub.add_argument("--max-size", type=_size_arg, default=DEFAULT_MAX_SIZE, metavar="SIZE",

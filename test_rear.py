@@ -39,9 +39,9 @@ import rear
 from tests.support import (BAD_PATHS, CHILD_ENV, HERE, MTIME_1970, MTIME_2050, MTIME_2200,
                            MTIME_ODD, SALVAGED_PICKUP, SCAVENGER_LOOP_SCRIPT,
                            STUCK_SCAVENGER_SCRIPT, Acknowledged, archives_of, as_sets,
-                           check_archives, fill, fill_temp_zips, inbox_temp_zips,
-                           make_faithful_tree, read_archive, run_child, run_cli,
-                           run_in_threads, unzip_test, write_raw_temp_zip)
+                           check_archives, ctrl_c_as_at_a_terminal, fill, fill_temp_zips,
+                           inbox_temp_zips, make_faithful_tree, read_archive, run_child,
+                           run_cli, run_in_threads, unzip_test, write_raw_temp_zip)
 
 
 # ---------------------------------------------------------------- helpers
@@ -254,6 +254,43 @@ def test_a_file_where_the_base_belongs_is_refused_when_the_rear_fs_is_entered(tm
         with rear.rear_fs(str(base)):
             pass
     assert obstacle.read_text() == "a user's file"
+
+
+def calls_naming(monkeypatch, base, names=("stat", "lstat", "access")):
+    """[(call, path)] of the os calls ``names`` that name a path under
+    ``base`` from now on: metadata calls on the filesystem rear spares."""
+    seen = []
+    for name in names:
+        def counted(path, *args, real=getattr(os, name), name=name, **kwargs):
+            if str(path).startswith(base):
+                seen.append((name, str(path)))
+            return real(path, *args, **kwargs)
+        monkeypatch.setattr(os, name, counted)
+    return seen
+
+
+def test_a_writer_entering_an_existing_base_asks_only_about_its_inbox(base, monkeypatch):
+    os.makedirs(os.path.join(base, "inbox"), exist_ok=True)
+    seen = calls_naming(monkeypatch, base)
+    with rear.rear_fs(base):
+        inbox = os.path.join(base, "inbox")
+        assert seen == [("stat", inbox), ("access", inbox)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives files to a directory's owner")
+def test_root_asks_for_the_owner_of_inbox_once_per_process_not_once_per_file(
+        base, monkeypatch):
+    os.makedirs(os.path.join(base, "inbox"), exist_ok=True)
+    monkeypatch.setattr(rear, "_directory_owners", {})
+    seen = calls_naming(monkeypatch, base)
+    with rear.rear_fs(base) as fs:
+        for rotation in range(3):
+            fs.write_bytes("ar.zip/f%d" % rotation, b"x")
+            fs.rotate()
+    inbox = os.path.join(base, "inbox")
+    assert seen == [("stat", inbox), ("access", inbox)]
+    rear.scavenge(base)
+    assert archives_of(base) == {"ar.zip": {"f0": b"x", "f1": b"x", "f2": b"x"}}
 
 
 def test_rear_puts_nothing_into_builtins():
@@ -2212,7 +2249,8 @@ def test_ctrl_c_while_waiting_for_another_scavengers_lock_does_not_claim_its_com
         base, stuck_commit):
     fill(base, {"a.zip/new": b"new"})
     scavenger = subprocess.Popen([sys.executable, "-m", "rear", "scavenge", base],
-                                 stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
+                                 stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+                                 preexec_fn=ctrl_c_as_at_a_terminal)
     time.sleep(2.0)                     # polling a.zip's lock by now
     scavenger.send_signal(signal.SIGINT)
     _out, err = scavenger.communicate(timeout=60)
@@ -3116,7 +3154,8 @@ WRITER_DIES_AFTER_WRITING = """
 def test_scavenge_watch_prints_only_passes_that_did_something(base):
     fill(base, {"a.zip/1": b"1"})
     child = subprocess.Popen([sys.executable, "-m", "rear", "scavenge", base, "--watch", "0.1"],
-                             env=CHILD_ENV, stdout=subprocess.PIPE, text=True)
+                             env=CHILD_ENV, stdout=subprocess.PIPE, text=True,
+                             preexec_fn=ctrl_c_as_at_a_terminal)
     time.sleep(1.5)                  # one busy pass, then a dozen idle ones
     child.send_signal(signal.SIGINT)
     out, _err = child.communicate(timeout=60)
@@ -4261,6 +4300,77 @@ def test_two_flushing_scavengers_both_exit_0_when_together_they_finished(base):
     assert slow.wait(60) == 0
     assert inbox_temp_zips(base) == []
     assert_exactly_once(base, files)
+
+
+def temp_zips_by_part(base, count):
+    """{K: the temp zip names of part K of ``count``} (scavenge's split)."""
+    parts = {number: set() for number in range(1, count + 1)}
+    for path in inbox_temp_zips(base):
+        for number in parts:
+            if rear._in_part(path, (number, count)):
+                parts[number].add(os.path.basename(path))
+    return parts
+
+
+def test_parts_of_the_inbox_are_disjoint_and_cover_every_temp_zip(base):
+    fill_temp_zips(base, 45, 1)
+    parts = temp_zips_by_part(base, 3)
+    assert sum(len(names) for names in parts.values()) == 45
+    assert set.union(*parts.values()) == {os.path.basename(path)
+                                          for path in inbox_temp_zips(base)}
+    assert all(parts.values()), "45 temp zips split 3 ways left a part empty"
+
+
+def test_a_scavenger_given_a_part_takes_that_part_only(base):
+    files = fill_temp_zips(base, 12, 2)
+    parts = temp_zips_by_part(base, 3)
+    for number in (1, 2, 3):
+        left = {os.path.basename(path) for path in inbox_temp_zips(base)}
+        stats = rear.scavenge(base, part=(number, 3))
+        assert stats.errors == [] and stats.temp_zips_done == len(parts[number])
+        assert left - {os.path.basename(path) for path in inbox_temp_zips(base)} \
+            == parts[number]
+    assert_exactly_once(base, files)
+
+
+def test_a_flush_of_one_part_exits_0_leaving_the_other_parts_untouched(base):
+    files = fill_temp_zips(base, 8, 2)
+    parts = temp_zips_by_part(base, 2)
+    result = run_cli("scavenge", "--flush", "--part", "1/2", base)
+    assert result.returncode == 0, result.stderr
+    assert "remains" not in result.stderr
+    assert {os.path.basename(path) for path in inbox_temp_zips(base)} == parts[2]
+    assert run_cli("scavenge", "--flush", "--part", "2/2", base).returncode == 0
+    assert_exactly_once(base, files)
+
+
+def test_scavengers_given_every_part_at_once_archive_everything_once(base):
+    files = fill_temp_zips(base, 20, 50)
+    children = [subprocess.Popen([sys.executable, "-m", "rear", "scavenge", "--flush", "--part",
+                                  "%d/3" % number, base], env=CHILD_ENV,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                for number in (1, 2, 3)]
+    for child in children:
+        _out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+    assert inbox_temp_zips(base) == []
+    assert_exactly_once(base, files)
+
+
+@pytest.mark.parametrize("given", ["0/4", "5/4", "4", "1/0", "1/2/3", "a/b"])
+def test_a_part_that_is_not_k_of_n_is_refused_saying_how_to_give_one(base, given):
+    fill(base, {"a.zip/x": b"x"})
+    result = run_cli("scavenge", "--part", given, base)
+    assert result.returncode == 2
+    assert "%r is not a part: give K/N with 1 <= K <= N, like 1/4 to 4/4" % given \
+        in result.stderr
+    assert len(inbox_temp_zips(base)) == 1
+
+
+@pytest.mark.parametrize("given", [(0, 4), (5, 4), (1,), "1/4", (1.0, 4), (1, 4, 2)])
+def test_scavenge_refuses_a_part_that_is_not_k_of_n(base, given):
+    with pytest.raises(ValueError, match="part must be \\(K, N\\) with 1 <= K <= N"):
+        rear.scavenge(base, part=given)
 
 
 def test_a_picked_up_executable_keeps_its_mode_and_who_wrote_it(base, tmp_path):

@@ -169,6 +169,8 @@ def worker_scavenge(args):
         time.sleep(max(0.0, args.get("start_at", 0) - time.time()))   # start together
         started = time.time()
         start = time.perf_counter()
+        if args.get("part"):
+            limits["part"] = tuple(args["part"])
         stats = rear.scavenge(base, flush=True, **limits)
         assert not stats.errors, stats.errors
         moved = stats.files_moved
@@ -848,9 +850,10 @@ def bench_flush(root, scale, pythons, results):
 def bench_scaleout(root, scale, pythons, results):
     """1, 2 and 4 scavengers started together on one inbox of 1 KiB
     entries, all for one archive or spread over eight; each process pinned
-    to one core (round robin over the cores there are).  Entries/s of the
-    whole from the first start to the last end, best of interleaved rounds
-    (each on a fresh copy of the same inbox)."""
+    to one core (round robin over the cores there are); 2 and 4 also given
+    parts of the inbox (--part K/N) instead of all sharing it.  Entries/s
+    of the whole from the first start to the last end, best of interleaved
+    rounds (each on a fresh copy of the same inbox)."""
     count = scale["scaleout_entries"]
     cores = sorted(os.sched_getaffinity(0))
     layouts = (("one archive", 1), ("eight archives", 8))
@@ -861,26 +864,32 @@ def bench_scaleout(root, scale, pythons, results):
             ("a%d.zip/s/%05d/out-%d.txt" % (n % archives, n // 1000, n), payload(1024, n))
             for n in range(count)], "stored", workers=16)
     rows = {"cores": len(cores), "entries": count}
+    runs = [(1, False), (2, False), (4, False), (2, True), (4, True)]
     for _round in range(scale["repeats"]):
         for layout, _archives in layouts:
-            for processes in (1, 2, 4):
+            for processes, parts in runs:
                 base = os.path.join(root, "scaleout-run")
                 shutil.rmtree(base, ignore_errors=True)
                 shutil.copytree(templates[layout], base, symlinks=True)
                 start_at = time.time() + 2.0     # after every process imported rear
                 reports = run_parallel(pythons["rear"], processes, lambda ident: {
                     "method": "rear", "base": base, "core": cores[ident % len(cores)],
-                    "start_at": start_at}, kind="scavenge")
+                    "start_at": start_at, "part": [ident + 1, processes] if parts else None},
+                    kind="scavenge")
                 moved = sum(report["moved"] for report in reports)
                 assert moved == count, "%d scavengers moved %d of %d" % (processes, moved, count)
                 seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
                 best = rows.setdefault(layout, {})
-                best[processes] = max(best.get(processes, 0), count / seconds)
+                key = "%d parts" % processes if parts else processes
+                best[key] = max(best.get(key, 0), count / seconds)
     for layout, _archives in layouts:
-        for processes in (1, 2, 4):
-            print("  %d scavenger%s, %-14s %9.0f entries/s  (%.2fx one)"
-                  % (processes, "s" if processes > 1 else " ", layout, rows[layout][processes],
-                     rows[layout][processes] / rows[layout][1]), flush=True)
+        for processes, parts in runs:
+            key = "%d parts" % processes if parts else processes
+            print("  %d scavenger%s, %-14s %9.0f entries/s  (%.2fx one)%s"
+                  % (processes, "s" if processes > 1 else " ", layout, rows[layout][key],
+                     rows[layout][key] / rows[layout][1],
+                     ", each given a part (--part K/%d)" % processes if parts else ""),
+                  flush=True)
     results["scaleout"] = rows
 
 

@@ -166,6 +166,13 @@ def run_in_threads(count, target, *args):
         thread.join()
 
 
+def ctrl_c_as_at_a_terminal():
+    """preexec_fn of a child a test sends SIGINT: a suite run in the
+    background (``pytest &`` without job control, nohup) ignores SIGINT,
+    and a child inheriting that never sees the Ctrl-C the test is about."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_child(script, *args, **kwargs):
     kwargs.setdefault("env", CHILD_ENV)
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)] + list(args),
