@@ -879,15 +879,14 @@ def bench_scaleout(root, scale, pythons, results):
                 moved = sum(report["moved"] for report in reports)
                 assert moved == count, "%d scavengers moved %d of %d" % (processes, moved, count)
                 seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-                best = rows.setdefault(layout, {})
-                key = "%d parts" % processes if parts else processes
-                best[key] = max(best.get(key, 0), count / seconds)
+                best = rows.setdefault(layout + (", parts" if parts else ""), {})
+                best[processes] = max(best.get(processes, 0), count / seconds)
     for layout, _archives in layouts:
         for processes, parts in runs:
-            key = "%d parts" % processes if parts else processes
+            rate = rows[layout + (", parts" if parts else "")][processes]
             print("  %d scavenger%s, %-14s %9.0f entries/s  (%.2fx one)%s"
-                  % (processes, "s" if processes > 1 else " ", layout, rows[layout][key],
-                     rows[layout][key] / rows[layout][1],
+                  % (processes, "s" if processes > 1 else " ", layout, rate,
+                     rate / rows[layout][1],
                      ", each given a part (--part K/%d)" % processes if parts else ""),
                   flush=True)
     results["scaleout"] = rows
@@ -946,6 +945,8 @@ def bench_inbox(root, scale, pythons, results):
         with rear.rear_fs(base) as fs:
             for entry in range(10):
                 fs.write_bytes("a.zip/t%d/%d.txt" % (number, entry), payload(1024, entry))
+    template = fresh_dir(root, "inbox-sealed-copy")
+    shutil.copytree(base, template, dirs_exist_ok=True, symlinks=True)
     report = run_worker(pythons["rear"], "scavenge", {"method": "rear", "base": base})
     assert report["moved"] == 10 * sealed, report
     rows["sealed pass"] = {"temp_zips": sealed, "seconds": report["seconds"],
@@ -954,7 +955,49 @@ def bench_inbox(root, scale, pythons, results):
           "(%.2f ms a temp zip), peak RSS %.0f MiB"
           % (sealed, report["seconds"], 10 * sealed / report["seconds"],
              report["seconds"] / sealed * 1e3, report["rss_mib"]), flush=True)
+    if shutil.which("strace") is not None:
+        for parts in (False, True):
+            opens = traced_scavengers(pythons["rear"], template, root, 4, parts)
+            rows["4 scavengers" + (", parts" if parts else "")] = {"temp_zip_opens": opens}
+            print("  4 scavengers%s over them: %.2f opens of each temp zip"
+                  % (" given a part each (--part K/4)" if parts else " sharing the inbox",
+                     opens / sealed), flush=True)
     results["inbox"] = rows
+
+
+def traced_scavengers(python, template, root, processes, parts):
+    """Opens of temp zips (each a lookup and a lock try on a network
+    filesystem's metadata server) by ``processes`` scavengers started
+    together on a copy of ``template``, sharing its inbox or each given a
+    part of it."""
+    base = os.path.join(root, "traced-run")
+    shutil.rmtree(base, ignore_errors=True)
+    shutil.copytree(template, base, symlinks=True)
+    settle()
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    children = []
+    for ident in range(processes):
+        args = {"method": "rear", "base": base,
+                "part": [ident + 1, processes] if parts else None}
+        command = ["strace", "-f", "-qq", "-e", "trace=open,openat", "-o",
+                   os.path.join(root, "scavenger-%d.trace" % ident), python,
+                   os.path.abspath(__file__), "_worker", "scavenge", json.dumps(args)]
+        children.append(subprocess.Popen(command, cwd=HERE, env=env, stdout=subprocess.PIPE,
+                                         text=True))
+    for child in children:
+        child.communicate()
+        if child.returncode:
+            raise RuntimeError("a traced scavenger failed (exit %d)" % child.returncode)
+    inbox = '"%s/' % os.path.join(base, "inbox")
+    opens = 0
+    for ident in range(processes):
+        with open(os.path.join(root, "scavenger-%d.trace" % ident)) as handle:
+            opens += sum(1 for line in handle if inbox in line and '.zip"' in line
+                         and '/.' not in line)
+    assert not os.listdir(os.path.join(base, "inbox")) or all(
+        name == "archives" for name in os.listdir(os.path.join(base, "inbox")))
+    return opens
 
 
 def run_worker_with_timeout(python, kind, args, timeout):

@@ -287,6 +287,37 @@ def test_scavenge_watch_as_a_job_step_ends_cleanly_on_scancel(slurm, shipped, tm
     assert "Traceback" not in text
 
 
+def test_a_job_step_of_scavengers_each_given_its_part_archives_everything_once(
+        slurm, shipped, tmp_path):
+    base = str(tmp_path / "run")
+    job_dir = os.path.join(base, ".job")
+    os.makedirs(job_dir)
+    shutil.copy(os.path.join(shipped, "rear.py"), job_dir)
+    subprocess.run([SYSTEM_PYTHON, "-c", "import rear\nfor number in range(30):\n"
+                    "    with rear.rear_fs(%r) as fs:\n"
+                    "        for file in range(20):\n"
+                    "            fs.write_bytes('p.zip/%%d/%%d' %% (number, file), b'x')"
+                    % base], cwd=job_dir, check=True)
+    output = os.path.join(job_dir, "parts-%j.out")
+    # What docs/schedulers.md shows: SLURM_PROCID and SLURM_NTASKS are
+    # each task's own, so they are expanded in the task, not in the batch.
+    step = ("srun bash -c 'exec python3 %s/rear.py scavenge --flush "
+            "--part $((SLURM_PROCID + 1))/$SLURM_NTASKS %s'" % (job_dir, base))
+    job = subprocess.run(["sbatch", "--parsable", "--export=ALL", "--ntasks=2",
+                          "--output=" + output, "--wrap", step],
+                         env=job_env(), capture_output=True, text=True, check=True)
+    job = job.stdout.strip()
+    state = slurm_harness.wait_for(job, timeout=240)
+    text = open(output.replace("%j", job)).read()
+    assert state == ("COMPLETED", "0:0"), (state, text)
+    moved = [int(line.split()[1]) for line in text.splitlines() if line.startswith("moved ")]
+    assert len(moved) == 2 and sum(moved) == 600, text
+    archived = archive_names(os.path.join(base, "p.zip"))
+    assert sorted(archived) == sorted("%d/%d" % (number, file)
+                                      for number in range(30) for file in range(20))
+    assert inbox_temp_zips(base) == []
+
+
 # ---------------------------------------------------------------- Open MPI
 
 
