@@ -33,6 +33,9 @@ On-disk layout
 
     BASE/inbox/<host>-<pid>-<ns>-<random>.zip    temporary zip, one writer
     BASE/inbox/<same stem>.json                  its manifest sidecar
+    BASE/inbox/hosts/<host>/<stem>.zip, .json    the same, in a sharded inbox
+                                                 (shard_inbox=True): a directory
+                                                 per host, made by its first writer
     BASE/inbox/archives/<key>.lock               per-archive lock file; holds the
                                                  holder's JSON {host, pid, since}
     BASE/inbox/archives/<key>.takeover           orders takeovers of that lock
@@ -99,7 +102,7 @@ a dead writer is salvaged after 2 x the longer of the writer's
     header     JSON     {"dest": "sub/name.zip", "archive": absolute path,
                          "created": bool (the commit creates the archive),
                          "old_size": int, "old_cd_offset": int,
-                         "temps": [{"zip": file name, "finish": bool}, ...],
+                         "temps": [{"zip": path in inbox/, "finish": bool}, ...],
                          "tail_size": int}
     crc        u32      CRC-32 of the JSON header
     old tail   tail_size bytes: the archive's bytes from old_cd_offset to
@@ -405,6 +408,11 @@ _STATE_SEALED = "sealed"
 
 _INBOX = "inbox"
 _ARCHIVES_DIR = "archives"   # inside inbox/: lock files and journals
+#: inside inbox/: one directory per host, ``hosts/<host>/``, holding its
+#: writers' temp zips when the inbox is sharded (rear_fs(shard_inbox=True),
+#: $REAR_SHARD_INBOX=1): creates spread over many directories instead of
+#: all in one, which a metadata server serializes.
+_SHARDS_DIR = "hosts"
 _TEMP_SUFFIX = ".zip"
 #: A rolled-over archive of ``stem.zip`` is ``stem.~N~.zip``, N = 1, 2, ...
 #: (the mark GNU tools give numbered backups).  Writers may not name an
@@ -2437,6 +2445,22 @@ def _rotation_or_env(rotation_span):
     return float(rotation_span)
 
 
+def _shard_or_env(shard_inbox):
+    """Whether a writer shards the inbox: given, else $REAR_SHARD_INBOX."""
+    if shard_inbox is None:
+        raw = os.environ.get("REAR_SHARD_INBOX", "").strip().lower()
+        if raw in ("", "0", "no", "false"):
+            return False
+        if raw in ("1", "yes", "true"):
+            return True
+        raise ValueError("REAR_SHARD_INBOX=%r: give 1 (each host's temp zips in a directory "
+                         "of its own, inbox/hosts/HOST/) or 0 (all in inbox/)"
+                         % os.environ["REAR_SHARD_INBOX"])
+    if not isinstance(shard_inbox, bool):
+        raise ValueError("shard_inbox must be True or False, not %r" % (shard_inbox,))
+    return shard_inbox
+
+
 def _base_or_env(base):
     """The base as given, else $REAR_BASE (not checked: see _checked_base)."""
     if base is None:
@@ -2549,7 +2573,8 @@ def _looks_like_inbox(path):
         names = os.listdir(path)
     except OSError:
         return False
-    return any(name == _ARCHIVES_DIR or name.endswith((_TEMP_SUFFIX, _SIDECAR_SUFFIX))
+    return any(name in (_ARCHIVES_DIR, _SHARDS_DIR)
+               or name.endswith((_TEMP_SUFFIX, _SIDECAR_SUFFIX))
                for name in names)
 
 
@@ -3004,12 +3029,22 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
     crash loses nothing acknowledged) or ``"file"`` (also fsync every file; a
     node crash loses nothing acknowledged either, at the cost of one fsync
     per file).
+
+    ``shard_inbox=True`` (default: $REAR_SHARD_INBOX) puts the temp zips in
+    ``inbox/hosts/<host>/``, a directory per host, for campaigns whose
+    writers would otherwise all create in one directory; scavengers and
+    readers of this release find them either way (older ones do not).
     """
 
     def __init__(self, base=None, rotation_span=None, success_only=True,
-                 compression="deflated", compresslevel=None, sync="rotation"):
+                 compression="deflated", compresslevel=None, sync="rotation",
+                 shard_inbox=None):
         self.base = os.path.abspath(_base_or_env(base))
         self.inbox = os.path.join(self.base, _INBOX)
+        # Where this writer's temp zips go: inbox/, or its host's shard.
+        self.temp_dir = self.inbox
+        if _shard_or_env(shard_inbox):
+            self.temp_dir = os.path.join(self.inbox, _SHARDS_DIR, _short_hostname())
         self.rotation_span = _rotation_or_env(rotation_span)
         if compression not in _COMPRESSION:
             raise ValueError("compression %r is not supported; choose one of %s"
@@ -3047,7 +3082,13 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
     def __enter__(self):
         if self._closed:
             raise RearError("this rear_fs is closed; create a new one")
-        _checked_base(self.base, writing=True, may_be_missing=True)
+        if not _is_usable_inbox(self.temp_dir):
+            _checked_base(self.base, writing=True, may_be_missing=True)
+            if self.temp_dir != self.inbox:
+                for path in (os.path.dirname(self.temp_dir), self.temp_dir):
+                    if not _is_writable_directory(path):
+                        _check_creatable(path)
+                        break
         with _ACTIVE_LOCK:
             if self._context_token is not None:
                 # Its inner 'with' would close it under the outer one.
@@ -3264,7 +3305,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
                 self._seal_current()
                 temp = None
             if temp is None:
-                temp = self._temp = _TempZip(self.inbox, self.sync == "file",
+                temp = self._temp = _TempZip(self.temp_dir, self.sync == "file",
                                              self.rotation_span)
                 _UNSEALED.add(self)
                 _seal_at_multiprocessing_exit()
@@ -4355,8 +4396,10 @@ def _load_journal(path):
 def _finish_temps(paths, temps):
     """Commit step 7: delete finished temp zips, record the rest as done."""
     inbox = os.path.join(paths.base, _INBOX)
+    directories = {inbox}
     for temp in temps:
-        zip_path = os.path.join(inbox, os.path.basename(temp["zip"]))
+        zip_path = _journaled_temp_zip(inbox, temp["zip"])
+        directories.add(os.path.dirname(zip_path))
         if temp["finish"]:
             _unlink_if_exists(zip_path)
             _crash_test_point("temp-zip-deleted")
@@ -4371,7 +4414,21 @@ def _finish_temps(paths, temps):
             if paths.dest not in sidecar.done:
                 sidecar.done.append(paths.dest)
                 _write_sidecar(_sidecar_path(zip_path), sidecar)
-    _sync_directory(inbox)
+    for directory in sorted(directories):
+        with contextlib.suppress(FileNotFoundError):    # a host's directory never made
+            _sync_directory(directory)
+
+
+def _journaled_temp_zip(inbox, recorded):
+    """The temp zip a journal names by its path in inbox/ (``NAME.zip`` or
+    ``hosts/HOST/NAME.zip``), never anything outside inbox/ whatever the
+    journal holds.  (A scavenger of a release without sharded inboxes keeps
+    the file name alone: it leaves a sharded temp zip in place, and the
+    next pass skips its entries as duplicates.)"""
+    parts = recorded.split("/")
+    if len(parts) == 3 and parts[0] == _SHARDS_DIR and parts[1] not in ("", ".", ".."):
+        return os.path.join(inbox, _SHARDS_DIR, parts[1], os.path.basename(parts[2]))
+    return os.path.join(inbox, os.path.basename(recorded))
 
 
 def _recover_locked(paths, stats):
@@ -4758,8 +4815,9 @@ def _commit_additions(paths, archive, additions, claims, stats):
     are the temp zips it finishes (none for a commit that the next archive
     of the series continues)."""
     dest = paths.dest
-    temps = [{"zip": os.path.basename(claim.path), "finish": claim.pending == {dest}}
-             for claim in claims]
+    inbox = os.path.join(paths.base, _INBOX)
+    temps = [{"zip": "/".join(os.path.relpath(claim.path, inbox).split(os.sep)),
+              "finish": claim.pending == {dest}} for claim in claims]
     if additions:
         positions, cd, size = _journal_and_append(paths, archive, additions,
                                                   temps, stats)       # steps 4-5
@@ -4973,18 +5031,62 @@ class _Claim:
         _close_held(self)
 
 
-def _list_temp_zips(inbox):
-    """The temp zips in ``inbox``, in the order their writers started them:
-    the order scavengers archive them in and the pending view reads them in,
-    so that of several copies of one name the first written is the one
-    archived under the name, before and after scavenging alike."""
+def _in_part(key, part):
+    """Is the temp zip whose _part_key is ``key`` in ``part`` (see
+    scavenge; None: all)?"""
+    if part is None:
+        return True
+    number, count = part
+    return _name_hash(key.encode("utf-8")) % count == number - 1
+
+
+def _part_key(inbox, path):
+    """What puts the temp zip ``path`` in a part: its host's directory in a
+    sharded inbox (a scavenger lists only its part's), else its file name.
+    Both stay the same from its creation to its deletion, so a temp zip
+    stays in one part whoever lists it."""
+    relative = os.path.relpath(path, inbox).split(os.sep)
+    if len(relative) == 3 and relative[0] == _SHARDS_DIR:
+        return relative[1]
+    return relative[-1]
+
+
+def _list_temp_zips(inbox, part=None):
+    """The temp zips in ``inbox`` and its hosts' shards (those of ``part``,
+    see scavenge), in the order their writers started them: the order
+    scavengers archive them in and the pending view reads them in, so that
+    of several copies of one name the first written is the one archived
+    under the name, before and after scavenging alike."""
+    paths = [os.path.join(inbox, name) for name in _temp_zip_names(inbox)
+             if _in_part(name, part)]
+    for shard in _shard_directories(inbox, part):
+        paths.extend(os.path.join(shard, name) for name in _temp_zip_names(shard))
+    return sorted(paths, key=_started_order_of_path)
+
+
+def _temp_zip_names(directory):
+    """Names of the temp zips in ``directory`` (none if it is gone)."""
     try:
-        names = os.listdir(inbox)
-    except FileNotFoundError:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return [os.path.join(inbox, name) for name in sorted(
-        (name for name in names if name.endswith(_TEMP_SUFFIX) and not name.startswith(".")),
-        key=_started_order)]
+    return [name for name in names if name.endswith(_TEMP_SUFFIX) and not name.startswith(".")]
+
+
+def _shard_directories(inbox, part=None):
+    """The hosts' directories of a sharded ``inbox`` (of ``part``): a pass
+    lists only its own part's."""
+    shards = os.path.join(inbox, _SHARDS_DIR)
+    try:
+        names = os.listdir(shards)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [os.path.join(shards, name) for name in sorted(names)
+            if not name.startswith(".") and _in_part(name, part)]
+
+
+def _started_order_of_path(path):
+    return _started_order(os.path.basename(path))
 
 
 def _started_order(name):
@@ -5234,13 +5336,14 @@ def _route_entries(path, entries):
 
 
 def _remove_orphans(inbox, grace, stats):
-    """Remove what crashes leave that holds no data: sidecars whose zip is
-    gone (a scavenger deletes the zip first), and, once older than the grace
-    period, sidecar temp files and hidden new temp zips of writers that died
-    while making them (nothing is written to a temp zip while it is hidden)."""
+    """Remove what crashes leave that holds no data in ``inbox`` (or a
+    host's directory of it): sidecars whose zip is gone (a scavenger deletes
+    the zip first), and, once older than the grace period, sidecar temp
+    files and hidden new temp zips of writers that died while making them
+    (nothing is written to a temp zip while it is hidden)."""
     try:
         names = os.listdir(inbox)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return
     present = set(names)
     now = time.time()
@@ -5300,10 +5403,11 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     stats = ScavengeStats()
     with _SCAVENGE_LOCK:
         _recover_all_journals(base, stats, dead_hosts)
-        _remove_orphans(inbox, grace, stats)
+        for directory in [inbox] + _shard_directories(inbox, part):
+            _remove_orphans(directory, grace, stats)
         # Listed once: relisting for every batch made a pass quadratic in the
         # inbox size.  Temp zips sealed meanwhile wait for the next pass.
-        paths = [path for path in _list_temp_zips(inbox) if _in_part(path, part)]
+        paths = _list_temp_zips(inbox, part)
         looked_at = 0
         while looked_at < len(paths):
             claims, entries_held = [], 0
@@ -5342,16 +5446,6 @@ def _checked_part(part):
         raise ValueError("part must be (K, N) with 1 <= K <= N, like (1, 4) to (4, 4) for "
                          "four scavengers, not %r" % (part,))
     return number, count
-
-
-def _in_part(path, part):
-    """Is the temp zip ``path`` in ``part`` (see scavenge; None: all)?  By
-    its file name, which a temp zip keeps from creation to deletion, so a
-    temp zip stays in one part whoever lists it."""
-    if part is None:
-        return True
-    number, count = part
-    return _name_hash(os.path.basename(path).encode("utf-8")) % count == number - 1
 
 
 def _claim_or_report(path, stats, **options):
@@ -6718,7 +6812,9 @@ def _verify_archive(archive, report, journal=None):
 
 @dataclasses.dataclass
 class TempZipStatus:
-    """What ``status`` says of one temp zip in ``BASE/inbox/``.
+    """What ``status`` says of one temp zip in ``BASE/inbox/``: ``path`` is
+    its path in inbox/ (``NAME.zip``, or ``hosts/HOST/NAME.zip`` in a
+    sharded inbox).
 
     ``state``: "sealed"; "open" (a live writer holds its lock); "dead"
     (unsealed, its writer gone, salvaged once the grace period passes, at
@@ -6812,9 +6908,9 @@ def status(base=None, rotation_span=None):
 def _temp_statuses(base, rotation_span=None):
     """The TempZipStatus of every temp zip in ``base``'s inbox."""
     grace = _GRACE_SPANS * _rotation_or_env(rotation_span)
+    inbox = os.path.join(base, _INBOX)
     with _SCAVENGE_LOCK:
-        return [_temp_status(path, grace)
-                for path in _list_temp_zips(os.path.join(base, _INBOX))]
+        return [_temp_status(path, grace, inbox) for path in _list_temp_zips(inbox)]
 
 
 def _lock_holder(paths):
@@ -6855,9 +6951,9 @@ def _archive_status(base, archive):
     return info
 
 
-def _temp_status(path, grace):
-    """The TempZipStatus of the temp zip at ``path``."""
-    info = TempZipStatus(os.path.basename(path))
+def _temp_status(path, grace, inbox):
+    """The TempZipStatus of the temp zip at ``path`` in ``inbox``."""
+    info = TempZipStatus("/".join(os.path.relpath(path, inbox).split(os.sep)))
     try:
         st = os.lstat(path)
         info.size, info.changed = st.st_size, st.st_mtime
@@ -7302,8 +7398,11 @@ def _finish_flush(args):
     base = _checked_base(args.base)
     taken, changed = None, time.monotonic()
     while True:
+        inbox = os.path.join(base, _INBOX)
         now_taken = {temp.path for temp in _temp_statuses(base, args.rotation)
-                     if temp.state == "sealed" and _in_part(temp.path, args.part)}
+                     if temp.state == "sealed"
+                     and _in_part(_part_key(inbox, os.path.join(inbox, temp.path)),
+                                  args.part)}
         if not now_taken:
             break
         if now_taken != taken:
@@ -7326,8 +7425,9 @@ def _report_unfinished(base, rotation_span=None, part=None):
     """After 'scavenge --flush', which asked for everything (of its
     ``part``): name each temp zip still in the inbox with its writer, and
     return _EXIT_UNFINISHED if there are any (0 if none)."""
+    inbox = os.path.join(base, _INBOX)
     temps = [temp for temp in status(base, rotation_span).temp_zips
-             if _in_part(temp.path, part)]
+             if _in_part(_part_key(inbox, os.path.join(inbox, temp.path)), part)]
     for temp in temps:
         sys.stderr.write("rear: error: %s remains in %s/inbox/: %s\n"
                          % (temp.path, base, _why_left(temp, base)))

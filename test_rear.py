@@ -59,9 +59,13 @@ def all_entries(base):
 
 
 def sidecars(base):
+    """Every sidecar in inbox/ and its hosts' directories (a sharded inbox)."""
     inbox = os.path.join(base, "inbox")
-    return [json.load(open(os.path.join(inbox, name))) for name in sorted(os.listdir(inbox))
-            if name.endswith(".json")]
+    found = []
+    for directory in [inbox] + sorted(glob.glob(os.path.join(inbox, "hosts", "*"))):
+        found += [os.path.join(directory, name) for name in sorted(os.listdir(directory))
+                  if name.endswith(".json")]
+    return [json.load(open(path)) for path in found]
 
 
 def assert_exactly_once(base, expected):
@@ -269,11 +273,15 @@ def calls_naming(monkeypatch, base, names=("stat", "lstat", "access")):
     return seen
 
 
-def test_a_writer_entering_an_existing_base_asks_only_about_its_inbox(base, monkeypatch):
-    os.makedirs(os.path.join(base, "inbox"), exist_ok=True)
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_writer_entering_an_existing_base_asks_only_about_its_inbox(base, monkeypatch,
+                                                                      sharded):
+    inbox = os.path.join(base, "inbox")
+    if sharded:
+        inbox = os.path.join(inbox, "hosts", rear._short_hostname())
+    os.makedirs(inbox, exist_ok=True)
     seen = calls_naming(monkeypatch, base)
-    with rear.rear_fs(base):
-        inbox = os.path.join(base, "inbox")
+    with rear.rear_fs(base, shard_inbox=sharded):
         assert seen == [("stat", inbox), ("access", inbox)]
 
 
@@ -283,7 +291,7 @@ def test_root_asks_for_the_owner_of_inbox_once_per_process_not_once_per_file(
     os.makedirs(os.path.join(base, "inbox"), exist_ok=True)
     monkeypatch.setattr(rear, "_directory_owners", {})
     seen = calls_naming(monkeypatch, base)
-    with rear.rear_fs(base) as fs:
+    with rear.rear_fs(base, shard_inbox=False) as fs:
         for rotation in range(3):
             fs.write_bytes("ar.zip/f%d" % rotation, b"x")
             fs.rotate()
@@ -891,7 +899,7 @@ def test_a_temp_zip_is_sealed_once_it_holds_the_most_entries_a_scavenger_takes_a
     with rear.rear_fs(base, rotation_span=3600) as fs:
         for number in range(10):
             fs.write_bytes("a.zip/%d" % number, b"%d" % number)
-        assert len(glob.glob(os.path.join(base, "inbox", "*.zip"))) == 3
+        assert len(inbox_temp_zips(base)) == 3
     monkeypatch.setattr(rear, "_claim", counting_claim)
     batches = []
     real_commit = rear._commit_claims
@@ -2402,8 +2410,10 @@ CRASH_STEPS = ["journal-written", "entries-written", "appended", "committed",
                "salvaged"]
 
 
+@pytest.mark.parametrize("inbox", ["flat", "sharded"])
 @pytest.mark.parametrize("step", CRASH_STEPS)
-def test_scavenger_killed_at_each_commit_step_then_rerun_loses_and_duplicates_nothing(base, step):
+def test_scavenger_killed_at_each_commit_step_then_rerun_loses_and_duplicates_nothing(
+        base, step, inbox):
     files = {}
     for n in range(3):
         batch = {"a.zip/%d/%d" % (n, i): os.urandom(500) for i in range(20)}
@@ -2414,7 +2424,7 @@ def test_scavenger_killed_at_each_commit_step_then_rerun_loses_and_duplicates_no
         elif step == "salvaged" and n == 2:
             write_raw_temp_zip(base, batch.items())
         else:
-            fill(base, batch)
+            fill(base, batch, shard_inbox=inbox == "sharded")
         files.update(batch)
     rolling = step in ("rollover-linked", "rolled-over")
     max_size = 10000 if rolling else rear.DEFAULT_MAX_SIZE
@@ -2436,6 +2446,23 @@ def test_scavenger_killed_at_each_commit_step_then_rerun_loses_and_duplicates_no
     if rolling:
         assert not os.path.samefile(os.path.join(base, "a.zip"),
                                     os.path.join(base, "a.~1~.zip"))
+
+
+@pytest.mark.parametrize("dests", [["a.zip"], ["a.zip", "b.zip"]])
+def test_recovery_past_the_commit_point_finishes_the_temp_zips_of_a_sharded_inbox(base, dests):
+    files = {"%s/%d" % (dest, n): b"%d" % n for dest in dests for n in range(5)}
+    fill(base, files, shard_inbox=True)              # one temp zip feeding every dest
+    child = run_child(SCAVENGER_CRASH_SCRIPT, base, "committed", str(rear.DEFAULT_MAX_SIZE))
+    assert child.wait(120) == -signal.SIGKILL       # a.zip committed, its temp zip not told
+    stats = rear.recover(base)                       # no pass over sealed temp zips: only
+    assert stats.recovered_journals == 1             # the journal names this one
+    if dests == ["a.zip"]:
+        assert inbox_temp_zips(base) == []           # its last archive: deleted
+    else:
+        (sidecar,) = sidecars(base)
+        assert sidecar["done"] == ["a.zip"]
+    assert rear.scavenge(base).errors == [] and inbox_temp_zips(base) == []
+    assert_exactly_once(base, files)
 
 
 @pytest.mark.parametrize("step", ["committed", "temps-finished", "rolled-over"])
@@ -2789,7 +2816,8 @@ WRITER_DIES_AT_CREATION = """
 
 @pytest.mark.parametrize("step", ["_lock", "_write_sidecar"])
 def test_writer_killed_while_creating_its_temp_zip_leaves_nothing_a_flush_keeps(base, step):
-    child = run_child(WRITER_DIES_AT_CREATION, base, step)
+    child = run_child(WRITER_DIES_AT_CREATION, base, step,
+                      env=dict(CHILD_ENV, REAR_SHARD_INBOX="0"))
     assert child.wait(60) == -signal.SIGKILL
     stats = rear.scavenge(base, flush=True)
     assert stats.errors == [] and inbox_temp_zips(base) == []
@@ -2798,6 +2826,19 @@ def test_writer_killed_while_creating_its_temp_zip_leaves_nothing_a_flush_keeps(
     # at most the hidden, empty file of the creation step (removed after grace)
     assert [name for name in leftovers if not name.startswith(".")] == []
     assert all(os.path.getsize(os.path.join(inbox, name)) == 0 for name in leftovers)
+
+
+@pytest.mark.parametrize("step", ["_lock", "_write_sidecar"])
+def test_what_a_writer_killed_while_creating_leaves_in_its_hosts_directory_goes_after_grace(
+        base, step):
+    child = run_child(WRITER_DIES_AT_CREATION, base, step,
+                      env=dict(CHILD_ENV, REAR_SHARD_INBOX="1"))
+    assert child.wait(60) == -signal.SIGKILL
+    shard = os.path.join(base, "inbox", "hosts", rear._short_hostname())
+    assert os.listdir(shard)                     # the hidden file, or a temp zip with no sidecar
+    time.sleep(0.1)
+    stats = rear.scavenge(base, flush=True, rotation_span=0.01)
+    assert stats.errors == [] and os.listdir(shard) == []
 
 
 def test_in_process_scavenger_never_touches_a_temp_zip_being_created(base, monkeypatch):
@@ -4305,19 +4346,119 @@ def test_two_flushing_scavengers_both_exit_0_when_together_they_finished(base):
 def temp_zips_by_part(base, count):
     """{K: the temp zip names of part K of ``count``} (scavenge's split)."""
     parts = {number: set() for number in range(1, count + 1)}
+    inbox = os.path.join(base, "inbox")
     for path in inbox_temp_zips(base):
+        key = rear._part_key(inbox, os.path.join(inbox, path))
         for number in parts:
-            if rear._in_part(path, (number, count)):
-                parts[number].add(os.path.basename(path))
+            if rear._in_part(key, (number, count)):
+                parts[number].add(path)
     return parts
 
 
+def fill_as_host(base, host, files, monkeypatch, **fs_options):
+    """fill() by a writer on ``host`` (sealed: a scavenger here takes it)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(socket, "gethostname", lambda: host)
+        fill(base, files, **fs_options)
+
+
+def test_a_sharded_inbox_keeps_each_hosts_temp_zips_in_a_directory_of_its_own(base, monkeypatch):
+    files = {}
+    for host in ("node1", "node2"):
+        batch = {"a.zip/%s/%d" % (host, n): b"%d" % n for n in range(5)}
+        fill_as_host(base, host, batch, monkeypatch, shard_inbox=True)
+        files.update(batch)
+    temps = inbox_temp_zips(base)
+    assert [path.split(os.sep)[:2] for path in temps] == [["hosts", "node1"],
+                                                          ["hosts", "node2"]]
+    stats = rear.scavenge(base)
+    assert stats.errors == [] and stats.files_moved == 10 and inbox_temp_zips(base) == []
+    assert_exactly_once(base, files)
+
+
+def test_rear_shard_inbox_in_the_environment_shards_and_a_bad_value_says_what_to_give(
+        base, monkeypatch):
+    monkeypatch.setenv("REAR_SHARD_INBOX", "1")
+    fill(base, {"a.zip/x": b"x"})
+    (path,) = inbox_temp_zips(base)
+    assert path.startswith(os.path.join("hosts", rear._short_hostname(), ""))
+    monkeypatch.setenv("REAR_SHARD_INBOX", "per-node")
+    with pytest.raises(ValueError, match="REAR_SHARD_INBOX='per-node': give 1 "):
+        rear.rear_fs(base)
+    with pytest.raises(ValueError, match="shard_inbox must be True or False, not 'yes'"):
+        rear.rear_fs(base, shard_inbox="yes")
+
+
+def test_status_and_the_pending_views_see_a_sharded_inbox(base):
+    fill(base, {"a.zip/out/1.txt": b"one", "a.zip/out/2.txt": b"two"}, shard_inbox=True)
+    (temp,) = rear.status(base).temp_zips
+    assert temp.state == "sealed"
+    assert temp.path.startswith("hosts/%s/" % rear._short_hostname())
+    assert run_cli("cat", base, "a.zip/out/2.txt").stdout == "two"
+    listed = run_cli("ls", base, "a.zip", "--pending", "-1")
+    assert listed.stdout.split() == ["out/1.txt", "out/2.txt"]
+    missing = run_cli("missing", base, "a.zip", "--expect", "out/{1..3}.txt")
+    assert missing.returncode == 3 and missing.stdout.split() == ["out/3.txt"]
+
+
+def test_a_killed_sharded_writer_is_salvaged_by_a_flush(base):
+    writer = run_child(READS_WHILE_WRITING, base, "seal", stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, text=True,
+                       env=dict(CHILD_ENV, REAR_SHARD_INBOX="1"))
+    assert writer.stdout.readline() == "written\n"
+    writer.kill()
+    writer.wait(30)
+    (path,) = inbox_temp_zips(base)
+    assert path.startswith("hosts" + os.sep)
+    result = run_cli("scavenge", "--flush", base)
+    assert result.returncode == 0, result.stderr
+    assert inbox_temp_zips(base) == [] and run_cli("verify", base).returncode == 0
+
+
+def test_parts_of_a_sharded_inbox_are_whole_hosts(base, monkeypatch):
+    files = {}
+    for host in ("node%d" % number for number in range(8)):
+        for rotation in range(2):
+            batch = {"a.zip/%s/%d/%d" % (host, rotation, n): b"x" for n in range(3)}
+            fill_as_host(base, host, batch, monkeypatch, shard_inbox=True)
+            files.update(batch)
+    listed = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path: listed.append(path) or real_listdir(path))
+    hosts_left = {path.split(os.sep)[1] for path in inbox_temp_zips(base)}
+    for number in (1, 2):
+        del listed[:]
+        rear.scavenge(base, part=(number, 2))
+        # Its own hosts' directories listed, and no other's.
+        shards = {os.path.basename(path) for path in listed
+                  if os.path.dirname(path) == os.path.join(base, "inbox", "hosts")}
+        now_left = {path.split(os.sep)[1] for path in inbox_temp_zips(base)}
+        taken, hosts_left = hosts_left - now_left, now_left
+        assert shards == taken and taken
+    assert hosts_left == set() and inbox_temp_zips(base) == []
+    assert_exactly_once(base, files)
+
+
+@pytest.mark.parametrize("where", ["hosts", "host"])
+def test_a_file_where_a_shard_belongs_is_refused_when_the_rear_fs_is_entered(base, where):
+    fill(base, {"a.zip/before": b"kept"}, shard_inbox=False)
+    hosts = os.path.join(base, "inbox", "hosts")
+    obstacle = hosts if where == "hosts" else os.path.join(hosts, rear._short_hostname())
+    os.makedirs(os.path.dirname(obstacle), exist_ok=True)
+    with open(obstacle, "w") as handle:
+        handle.write("a user's file")
+    with pytest.raises(rear.RearError, match="%s is not a directory" % re.escape(obstacle)):
+        with rear.rear_fs(base, shard_inbox=True):
+            pass
+    assert open(obstacle).read() == "a user's file"
+    assert rear.scavenge(base).files_moved == 1
+
+
 def test_parts_of_the_inbox_are_disjoint_and_cover_every_temp_zip(base):
-    fill_temp_zips(base, 45, 1)
+    fill_temp_zips(base, 45, 1, shard_inbox=False)      # one host: sharded, one part
     parts = temp_zips_by_part(base, 3)
     assert sum(len(names) for names in parts.values()) == 45
-    assert set.union(*parts.values()) == {os.path.basename(path)
-                                          for path in inbox_temp_zips(base)}
+    assert set.union(*parts.values()) == set(inbox_temp_zips(base))
     assert all(parts.values()), "45 temp zips split 3 ways left a part empty"
 
 
@@ -4325,11 +4466,10 @@ def test_a_scavenger_given_a_part_takes_that_part_only(base):
     files = fill_temp_zips(base, 12, 2)
     parts = temp_zips_by_part(base, 3)
     for number in (1, 2, 3):
-        left = {os.path.basename(path) for path in inbox_temp_zips(base)}
+        left = set(inbox_temp_zips(base))
         stats = rear.scavenge(base, part=(number, 3))
         assert stats.errors == [] and stats.temp_zips_done == len(parts[number])
-        assert left - {os.path.basename(path) for path in inbox_temp_zips(base)} \
-            == parts[number]
+        assert left - set(inbox_temp_zips(base)) == parts[number]
     assert_exactly_once(base, files)
 
 
@@ -4339,7 +4479,7 @@ def test_a_flush_of_one_part_exits_0_leaving_the_other_parts_untouched(base):
     result = run_cli("scavenge", "--flush", "--part", "1/2", base)
     assert result.returncode == 0, result.stderr
     assert "remains" not in result.stderr
-    assert {os.path.basename(path) for path in inbox_temp_zips(base)} == parts[2]
+    assert set(inbox_temp_zips(base)) == parts[2]
     assert run_cli("scavenge", "--flush", "--part", "2/2", base).returncode == 0
     assert_exactly_once(base, files)
 

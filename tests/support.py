@@ -5,6 +5,7 @@ they all import this."""
 
 import collections
 import contextlib
+import glob
 import inspect
 import json
 import os
@@ -55,13 +56,13 @@ def fill(base, files, **fs_options):
             fs.write_bytes(name, data)
 
 
-def fill_temp_zips(base, count, per_zip, name="a.zip/%d/%d"):
+def fill_temp_zips(base, count, per_zip, name="a.zip/%d/%d", **fs_options):
     """``count`` temp zips (fill) of ``per_zip`` small files each, named
     ``name % (zip number, file number)``; returns every file written."""
     files = {}
     for number in range(count):
         batch = {name % (number, n): b"%d" % n for n in range(per_zip)}
-        fill(base, batch)
+        fill(base, batch, **fs_options)
         files.update(batch)
     return files
 
@@ -105,11 +106,16 @@ def archives_of(base):
 
 
 def inbox_temp_zips(base):
+    """The temp zips in inbox/ and in its hosts' directories (a sharded
+    inbox), by their paths in inbox/."""
     inbox = os.path.join(base, "inbox")
-    if not os.path.isdir(inbox):
-        return []
-    return sorted(name for name in os.listdir(inbox)
-                  if name.endswith(".zip") and not name.startswith("."))
+    found = []
+    for directory in [inbox] + sorted(glob.glob(os.path.join(inbox, "hosts", "*"))):
+        if os.path.isdir(directory):
+            found += [os.path.relpath(os.path.join(directory, name), inbox)
+                      for name in os.listdir(directory)
+                      if name.endswith(".zip") and not name.startswith(".")]
+    return sorted(found)
 
 
 def logical_key(archive, member, conflicts):

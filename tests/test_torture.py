@@ -1067,8 +1067,7 @@ def _seed_zips():
             for n in range(4):
                 fs.write_bytes("a.zip/f%d" % n, torture_content("seed%d" % n)[:3000])
             fs.write_bytes("b.zip/empty", b"")
-        (temp,) = [name for name in os.listdir(os.path.join(base, "inbox"))
-                   if name.endswith(".zip")]
+        (temp,) = inbox_temp_zips(base)
         seeds.append(open(os.path.join(base, "inbox", temp), "rb").read())
         rear.scavenge(base)
         seeds.append(open(os.path.join(base, "a.zip"), "rb").read())
@@ -1077,8 +1076,7 @@ def _seed_zips():
         with rear.rear_fs(base, rotation_span=3600) as fs:
             with fs.pickup(os.path.join(base, "tree"), "t.zip/tree"):
                 pass
-        (temp,) = [name for name in os.listdir(os.path.join(base, "inbox"))
-                   if name.endswith(".zip")]
+        (temp,) = inbox_temp_zips(base)
         seeds.append(open(os.path.join(base, "inbox", temp), "rb").read())
         rear.scavenge(base)
         seeds.append(open(os.path.join(base, "t.zip"), "rb").read())
