@@ -284,7 +284,7 @@ import weakref
 import zipfile
 import zlib
 
-__version__ = "1.3.0"
+__version__ = "1.4.0"
 
 __all__ = [
     "rear_fs",
