@@ -995,8 +995,9 @@ def traced_scavengers(python, template, root, processes, parts):
         with open(os.path.join(root, "scavenger-%d.trace" % ident)) as handle:
             opens += sum(1 for line in handle if inbox in line and '.zip"' in line
                          and '/.' not in line)
-    assert not os.listdir(os.path.join(base, "inbox")) or all(
-        name == "archives" for name in os.listdir(os.path.join(base, "inbox")))
+    left = [name for _directory, _subdirs, names in os.walk(os.path.join(base, "inbox"))
+            for name in names if name.endswith(".zip")]
+    assert not left, "%d temp zips left in the inbox" % len(left)
     return opens
 
 
