@@ -2515,6 +2515,24 @@ def _is_usable_inbox(path):
     return True
 
 
+def _check_shard_directory(shard):
+    """RearError, said when the rear_fs is entered, if a writer of a
+    sharded inbox could not use or create its host's directory ``shard``
+    (``inbox/hosts/HOST``)."""
+    for path in (os.path.dirname(shard), shard):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            _check_creatable(path)
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise RearError("%s is not a directory; a sharded inbox keeps each host's temp "
+                            "zips in inbox/hosts/HOST/: move it out of the inbox" % path, path)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise RearError("%s is not writable by this user; give rear a base directory the "
+                            "job can write to" % path, path)
+
+
 def _check_creatable(path):
     """RearError if the first write could not create ``path`` (and the
     directories above it that are missing): said when the rear_fs is
@@ -3085,10 +3103,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         if not _is_usable_inbox(self.temp_dir):
             _checked_base(self.base, writing=True, may_be_missing=True)
             if self.temp_dir != self.inbox:
-                for path in (os.path.dirname(self.temp_dir), self.temp_dir):
-                    if not _is_writable_directory(path):
-                        _check_creatable(path)
-                        break
+                _check_shard_directory(self.temp_dir)
         with _ACTIVE_LOCK:
             if self._context_token is not None:
                 # Its inner 'with' would close it under the outer one.
@@ -4396,10 +4411,11 @@ def _load_journal(path):
 def _finish_temps(paths, temps):
     """Commit step 7: delete finished temp zips, record the rest as done."""
     inbox = os.path.join(paths.base, _INBOX)
-    directories = {inbox}
+    shards = set()
     for temp in temps:
         zip_path = _journaled_temp_zip(inbox, temp["zip"])
-        directories.add(os.path.dirname(zip_path))
+        if os.path.dirname(zip_path) != inbox:
+            shards.add(os.path.dirname(zip_path))
         if temp["finish"]:
             _unlink_if_exists(zip_path)
             _crash_test_point("temp-zip-deleted")
@@ -4414,9 +4430,10 @@ def _finish_temps(paths, temps):
             if paths.dest not in sidecar.done:
                 sidecar.done.append(paths.dest)
                 _write_sidecar(_sidecar_path(zip_path), sidecar)
-    for directory in sorted(directories):
-        with contextlib.suppress(FileNotFoundError):    # a host's directory never made
-            _sync_directory(directory)
+    for shard in sorted(shards):
+        with contextlib.suppress(FileNotFoundError):    # a journal's, its temp zips long gone
+            _sync_directory(shard)
+    _sync_directory(inbox)
 
 
 def _journaled_temp_zip(inbox, recorded):
@@ -5387,10 +5404,12 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
     locks were free, once unchanged for 10 s.  Never name a node that runs.
 
     ``part=(K, N)`` takes only the temp zips of part K of N (1 <= K <= N),
-    split by a hash of their names: N scavengers given parts 1 to N share
-    the inbox without trying the same temp zip (each try is an open and a
-    lock on the filesystem's metadata server), and each --flush waits for
-    its own part only.  Interrupted commits are finished by every part.
+    split by a hash of their names, or of their hosts in a sharded inbox
+    (each part lists only its own hosts' directories): N scavengers given
+    parts 1 to N share the inbox without trying the same temp zip (each try
+    is an open and a lock on the filesystem's metadata server), and each
+    --flush waits for its own part only.  Interrupted commits are finished
+    by every part.
     """
     part = _checked_part(part)
     if isinstance(dead_hosts, str):
@@ -7845,6 +7864,7 @@ def _cmd_demo(args):
 def _run_demo(directory, workers, files):
     import multiprocessing
 
+    _shard_or_env(None)     # a bad $REAR_SHARD_INBOX said once, not by every worker
     os.makedirs(directory, exist_ok=True)
     started = time.monotonic()
     processes = [multiprocessing.Process(target=_demo_worker,

@@ -4447,7 +4447,9 @@ def test_a_file_where_a_shard_belongs_is_refused_when_the_rear_fs_is_entered(bas
     os.makedirs(os.path.dirname(obstacle), exist_ok=True)
     with open(obstacle, "w") as handle:
         handle.write("a user's file")
-    with pytest.raises(rear.RearError, match="%s is not a directory" % re.escape(obstacle)):
+    with pytest.raises(rear.RearError, match="%s is not a directory; a sharded inbox keeps "
+                       "each host's temp zips in inbox/hosts/HOST/: move it out of the inbox"
+                       % re.escape(obstacle)):
         with rear.rear_fs(base, shard_inbox=True):
             pass
     assert open(obstacle).read() == "a user's file"
