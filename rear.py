@@ -130,7 +130,9 @@ archive is rebuilt, so losing or damaging it costs time, never an entry.
 
 Writer steps
 ============
-1. Create the temp zip under a hidden name with ``O_EXCL``, take an exclusive
+1. Create the temp zip under a hidden name with ``O_EXCL`` (in inbox/, or in
+   its host's directory of a sharded inbox, made with its parent fsynced
+   if it is missing), take an exclusive
    ``lockf`` lock on it (held for the zip's whole life: it is the liveness
    signal), and rename it into view.  Scavengers never list hidden names, so
    a visible temp zip with a free lock always belongs to a dead writer.
