@@ -1783,6 +1783,43 @@ def test_headers_staged_at_claim_are_the_ones_packed_at_commit(offset, name):
         entry, rear._encode_name(renamed))
 
 
+def test_central_records_read_in_bulk_are_the_entries_each_record_describes(tmp_path):
+    # The bulk reader has its own path for ASCII names without zip64
+    # fields; others go through the general parser.  zipfile writes no UT
+    # field, so the times are None here, as rear reads such records.
+    path = str(tmp_path / "mixed.zip")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("plain.txt", b"a")
+        archive.writestr("ünïcödé.txt", b"b")
+        archive.writestr(zipfile.ZipInfo("dir/"), b"")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        directory = rear._read_end_records(fd, len(data), path)
+        reader = rear._ChunkReader(fd, path)
+        records = list(rear._iter_central_records(reader, directory, path))
+        in_bulk = list(rear._iter_central_entries(rear._ChunkReader(fd, path), directory, path))
+    finally:
+        os.close(fd)
+    one_by_one = [rear._parse_central_entry(fields, raw_name, extra, path, position)
+                  for position, fields, raw_name, extra in records]
+    assert [entry.name for entry in in_bulk] == ["plain.txt", "ünïcödé.txt", "dir/"]
+    assert [[getattr(entry, slot) for slot in rear._Entry.__slots__] for entry in in_bulk] == [
+        [getattr(entry, slot) for slot in rear._Entry.__slots__] for entry in one_by_one]
+
+
+def test_staged_headers_of_an_entry_too_big_for_32_bit_sizes_carry_zip64_fields():
+    entry = rear._Entry("a.zip/huge.bin", 0, zipfile.ZIP_STORED, 100, 200, 7,
+                        2 ** 32 + 5, 2 ** 32 + 5, mtime=1_700_000_000)
+    entry.staged = rear._Staged("huge.bin", entry)
+    encoded = rear._encode_name("huge.bin")
+    assert entry.staged.central_record is None    # packed at commit, with its offset
+    assert rear._local_header_as(entry, "huge.bin") == rear._pack_local_header(entry, encoded)
+    assert rear._central_record_at(entry, "huge.bin", 10) == rear._pack_central_record(
+        entry, 10, encoded)
+
+
 def test_small_entries_on_both_sides_of_a_big_one_pass_the_claim_check(base):
     files = _small_big_small()
     fill(base, files, compression="stored")
