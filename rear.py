@@ -459,6 +459,10 @@ _TYPICAL_NAME = 128
 #: Bytes read past a local header's name in one go: the extra fields rear's
 #: writer puts there (UT, ASi mode, provenance) fit.
 _TYPICAL_LOCAL_EXTRA = 128
+#: Distinct extra fields whose parsed values one pass over a zip's headers
+#: keeps (a writer's entries share a few: the UT field holds whole
+#: seconds); past it the memo starts again, so its memory stays bounded.
+_EXTRA_MEMO_MAX = 4096
 
 # Zip format, PKWARE APPNOTE.TXT 6.3.x; field layouts as in CPython's zipfile.
 _LOCAL_SIG = b"PK\x03\x04"                      # 4.3.7 local file header
@@ -1747,6 +1751,8 @@ def _iter_central_entries(reader, directory, path, error=ArchiveError):
             continue
         mtime = mtimes.get(extra, mtimes)
         if mtime is mtimes:
+            if len(mtimes) >= _EXTRA_MEMO_MAX:
+                mtimes.clear()
             mtime = mtimes[extra] = _parse_timestamp_extra(extra)
         entry = _Entry(raw_name.decode("ascii"), fields[flag_bits], fields[method_field],
                        fields[time_field], fields[date_field], fields[crc_field],
@@ -1964,6 +1970,8 @@ def _read_central_entries(fd, size, path, error, check_small=False, small_crc=No
             # by one writer have the same, and are looked at once.
             provenance = provenances.get(extra, provenances)
             if provenance is provenances:
+                if len(provenances) >= _EXTRA_MEMO_MAX:
+                    provenances.clear()
                 provenance = _provenance_field(extra)
                 provenance = provenances[extra] = shared.setdefault(provenance, provenance)
             entry.provenance = provenance

@@ -752,6 +752,24 @@ def test_the_scavengers_raw_copy_keeps_the_time_field_in_local_and_central_heade
     assert len(local_extra) == len(ut) + 4 + struct.unpack_from("<H", local_extra, len(ut) + 2)[0]
 
 
+def test_entries_of_more_distinct_times_than_the_scavenger_memoizes_each_keep_their_own(
+        base, tmp_path, monkeypatch):
+    monkeypatch.setattr(rear, "_EXTRA_MEMO_MAX", 3)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    times = {"f%d.txt" % number: MTIME_ODD + 7 * number for number in range(10)}
+    for name, mtime in times.items():
+        (tree / name).write_bytes(name.encode())
+        os.utime(tree / name, (mtime, mtime))
+    with rear.rear_fs(base) as fs, fs.pickup(str(tree), "t.zip/tree"):
+        pass
+    assert rear.scavenge(base, flush=True).files_moved == len(times) + 1   # and tree/
+    with zipfile.ZipFile(os.path.join(base, "t.zip")) as handle:
+        kept = {info.filename[len("tree/"):]: int.from_bytes(info.extra[5:9], "little")
+                for info in handle.infolist() if not info.is_dir()}
+    assert kept == times
+
+
 @pytest.mark.parametrize("mtime", [MTIME_1970, MTIME_2200, -86400], ids=["1970", "2200", "1969"])
 def test_a_date_outside_the_dos_range_is_clamped_never_a_crash(base, tmp_path, mtime):
     archive = picked_up_file(base, tmp_path, mtime, "UTC")
