@@ -6108,6 +6108,15 @@ class _PendingView:
             return None
         try:
             reader = _MemberReader(fd, path, entry)
+        except OSError as err:
+            _close_read_only(fd)
+            # Rule 2 of "network filesystems": a scavenger on another client
+            # deleted the temp zip between our open and the header's read
+            # (GlusterFS: ESTALE on the descriptor); it deletes one only
+            # once its entries are committed, so they are in an archive.
+            if err.errno in _GONE_ERRNOS and err.filename is None:
+                return None
+            raise
         except BaseException:
             _close_read_only(fd)
             raise

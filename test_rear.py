@@ -1658,6 +1658,34 @@ def test_an_index_gone_after_its_open_is_rebuilt_and_the_commit_goes_on(base, mo
     unzip_test(os.path.join(base, "a.zip"))
 
 
+def test_a_pending_member_whose_temp_zip_goes_stale_after_its_open_is_read_from_the_archive(
+        base, monkeypatch):
+    # Another client's scavenger commits the entry and deletes its temp zip
+    # between this reader's open of the temp zip and its read of the local
+    # header; on GlusterFS that read fails with ESTALE (seen in CI).
+    fill(base, {"a.zip/x.txt": b"the data"})
+    real_open, real_pread = rear._open_existing, os.pread
+    scavenged = []
+
+    def open_then_scavenged(path, flags):
+        fd = real_open(path, flags)
+        if path.endswith(".zip") and "/inbox/" in path and not scavenged:
+            scavenged.append(path)
+            assert rear.scavenge(base).files_moved == 1
+        return fd
+
+    def stale_when_deleted(fd, size, offset):
+        if os.readlink("/proc/self/fd/%d" % fd).endswith(" (deleted)"):
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_pread(fd, size, offset)
+
+    with rear.open_archive(base, "a.zip", pending=True) as reader:
+        monkeypatch.setattr(rear, "_open_existing", open_then_scavenged)
+        monkeypatch.setattr(rear.os, "pread", stale_when_deleted)
+        assert reader.read("x.txt") == b"the data"
+    assert scavenged and inbox_temp_zips(base) == []
+
+
 def test_an_archive_gone_after_its_open_is_looked_up_again_and_the_commit_goes_on(
         base, monkeypatch):
     # A ghost entry of the archive itself: a scavenger on another client
