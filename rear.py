@@ -1002,6 +1002,13 @@ def _is_vanished(err, path):
             and _stat_existing(path, follow_symlinks=False) is None)
 
 
+def _is_gone_descriptor(err):
+    """Did a call on a descriptor (no file name in ``err``: not a lookup)
+    fail because its file is gone (rule 2)?"""
+    return (isinstance(err, OSError) and err.errno in _GONE_ERRNOS
+            and err.filename is None)
+
+
 def _close_read_only(fd):
     """Close a descriptor nothing was written through.  GlusterFS reports
     ENOENT from close() when another client deleted the file meanwhile;
@@ -4672,8 +4679,7 @@ class _ArchiveState:
                 # client's entry cache.  Looked up again once the cache lets
                 # go (GlusterFS: 1 s).  Every step before the journal is
                 # safe to redo.
-                if (delay is None or not isinstance(err, OSError)
-                        or err.errno not in _GONE_ERRNOS or err.filename is not None):
+                if delay is None or not _is_gone_descriptor(err):
                     raise
             time.sleep(delay)
 
@@ -6108,17 +6114,14 @@ class _PendingView:
             return None
         try:
             reader = _MemberReader(fd, path, entry)
-        except OSError as err:
+        except BaseException as err:
             _close_read_only(fd)
             # Rule 2 of "network filesystems": a scavenger on another client
             # deleted the temp zip between our open and the header's read
             # (GlusterFS: ESTALE on the descriptor); it deletes one only
             # once its entries are committed, so they are in an archive.
-            if err.errno in _GONE_ERRNOS and err.filename is None:
+            if _is_gone_descriptor(err):
                 return None
-            raise
-        except BaseException:
-            _close_read_only(fd)
             raise
         reader.owned_fd = fd
         return reader
