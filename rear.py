@@ -6249,8 +6249,25 @@ class ArchiveReader:
         if reader is None:     # scavenged since we looked: it is in an archive now
             self._reopen()
             return self._open_with_info(member)
-        return (MemberInfo.of(entry, member, path, True),
-                io.BufferedReader(_OwningReader(reader), _CHUNK))
+        stream = _PendingMemberReader(
+            _OwningReader(reader), path, member,
+            lambda: self._open_archived_copy(member, entry))
+        return MemberInfo.of(entry, member, path, True), io.BufferedReader(stream, _CHUNK)
+
+    def _open_archived_copy(self, member, entry):
+        """A raw stream of the archived copy of the pending ``member``
+        (``entry`` in its temp zip), found by its CRC-32 and size among the
+        member's copies: another writer's copy committed first holds the
+        plain name.  None if no archive holds it."""
+        if not _series(*self._reopen_args[:2]):
+            return None
+        self._reopen()
+        for name in self.copies(member):
+            view, found = self._find_member(name)
+            if view is not None and (found.crc, found.file_size) == (entry.crc,
+                                                                     entry.file_size):
+                return _OwningReader(view.open_member(found))
+        return None
 
     def read(self, member, version=None):
         """The bytes of ``member``, CRC-checked; KeyError if it is not there.
@@ -6330,6 +6347,63 @@ class _OwningReader(io.RawIOBase):
     def close(self):
         if not self.closed:
             _close_read_only(self._reader.owned_fd)
+        super().close()
+
+
+class _PendingMemberReader(io.RawIOBase):
+    """A pending member's stream that carries on from the member's archived
+    copy when its temp zip goes away under the read.  Rule 2 of "network
+    filesystems": a scavenger on another client committed the entry, then
+    deleted the temp zip, and the next read of our descriptor fails ESTALE
+    (GlusterFS, NFS; a local filesystem keeps an open file readable).  The
+    archived copy is read from its start, the bytes already delivered
+    skipped, so its CRC-32 is still checked over the whole member."""
+
+    def __init__(self, stream, temp_zip, member, open_archived):
+        super().__init__()
+        self._stream = stream
+        self._temp_zip = temp_zip
+        self._member = member
+        self._open_archived = open_archived
+        self._delivered = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        try:
+            count = self._stream.readinto(buffer)
+        except OSError as err:
+            if not _is_gone_descriptor(err):
+                raise
+            self._switch_to_archive(err)
+            count = self._stream.readinto(buffer)
+        self._delivered += count
+        return count
+
+    def _switch_to_archive(self, err):
+        self._stream.close()
+        archived = self._open_archived()
+        if archived is None:
+            # A scavenger deletes a temp zip only once its entries are
+            # committed: something else removed this one.
+            raise TempZipError("%s: removed while its member %r was read, and no archive "
+                               "holds that member: the temp zip was deleted by hand or by "
+                               "a tool other than rear's scavenger; write the file again"
+                               % (self._temp_zip, self._member), self._temp_zip) from err
+        self._stream = archived
+        left = self._delivered
+        while left:
+            skipped = archived.read(min(_CHUNK, left))
+            if not skipped:
+                raise ArchiveError("the archived copy of a member read from a temp zip "
+                                   "is shorter than the bytes already read; the archive "
+                                   "is damaged ('rear verify' tells more)", None)
+            left -= len(skipped)
+
+    def close(self):
+        if not self.closed:
+            self._stream.close()
         super().close()
 
 
