@@ -86,11 +86,16 @@ fsync, ``os.replace``, fsync the directory)::
      "done": [dest, ...],              # archives already committed to
      "rotation_span": seconds,         # the writer's (not in rear 1.1's)
      "sealed": unix time,              # from here on, sealed sidecars only
-     "small_crc": int, "small_limit": int}
+     "small_crc": int, "small_limit": int,
+     "medium_crc": int, "medium_limit": int}   # not in rear 1.4's
 
 ``small_crc`` is the CRC-32 of the bytes (local header and data), in file
-order, of the entries up to ``small_limit`` bytes compressed; a scavenger
-checks it instead of decompressing each of them.  An unsealed temp zip of
+order, of the entries up to ``small_limit`` bytes compressed;
+``medium_crc`` the same for the entries above that up to ``medium_limit``,
+except the data of stored ones, which a scavenger checks against their
+own CRC-32.  A scavenger checks these instead of decompressing each
+entry up to 64 KiB, and checks each such entry no run covers (rear 1.4's
+writers: ``small_limit`` 64 KiB, no ``medium_crc``).  An unsealed temp zip of
 a dead writer is salvaged after 2 x the longer of the writer's
 ``rotation_span`` and the scavenger's.
 
@@ -245,8 +250,8 @@ every rear_fs, is the only way back up):
 constants, errors, process-wide state, platform, network filesystems,
 durable I/O, zip format, zip reading, structure check, paths, sidecar,
 settings, temp zip, writer, archive files, name index, scavenger results,
-journal, recovery, commit, claim, scavenger, reading, fsspec filesystem,
-inspection, accounting, CLI, CLI parser.
+journal, recovery, commit, claim, scavenger, member streams, reading,
+fsspec filesystem, inspection, accounting, CLI, CLI parser.
 
 Names say what a function does: ``_pack_*`` builds bytes, ``_parse_*``
 and ``_iter_*`` read them, ``_is_*``/``_has_*`` answer yes or no, and
@@ -380,6 +385,14 @@ _CHUNK = 1024 ** 2
 _UNLIMITED_DECOMPRESSOR_INPUT = 4096
 #: Entries smaller than this are gathered in one buffer when appended.
 _SMALL_ENTRY = 64 * 1024
+#: A sealed sidecar's ``small_crc`` covers the entries up to this size
+#: compressed, header and data; its ``medium_crc`` those above it up to
+#: _SMALL_ENTRY, except the data of stored ones, which their own CRC-32
+#: covers.  A writer CRCs each byte once per run: covering a 64 KiB stored
+#: entry's data in a run as well as in its CRC-32 was a quarter of the
+#: writer's CPU for such files; below this size the second pass costs
+#: less than the per-entry check a scavenger would need instead.
+_SMALL_CRC_LIMIT = 4 * 1024
 #: A writer starts writing its temp zip back to disk in the background each
 #: time this much has been appended since the last start, so the fsync that
 #: seals it waits only for the tail: without it a writer of 64 KiB files
@@ -1929,27 +1942,25 @@ def _describe_rest(reader, offset, size, path, good):
                        % (path, rest, offset, good), path)
 
 
-def _read_central_entries(fd, size, path, error, check_small=False, small_crc=None,
-                          small_limit=None):
+def _read_central_entries(fd, size, path, error, check_small=False, sidecar=None):
     """Entries of a complete zip, with data offsets taken from local headers.
 
     With ``check_small``, entries whose bytes pass through Python when
-    appended (up to _SMALL_ENTRY) are also checked: against the CRC-32 of
-    their bytes that rear's writer recorded in the sealed sidecar
-    (``small_crc`` over the entries up to ``small_limit``), or, without
-    one, by decompressing each and checking its own CRC.  That is
-    done while claiming, not while appending: a damaged temp zip must be
-    left out before its batch is committed, or it would fail that commit on
-    every pass and hold up the healthy temp zips batched with it.  Larger
-    entries are copied raw by copy_file_range; ``rear verify`` checks them.
+    appended (up to _SMALL_ENTRY) are also checked: against the CRC-32
+    runs rear's writer recorded in the sealed ``sidecar`` (``small_crc``
+    and ``medium_crc``, see the module docstring), stored entries outside
+    the runs' data by their own CRC-32, and any entry no run covers by
+    decompressing it.  That is done while claiming, not while appending: a
+    damaged temp zip must be left out before its batch is committed, or it
+    would fail that commit on every pass and hold up the healthy temp zips
+    batched with it.  Larger entries are copied raw by copy_file_range;
+    ``rear verify`` checks them.
     """
-    if not check_small or small_limit is None:
-        small_crc = None
+    runs = _CrcRuns(sidecar if check_small else None)
     directory = _read_end_records(fd, size, path, error)
     entries = list(_iter_central_entries(_ChunkReader(fd, path), directory, path, error))
     reader = _ChunkReader(fd, path)
     fixed_size = _LOCAL_STRUCT.size
-    small_runs = []     # [start, end] of the checked entries' bytes, merged where they touch
     shared = {}         # one copy of each provenance: a writer puts the same on all its entries
     provenances = {}    # extra field bytes -> their provenance
     # In file order: the recorded CRC runs over the bytes in that order.
@@ -1985,20 +1996,48 @@ def _read_central_entries(fd, size, path, error, check_small=False, small_crc=No
         end = entry.data_offset + entry.compressed_size
         if end > directory.cd_offset:
             raise error("%s: entry %r runs into the central directory" % (path, entry.name), path)
-        if small_crc is not None:
-            if entry.compressed_size <= small_limit:
-                if small_runs and small_runs[-1][1] == offset:
-                    small_runs[-1][1] = end
-                else:
-                    small_runs.append([offset, end])
-        elif (check_small and entry.compressed_size <= _SMALL_ENTRY
-              and _is_copyable(entry) and not _is_entry_data_intact(reader, entry)):
+        if (check_small and not runs.add(entry, end) and entry.compressed_size <= _SMALL_ENTRY
+                and _is_copyable(entry) and not _is_entry_data_intact(reader, entry)):
             # (an entry rear would not copy anyway gets its precise error
             # from the claim)
             raise _damaged_entry_error(path, entry.name, error)
-    if small_crc is not None and _crc_of_ranges(fd, small_runs, path) != small_crc:
+    if not runs.are_intact(fd, path):
         raise _damaged_entry_error(path, None, error)
     return entries
+
+
+class _CrcRuns:
+    """The bytes a sealed sidecar's ``small_crc`` and ``medium_crc`` cover,
+    gathered entry by entry in file order, then checked against them."""
+
+    def __init__(self, sidecar):
+        # [recorded CRC, size limit, [[start, end], ...]] per run; an old
+        # sidecar has none, or small_crc alone (rear 1.4: up to 64 KiB).
+        self.runs = []
+        if sidecar is not None and sidecar.small_limit is not None:
+            for crc, limit in ((sidecar.small_crc, sidecar.small_limit),
+                               (sidecar.medium_crc, sidecar.medium_limit)):
+                if crc is None or limit is None:
+                    break
+                self.runs.append((crc, limit, []))
+
+    def add(self, entry, end):
+        """Does a run cover ``entry``, whose bytes end at ``end``?  A stored
+        entry's data outside the first run is left to its own CRC-32."""
+        size = entry.compressed_size
+        for number, (_crc, limit, ranges) in enumerate(self.runs):
+            if size <= limit:
+                if number and entry.method == zipfile.ZIP_STORED:
+                    end = entry.data_offset
+                if ranges and ranges[-1][1] == entry.header_offset:
+                    ranges[-1][1] = end     # merged where they touch
+                else:
+                    ranges.append([entry.header_offset, end])
+                return end == entry.data_offset + size
+        return False
+
+    def are_intact(self, fd, path):
+        return all(_crc_of_ranges(fd, ranges, path) == crc for crc, _limit, ranges in self.runs)
 
 
 def _crc_of_ranges(fd, ranges, path):
@@ -2364,11 +2403,13 @@ class _Sidecar:
     _KEYS = {"format": str, "version": int, "host": str, "pid": int,
              "created": (int, float), "state": str, "entries": int, "bytes": int,
              "done": list, "sealed": (int, float), "small_crc": int, "small_limit": int,
-             "rotation_span": (int, float)}
-    _OPTIONAL = ("sealed", "small_crc", "small_limit", "rotation_span")
+             "medium_crc": int, "medium_limit": int, "rotation_span": (int, float)}
+    _OPTIONAL = ("sealed", "small_crc", "small_limit", "medium_crc", "medium_limit",
+                 "rotation_span")
 
     __slots__ = ("format", "version", "host", "pid", "created", "state", "entries",
-                 "bytes", "done", "sealed", "small_crc", "small_limit", "rotation_span")
+                 "bytes", "done", "sealed", "small_crc", "small_limit", "medium_crc",
+                 "medium_limit", "rotation_span")
 
     def __init__(self, created, host=None, pid=None, rotation_span=None):
         self.format = _MANIFEST_FORMAT
@@ -2381,6 +2422,7 @@ class _Sidecar:
         self.bytes = 0
         self.done = []
         self.sealed = self.small_crc = self.small_limit = None
+        self.medium_crc = self.medium_limit = None
         self.rotation_span = rotation_span
 
     def grace(self, grace):
@@ -2394,10 +2436,11 @@ class _Sidecar:
     def is_sealed(self):
         return self.state == _STATE_SEALED
 
-    def mark_sealed(self, entries, size, small_crc):
+    def mark_sealed(self, entries, size, small_crc, medium_crc):
         self.state = _STATE_SEALED
-        self.entries, self.bytes = entries, size
-        self.sealed, self.small_crc, self.small_limit = time.time(), small_crc, _SMALL_ENTRY
+        self.entries, self.bytes, self.sealed = entries, size, time.time()
+        self.small_crc, self.small_limit = small_crc, _SMALL_CRC_LIMIT
+        self.medium_crc, self.medium_limit = medium_crc, _SMALL_ENTRY
 
     def to_json(self):
         return {key: getattr(self, key) for key in self._KEYS
@@ -2872,11 +2915,10 @@ class _TempZip:
         self.size = 0
         self.broken = False
         self.provenance = _this_process_provenance()
-        # CRC-32 of the bytes (local header and data) of every entry up to
-        # _SMALL_ENTRY compressed, in file order, recorded in the sealed
-        # sidecar: a scavenger checks those bytes with one cheap CRC instead
-        # of decompressing each entry (a quarter of a pass of 1 KiB files).
-        self.small_crc = 0
+        # The sealed sidecar's runs (see _SMALL_CRC_LIMIT): a scavenger
+        # checks the entries up to _SMALL_ENTRY with one cheap CRC instead of
+        # decompressing each (a quarter of a pass of 1 KiB files).
+        self.small_crc = self.medium_crc = 0
         self.written_back = 0       # self.size when the last writeback started
         self.writeback = None       # the thread running it
         self.writeback_error = None
@@ -2926,33 +2968,54 @@ class _TempZip:
         entry.provenance = self.provenance
         header = _pack_local_header(entry, with_mode=True)
         start = self.size
-        small = prepared.compressed_size <= _SMALL_ENTRY
-        small_crc = zlib.crc32(header, self.small_crc) if small else self.small_crc
+        size = prepared.compressed_size
+        stored = prepared.method == zipfile.ZIP_STORED
+        # The run this entry is in (None: neither) and whether its data is.
+        if size <= _SMALL_CRC_LIMIT:
+            run, data_in_run = self.small_crc, True
+        elif size <= _SMALL_ENTRY:
+            run, data_in_run = self.medium_crc, not stored
+        else:
+            run, data_in_run = None, False
+        if run is not None:
+            run = zlib.crc32(header, run)
         try:
             if isinstance(prepared.payload, (bytes, bytearray, memoryview)):
                 _pwrite_all(self.fd, header + prepared.payload, start)
-                if small:
-                    small_crc = zlib.crc32(prepared.payload, small_crc)
+                if data_in_run:
+                    run = zlib.crc32(prepared.payload, run)
             else:
                 _pwrite_all(self.fd, header, start)
                 offset = start + len(header)
+                # A stored file is read a second time here (_prepare_stream
+                # CRC'd the first read): what is written must be what was
+                # CRC'd, or the entry fails its check after its 'with'.
+                copied_crc = 0
                 while True:
                     chunk = prepared.payload.read(_CHUNK)
                     if not chunk:
                         break
                     _pwrite_all(self.fd, chunk, offset)
                     offset += len(chunk)
-                    if small:
-                        small_crc = zlib.crc32(chunk, small_crc)
-                if offset - start - len(header) != prepared.compressed_size:
+                    if data_in_run:
+                        run = zlib.crc32(chunk, run)
+                    if stored:
+                        copied_crc = zlib.crc32(chunk, copied_crc)
+                if offset - start - len(header) != size:
                     raise RearError("%r changed size while it was archived" % name)
+                if stored and copied_crc != prepared.crc:
+                    raise RearError("%r changed while it was archived; archive it "
+                                    "again once it is complete" % name)
             if self.sync_each_file:
                 os.fsync(self.fd)
         except BaseException:
             self._cut_back(start)
             raise
-        self.size = start + len(header) + prepared.compressed_size
-        self.small_crc = small_crc
+        self.size = start + len(header) + size
+        if size <= _SMALL_CRC_LIMIT:
+            self.small_crc = run
+        elif size <= _SMALL_ENTRY:
+            self.medium_crc = run
         self.entries.append(entry)
         if not self.sync_each_file and self.size - self.written_back >= _WRITEBACK_BYTES:
             self._start_writeback()
@@ -3018,7 +3081,8 @@ class _TempZip:
             self._cut_back(self.size)
             self.abandon()
             raise
-        self.sidecar.mark_sealed(len(self.entries), self.size, self.small_crc)
+        self.sidecar.mark_sealed(len(self.entries), self.size, self.small_crc,
+                                 self.medium_crc)
         try:
             _write_sidecar(self.sidecar_path, self.sidecar)
         finally:
@@ -3334,7 +3398,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         temp = self._temp
         if temp is None:
             return None
-        return temp, temp.size, len(temp.entries), temp.small_crc
+        return temp, temp.size, len(temp.entries), temp.small_crc, temp.medium_crc
 
     def _undo_to(self, mark):
         """Cut off what was appended since ``mark`` (with the lock held)."""
@@ -3346,11 +3410,11 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
                 _log.warning("part of a failed pickup was sealed already and will be "
                              "archived; the source is left in place")
                 return
-            mark = (temp, 0, 0, 0)   # the temp zip was started by the pickup
-        _temp, size, count, small_crc = mark
+            mark = (temp, 0, 0, 0, 0)   # the temp zip was started by the pickup
+        _temp, size, count, small_crc, medium_crc = mark
         temp._cut_back(size)
         del temp.entries[count:]
-        temp.size, temp.small_crc = size, small_crc
+        temp.size, temp.small_crc, temp.medium_crc = size, small_crc, medium_crc
 
     def _archive_member(self, path, name, st):
         """Archive one file, symlink or directory of a pickup as ``zip -y``
@@ -5406,8 +5470,7 @@ def _read_claimed_entries(fd, path, sidecar, stats, *, flush, grace, salvage_onl
         if salvage_only:
             return None
         entries = _await_current_view(fd, path, lambda st: _read_central_entries(
-            fd, st.st_size, path, TempZipError, check_small=True,
-            small_crc=sidecar.small_crc, small_limit=sidecar.small_limit))
+            fd, st.st_size, path, TempZipError, check_small=True, sidecar=sidecar))
         return entries, None
     # A writer on another client may have written more than this client's
     # cache shows; salvaging by the cached size would drop acknowledged
@@ -5702,6 +5765,194 @@ def recover(base=None, rotation_span=None):
     return scavenge(base, flush=True, rotation_span=rotation_span, salvage_only=True)
 
 
+# ---------------------------------------------------------------- member streams
+#
+# A member's bytes as a file object: decompressed a chunk at a time, CRC-checked
+# at the end, from an archive or from a temp zip that a scavenger may commit
+# and delete under the read.
+
+
+def _local_lengths(fd, path, entry):
+    """(name length, extra length) of ``entry``'s local header (4.3.7)."""
+    header = os.pread(fd, _LOCAL_STRUCT.size, entry.header_offset)
+    if len(header) < _LOCAL_STRUCT.size or header[:4] != _LOCAL_SIG:
+        raise ArchiveError("%s: member %r has no local header at byte %d; the archive is "
+                           "damaged ('rear verify' tells more)"
+                           % (path, entry.name, entry.header_offset), path)
+    return _LOCAL_NAME_EXTRA.unpack_from(header, _LOCAL_NAME_EXTRA_OFFSET)
+
+
+def _data_offset(fd, path, entry):
+    """Where ``entry``'s data starts, from its local header."""
+    name_len, extra_len = _local_lengths(fd, path, entry)
+    return entry.header_offset + _LOCAL_STRUCT.size + name_len + extra_len
+
+
+def _local_provenance(fd, path, entry):
+    """{key: value} of the provenance field in ``entry``'s local header."""
+    name_len, extra_len = _local_lengths(fd, path, entry)
+    extra = os.pread(fd, extra_len, entry.header_offset + _LOCAL_STRUCT.size + name_len)
+    return _parse_provenance(_find_extra_field(extra, _PROVENANCE_ID))
+
+
+class _MemberReader(io.RawIOBase):
+    """A member's bytes, decompressed a chunk at a time: memory stays
+    bounded for any size.  The CRC-32 and size are checked when the end is
+    reached; a mismatch raises ArchiveError instead of returning the last
+    chunk, so bytes that fail their check are never all delivered."""
+
+    def __init__(self, fd, path, entry):
+        super().__init__()
+        self._fd = fd
+        self._path = path
+        self._entry = entry
+        self._offset = entry.data_offset or _data_offset(fd, path, entry)
+        self._left = entry.compressed_size
+        try:
+            self._decompressor = _new_decompressor(entry.method)
+        except (NotImplementedError, RuntimeError) as err:
+            raise ArchiveError("%s: member %r uses compression method %d, which this "
+                               "Python cannot read (%s)" % (path, entry.name, entry.method,
+                                                            err), path) from None
+        self._crc = 0
+        self._produced = 0
+        self._pieces = iter(())      # what the last compressed chunk decompresses to
+        # A view, so that handing out a chunk a buffer at a time does not copy
+        # the rest each time (slicing bytes made a 200 MiB member quadratic).
+        self._pending = memoryview(b"")
+        self._done = False
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        while not self._pending and not self._done:
+            self._pending = memoryview(self._next_chunk())
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def _next_chunk(self):
+        data = self._next_piece()
+        while data is None:
+            if not self._left:
+                data = self._flush()
+                self._done = True
+                break
+            raw = os.pread(self._fd, min(self._left, _CHUNK), self._offset)
+            if not raw:
+                raise self._damaged_error("ends early")
+            self._offset += len(raw)
+            self._left -= len(raw)
+            self._pieces = _decompressed_pieces(self._decompressor, raw)
+            data = self._next_piece()
+        self._crc = zlib.crc32(data, self._crc)
+        self._produced += len(data)
+        if self._produced > self._entry.file_size:
+            raise self._damaged_error("is longer than its size")
+        if self._done and (self._produced, self._crc) != (self._entry.file_size,
+                                                          self._entry.crc):
+            raise self._damaged_error("fails its CRC-32 or size check")
+        return data
+
+    def _next_piece(self):
+        """The next at most _CHUNK bytes of the current chunk; None after its last."""
+        try:
+            return next(self._pieces, None)
+        except (zlib.error, EOFError, OSError, ValueError, LookupError) as err:
+            raise self._damaged_error("does not decompress (%s)" % err) from None
+
+    def _flush(self):
+        if self._decompressor is None or not hasattr(self._decompressor, "flush"):
+            return b""
+        try:
+            return self._decompressor.flush()
+        except (zlib.error, EOFError, OSError, ValueError) as err:
+            raise self._damaged_error("does not decompress (%s)" % err) from None
+
+    def _damaged_error(self, what):
+        return ArchiveError("%s: member %r %s; the archive is damaged ('rear verify' tells "
+                            "more)" % (self._path, self._entry.name, what), self._path)
+
+
+class _OwningReader(io.RawIOBase):
+    """A _MemberReader that closes the descriptor it was given (a member's
+    stream never shares one with the reader that opened it)."""
+
+    def __init__(self, reader):
+        super().__init__()
+        self._reader = reader
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        return self._reader.readinto(buffer)
+
+    def close(self):
+        if not self.closed:
+            _close_read_only(self._reader.owned_fd)
+        super().close()
+
+
+class _PendingMemberReader(io.RawIOBase):
+    """A pending member's stream that carries on from the member's archived
+    copy when its temp zip goes away under the read.  Rule 2 of "network
+    filesystems": a scavenger on another client committed the entry, then
+    deleted the temp zip, and the next read of our descriptor fails ESTALE
+    (GlusterFS, NFS; a local filesystem keeps an open file readable).  The
+    archived copy is read from its start, the bytes already delivered
+    skipped, so its CRC-32 is still checked over the whole member."""
+
+    def __init__(self, stream, temp_zip, member, open_archived):
+        super().__init__()
+        self._stream = stream
+        self._temp_zip = temp_zip
+        self._member = member
+        self._open_archived = open_archived
+        self._delivered = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        try:
+            count = self._stream.readinto(buffer)
+        except OSError as err:
+            if not _is_gone_descriptor(err):
+                raise
+            self._switch_to_archive(err)
+            count = self._stream.readinto(buffer)
+        self._delivered += count
+        return count
+
+    def _switch_to_archive(self, err):
+        self._stream.close()
+        archived = self._open_archived()
+        if archived is None:
+            # A scavenger deletes a temp zip only once its entries are
+            # committed: something else removed this one.
+            raise TempZipError("%s: removed while its member %r was read, and no archive "
+                               "holds that member: the temp zip was deleted by hand or by "
+                               "a tool other than rear's scavenger; write the file again"
+                               % (self._temp_zip, self._member), self._temp_zip) from err
+        self._stream = archived
+        left = self._delivered
+        while left:
+            skipped = archived.read(min(_CHUNK, left))
+            if not skipped:
+                raise ArchiveError("the archived copy of a member read from a temp zip "
+                                   "is shorter than the bytes already read; the archive "
+                                   "is damaged ('rear verify' tells more)", None)
+            left -= len(skipped)
+
+    def close(self):
+        if not self.closed:
+            self._stream.close()
+        super().close()
+
+
 # ---------------------------------------------------------------- reading
 #
 # A reader finds one member of a million-entry archive without parsing its
@@ -5961,110 +6212,6 @@ class _ArchiveView:
             self.index.close()
             self.index = None
         _close_held(self)
-
-
-def _local_lengths(fd, path, entry):
-    """(name length, extra length) of ``entry``'s local header (4.3.7)."""
-    header = os.pread(fd, _LOCAL_STRUCT.size, entry.header_offset)
-    if len(header) < _LOCAL_STRUCT.size or header[:4] != _LOCAL_SIG:
-        raise ArchiveError("%s: member %r has no local header at byte %d; the archive is "
-                           "damaged ('rear verify' tells more)"
-                           % (path, entry.name, entry.header_offset), path)
-    return _LOCAL_NAME_EXTRA.unpack_from(header, _LOCAL_NAME_EXTRA_OFFSET)
-
-
-def _data_offset(fd, path, entry):
-    """Where ``entry``'s data starts, from its local header."""
-    name_len, extra_len = _local_lengths(fd, path, entry)
-    return entry.header_offset + _LOCAL_STRUCT.size + name_len + extra_len
-
-
-def _local_provenance(fd, path, entry):
-    """{key: value} of the provenance field in ``entry``'s local header."""
-    name_len, extra_len = _local_lengths(fd, path, entry)
-    extra = os.pread(fd, extra_len, entry.header_offset + _LOCAL_STRUCT.size + name_len)
-    return _parse_provenance(_find_extra_field(extra, _PROVENANCE_ID))
-
-
-class _MemberReader(io.RawIOBase):
-    """A member's bytes, decompressed a chunk at a time: memory stays
-    bounded for any size.  The CRC-32 and size are checked when the end is
-    reached; a mismatch raises ArchiveError instead of returning the last
-    chunk, so bytes that fail their check are never all delivered."""
-
-    def __init__(self, fd, path, entry):
-        super().__init__()
-        self._fd = fd
-        self._path = path
-        self._entry = entry
-        self._offset = entry.data_offset or _data_offset(fd, path, entry)
-        self._left = entry.compressed_size
-        try:
-            self._decompressor = _new_decompressor(entry.method)
-        except (NotImplementedError, RuntimeError) as err:
-            raise ArchiveError("%s: member %r uses compression method %d, which this "
-                               "Python cannot read (%s)" % (path, entry.name, entry.method,
-                                                            err), path) from None
-        self._crc = 0
-        self._produced = 0
-        self._pieces = iter(())      # what the last compressed chunk decompresses to
-        # A view, so that handing out a chunk a buffer at a time does not copy
-        # the rest each time (slicing bytes made a 200 MiB member quadratic).
-        self._pending = memoryview(b"")
-        self._done = False
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        while not self._pending and not self._done:
-            self._pending = memoryview(self._next_chunk())
-        count = min(len(buffer), len(self._pending))
-        buffer[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
-        return count
-
-    def _next_chunk(self):
-        data = self._next_piece()
-        while data is None:
-            if not self._left:
-                data = self._flush()
-                self._done = True
-                break
-            raw = os.pread(self._fd, min(self._left, _CHUNK), self._offset)
-            if not raw:
-                raise self._damaged_error("ends early")
-            self._offset += len(raw)
-            self._left -= len(raw)
-            self._pieces = _decompressed_pieces(self._decompressor, raw)
-            data = self._next_piece()
-        self._crc = zlib.crc32(data, self._crc)
-        self._produced += len(data)
-        if self._produced > self._entry.file_size:
-            raise self._damaged_error("is longer than its size")
-        if self._done and (self._produced, self._crc) != (self._entry.file_size,
-                                                          self._entry.crc):
-            raise self._damaged_error("fails its CRC-32 or size check")
-        return data
-
-    def _next_piece(self):
-        """The next at most _CHUNK bytes of the current chunk; None after its last."""
-        try:
-            return next(self._pieces, None)
-        except (zlib.error, EOFError, OSError, ValueError, LookupError) as err:
-            raise self._damaged_error("does not decompress (%s)" % err) from None
-
-    def _flush(self):
-        if self._decompressor is None or not hasattr(self._decompressor, "flush"):
-            return b""
-        try:
-            return self._decompressor.flush()
-        except (zlib.error, EOFError, OSError, ValueError) as err:
-            raise self._damaged_error("does not decompress (%s)" % err) from None
-
-    def _damaged_error(self, what):
-        return ArchiveError("%s: member %r %s; the archive is damaged ('rear verify' tells "
-                            "more)" % (self._path, self._entry.name, what), self._path)
 
 
 class _PendingView:
@@ -6328,83 +6475,6 @@ class ArchiveReader:
             self.name, member, "" if self._pending is not None else
             " (files not scavenged yet are looked for with pending=True, 'rear ls "
             "--pending')"))
-
-
-class _OwningReader(io.RawIOBase):
-    """A _MemberReader that closes the descriptor it was given (a member's
-    stream never shares one with the reader that opened it)."""
-
-    def __init__(self, reader):
-        super().__init__()
-        self._reader = reader
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        return self._reader.readinto(buffer)
-
-    def close(self):
-        if not self.closed:
-            _close_read_only(self._reader.owned_fd)
-        super().close()
-
-
-class _PendingMemberReader(io.RawIOBase):
-    """A pending member's stream that carries on from the member's archived
-    copy when its temp zip goes away under the read.  Rule 2 of "network
-    filesystems": a scavenger on another client committed the entry, then
-    deleted the temp zip, and the next read of our descriptor fails ESTALE
-    (GlusterFS, NFS; a local filesystem keeps an open file readable).  The
-    archived copy is read from its start, the bytes already delivered
-    skipped, so its CRC-32 is still checked over the whole member."""
-
-    def __init__(self, stream, temp_zip, member, open_archived):
-        super().__init__()
-        self._stream = stream
-        self._temp_zip = temp_zip
-        self._member = member
-        self._open_archived = open_archived
-        self._delivered = 0
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        try:
-            count = self._stream.readinto(buffer)
-        except OSError as err:
-            if not _is_gone_descriptor(err):
-                raise
-            self._switch_to_archive(err)
-            count = self._stream.readinto(buffer)
-        self._delivered += count
-        return count
-
-    def _switch_to_archive(self, err):
-        self._stream.close()
-        archived = self._open_archived()
-        if archived is None:
-            # A scavenger deletes a temp zip only once its entries are
-            # committed: something else removed this one.
-            raise TempZipError("%s: removed while its member %r was read, and no archive "
-                               "holds that member: the temp zip was deleted by hand or by "
-                               "a tool other than rear's scavenger; write the file again"
-                               % (self._temp_zip, self._member), self._temp_zip) from err
-        self._stream = archived
-        left = self._delivered
-        while left:
-            skipped = archived.read(min(_CHUNK, left))
-            if not skipped:
-                raise ArchiveError("the archived copy of a member read from a temp zip "
-                                   "is shorter than the bytes already read; the archive "
-                                   "is damaged ('rear verify' tells more)", None)
-            left -= len(skipped)
-
-    def close(self):
-        if not self.closed:
-            self._stream.close()
-        super().close()
 
 
 #: How long a reader waits for a commit to finish before saying so.

@@ -1862,9 +1862,19 @@ def test_a_damaged_temp_zip_is_reported_left_in_place_and_the_rest_goes_on(base)
     assert archives_of(base)["a.zip"] == {"ok": b"ok"}
 
 
+def _entry_data(size_class, number):
+    """Data of an entry that is small (in the sidecar's small_crc), or
+    medium (medium_crc) compressed, stored and deflated alike."""
+    if size_class == "small":
+        return b"entry %d " % number * 50
+    return hashlib.sha256(b"%d" % number).hexdigest().encode() * 100 + os.urandom(3000)
+
+
+@pytest.mark.parametrize("size_class", ["small", "medium"])
 @pytest.mark.parametrize("compression", ["stored", "deflated"])
-def test_a_byte_changed_on_disk_in_a_sealed_temp_zip_is_caught_at_claim(base, compression):
-    files = {"a.zip/%d" % n: b"entry %d " % n * 50 for n in range(20)}
+def test_a_byte_changed_on_disk_in_a_sealed_temp_zip_is_caught_at_claim(
+        base, compression, size_class):
+    files = {"a.zip/%d" % n: _entry_data(size_class, n) for n in range(20)}
     fill(base, files, compression=compression)
     (zip_name,) = inbox_temp_zips(base)
     path = os.path.join(base, "inbox", zip_name)
@@ -1880,6 +1890,115 @@ def test_a_byte_changed_on_disk_in_a_sealed_temp_zip_is_caught_at_claim(base, co
     assert [path for path, _reason in stats.errors] == [path]
     assert "integrity check" in stats.errors[0][1]
     assert stats.files_moved == 0 and inbox_temp_zips(base) == [zip_name]
+
+
+def test_sealed_sidecars_cover_small_entries_whole_and_medium_ones_but_stored_data(base):
+    files = {"a.zip/small": b"s" * 100, "a.zip/medium-stored": os.urandom(20000),
+             "a.zip/medium-deflated": os.urandom(8000).hex().encode(),
+             "a.zip/big": os.urandom(rear._SMALL_ENTRY + 1)}
+    with rear.rear_fs(base) as fs:
+        for name, data in files.items():
+            fs.write_bytes(name, data)
+    (zip_name,) = inbox_temp_zips(base)
+    path = os.path.join(base, "inbox", zip_name)
+    with open(path[:-len(".zip")] + ".json") as handle:
+        sidecar = json.load(handle)
+    data = open(path, "rb").read()
+    with zipfile.ZipFile(path) as archive:
+        infos = {info.filename: info for info in archive.infolist()}
+
+    def header(name):
+        info = infos[name]
+        return data[info.header_offset:info.header_offset + 30 + len(name)
+                    + int.from_bytes(data[info.header_offset + 28:info.header_offset + 30],
+                                     "little")]
+
+    def whole(name):
+        return header(name) + data[info_end(name) - infos[name].compress_size:info_end(name)]
+
+    def info_end(name):
+        return infos[name].header_offset + len(header(name)) + infos[name].compress_size
+
+    assert infos["a.zip/medium-stored"].compress_type == zipfile.ZIP_STORED
+    assert infos["a.zip/medium-deflated"].compress_size > sidecar["small_limit"]
+    assert sidecar["small_crc"] == zlib.crc32(whole("a.zip/small"))
+    assert sidecar["medium_crc"] == zlib.crc32(
+        whole("a.zip/medium-deflated"), zlib.crc32(header("a.zip/medium-stored")))
+    assert (sidecar["small_limit"], sidecar["medium_limit"]) == (4096, rear._SMALL_ENTRY)
+
+
+def test_a_changed_local_header_of_a_medium_stored_entry_is_caught_at_claim(base):
+    # Its data is checked by its own CRC-32; the run covers its header, the
+    # CRC-32 field (byte 14) included.
+    fill(base, {"a.zip/%d" % n: _entry_data("medium", n) for n in range(5)},
+         compression="stored")
+    (zip_name,) = inbox_temp_zips(base)
+    path = os.path.join(base, "inbox", zip_name)
+    with zipfile.ZipFile(path) as handle:
+        info = handle.getinfo("a.zip/3")
+    with open(path, "r+b") as handle:
+        handle.seek(info.header_offset + 14)
+        handle.write(b"\0\0\0\0")
+    stats = rear.scavenge(base)
+    assert [path for path, _reason in stats.errors] == [path]
+    assert "integrity check" in stats.errors[0][1]
+    assert stats.files_moved == 0 and inbox_temp_zips(base) == [zip_name]
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_temp_zip_sealed_by_rear_1_4_is_checked_by_its_one_run(base, damaged):
+    # rear 1.4's writers recorded small_crc over every entry up to 64 KiB,
+    # header and data, and no medium_crc.
+    files = {"a.zip/%d" % n: _entry_data("medium" if n % 2 else "small", n) for n in range(6)}
+    fill(base, files, compression="stored")
+    (zip_name,) = inbox_temp_zips(base)
+    path = os.path.join(base, "inbox", zip_name)
+    sidecar_path = path[:-len(".zip")] + ".json"
+    with open(sidecar_path) as handle:
+        sidecar = json.load(handle)
+    data = bytearray(open(path, "rb").read())
+    with zipfile.ZipFile(path) as archive:
+        end_of_entries = archive.start_dir
+    del sidecar["medium_crc"], sidecar["medium_limit"]
+    sidecar.update(small_crc=zlib.crc32(data[:end_of_entries]), small_limit=rear._SMALL_ENTRY)
+    with open(sidecar_path, "w") as handle:
+        json.dump(sidecar, handle)
+    if damaged:
+        data[end_of_entries // 2] ^= 0x40
+        open(path, "wb").write(bytes(data))
+    stats = rear.scavenge(base)
+    if damaged:
+        assert "integrity check" in stats.errors[0][1]
+        assert stats.files_moved == 0 and inbox_temp_zips(base) == [zip_name]
+    else:
+        assert stats.errors == [] and stats.files_moved == len(files)
+        assert archives_of(base)["a.zip"] == {name[len("a.zip/"):]: data
+                                              for name, data in files.items()}
+
+
+@pytest.mark.parametrize("size", [100, 20000, rear._SMALL_ENTRY + 10])
+def test_a_stored_file_changed_but_not_resized_while_picked_up_is_refused(
+        base, tmp_path, monkeypatch, size):
+    # A stored file is read twice, for its CRC-32 and to copy it: a copy
+    # that is not what was CRC'd would be an entry that fails its check.
+    source = tmp_path / "out.dat"
+    real_prepare = rear._prepare_stream
+
+    def prepare_then_rewrite(handle, method, level):
+        prepared = real_prepare(handle, method, level)
+        source.write_bytes(b"Y" * size)
+        return prepared
+
+    monkeypatch.setattr(rear, "_prepare_stream", prepare_then_rewrite)
+    with rear.rear_fs(base, compression="stored"):
+        with pytest.raises(rear.RearError, match="changed while it was archived"):
+            with rear.rear_pickup(str(source), "ar.zip/out.dat"):
+                source.write_bytes(b"X" * size)
+        assert source.exists()
+        with rear.rear_open("ar.zip/later.txt", "wb") as handle:
+            handle.write(b"later")
+    rear.scavenge(base)
+    assert archives_of(base)["ar.zip"] == {"later.txt": b"later"}
 
 
 def _small_big_small(count=5):
