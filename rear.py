@@ -291,7 +291,7 @@ import weakref
 import zipfile
 import zlib
 
-__version__ = "1.4.0"
+__version__ = "1.5.0"
 
 __all__ = [
     "rear_fs",
@@ -1853,6 +1853,14 @@ def _decompressed_pieces(decompressor, data):
 def _is_entry_data_intact(reader, entry):
     """Decompress ``entry`` read through ``reader``: size, CRC-32 and a
     complete stream."""
+    if entry.method == zipfile.ZIP_STORED and entry.compressed_size <= _SMALL_ENTRY:
+        # Most of a claim's checks of medium stored entries: no decompressor,
+        # no copy of the data.
+        try:
+            data = reader.view_exact(entry.data_offset, entry.compressed_size)
+        except TempZipError:   # truncated under us
+            return False
+        return entry.compressed_size == entry.file_size and zlib.crc32(data) == entry.crc
     try:
         decompressor = _new_decompressor(entry.method)
     except (NotImplementedError, RuntimeError):
@@ -1956,7 +1964,10 @@ def _read_central_entries(fd, size, path, error, check_small=False, sidecar=None
     batched with it.  Larger entries are copied raw by copy_file_range;
     ``rear verify`` checks them.
     """
-    runs = _CrcRuns(sidecar if check_small else None)
+    small_crc, small_limit, medium_crc, medium_limit = _recorded_runs(
+        sidecar if check_small else None)
+    small_ranges = []       # [start, end] of its bytes, merged where they touch
+    medium_running = 0      # CRC-32 so far: medium entries are few, a call each is cheap
     directory = _read_end_records(fd, size, path, error)
     entries = list(_iter_central_entries(_ChunkReader(fd, path), directory, path, error))
     reader = _ChunkReader(fd, path)
@@ -1996,48 +2007,46 @@ def _read_central_entries(fd, size, path, error, check_small=False, sidecar=None
         end = entry.data_offset + entry.compressed_size
         if end > directory.cd_offset:
             raise error("%s: entry %r runs into the central directory" % (path, entry.name), path)
-        if (check_small and not runs.add(entry, end) and entry.compressed_size <= _SMALL_ENTRY
-                and _is_copyable(entry) and not _is_entry_data_intact(reader, entry)):
+        size = entry.compressed_size
+        covered = size <= small_limit
+        if covered:
+            if small_ranges and small_ranges[-1][1] == offset:
+                small_ranges[-1][1] = end
+            else:
+                small_ranges.append([offset, end])
+        elif size <= medium_limit:
+            # The header, and the data unless stored: a stored entry's data
+            # is checked by its own CRC-32 below.
+            header_size = name_end + extra_len
+            header = (head[:header_size] if len(head) >= header_size
+                      else reader.read_exact(offset, header_size))
+            medium_running = zlib.crc32(header, medium_running)
+            covered = entry.method != zipfile.ZIP_STORED
+            if covered:
+                medium_running = zlib.crc32(reader.view_exact(entry.data_offset, size),
+                                            medium_running)
+        if (not covered and check_small and size <= _SMALL_ENTRY and _is_copyable(entry)
+                and not _is_entry_data_intact(reader, entry)):
             # (an entry rear would not copy anyway gets its precise error
             # from the claim)
             raise _damaged_entry_error(path, entry.name, error)
-    if not runs.are_intact(fd, path):
+    if ((small_crc is not None and _crc_of_ranges(fd, small_ranges, path) != small_crc)
+            or (medium_crc is not None and medium_running != medium_crc)):
         raise _damaged_entry_error(path, None, error)
     return entries
 
 
-class _CrcRuns:
-    """The bytes a sealed sidecar's ``small_crc`` and ``medium_crc`` cover,
-    gathered entry by entry in file order, then checked against them."""
-
-    def __init__(self, sidecar):
-        # [recorded CRC, size limit, [[start, end], ...]] per run; an old
-        # sidecar has none, or small_crc alone (rear 1.4: up to 64 KiB).
-        self.runs = []
-        if sidecar is not None and sidecar.small_limit is not None:
-            for crc, limit in ((sidecar.small_crc, sidecar.small_limit),
-                               (sidecar.medium_crc, sidecar.medium_limit)):
-                if crc is None or limit is None:
-                    break
-                self.runs.append((crc, limit, []))
-
-    def add(self, entry, end):
-        """Does a run cover ``entry``, whose bytes end at ``end``?  A stored
-        entry's data outside the first run is left to its own CRC-32."""
-        size = entry.compressed_size
-        for number, (_crc, limit, ranges) in enumerate(self.runs):
-            if size <= limit:
-                if number and entry.method == zipfile.ZIP_STORED:
-                    end = entry.data_offset
-                if ranges and ranges[-1][1] == entry.header_offset:
-                    ranges[-1][1] = end     # merged where they touch
-                else:
-                    ranges.append([entry.header_offset, end])
-                return end == entry.data_offset + size
-        return False
-
-    def are_intact(self, fd, path):
-        return all(_crc_of_ranges(fd, ranges, path) == crc for crc, _limit, ranges in self.runs)
+def _recorded_runs(sidecar):
+    """(small_crc, small_limit, medium_crc, medium_limit) of a sealed
+    ``sidecar``, a limit of -1 for a run it does not record (rear 1.4's
+    record small_crc alone, up to 64 KiB; older ones none)."""
+    small_crc = medium_crc = None
+    small_limit = medium_limit = -1
+    if sidecar is not None and None not in (sidecar.small_crc, sidecar.small_limit):
+        small_crc, small_limit = sidecar.small_crc, sidecar.small_limit
+        if None not in (sidecar.medium_crc, sidecar.medium_limit):
+            medium_crc, medium_limit = sidecar.medium_crc, sidecar.medium_limit
+    return small_crc, small_limit, medium_crc, medium_limit
 
 
 def _crc_of_ranges(fd, ranges, path):
