@@ -2022,9 +2022,11 @@ def _read_central_entries(fd, size, path, error, check_small=False, sidecar=None
                       else reader.read_exact(offset, header_size))
             medium_running = zlib.crc32(header, medium_running)
             covered = entry.method != zipfile.ZIP_STORED
-            if covered:
-                medium_running = zlib.crc32(reader.view_exact(entry.data_offset, size),
-                                            medium_running)
+            if covered:     # a chunk at a time: no sidecar's limit decides memory
+                for chunk_start in range(entry.data_offset, end, _CHUNK):
+                    medium_running = zlib.crc32(
+                        reader.view_exact(chunk_start, min(_CHUNK, end - chunk_start)),
+                        medium_running)
         if (not covered and check_small and size <= _SMALL_ENTRY and _is_copyable(entry)
                 and not _is_entry_data_intact(reader, entry)):
             # (an entry rear would not copy anyway gets its precise error

@@ -1976,6 +1976,37 @@ def test_a_temp_zip_sealed_by_rear_1_4_is_checked_by_its_one_run(base, damaged):
                                               for name, data in files.items()}
 
 
+def test_a_sidecar_whose_medium_run_reaches_past_64_kib_is_checked_as_recorded(base):
+    # A later writer may cover larger entries: its runs are honoured,
+    # entries over a megabyte read a chunk at a time.
+    files = {"a.zip/big-text": os.urandom(3 * rear._CHUNK).hex().encode(),
+             "a.zip/medium": os.urandom(10000)}
+    fill(base, files)
+    (zip_name,) = inbox_temp_zips(base)
+    path = os.path.join(base, "inbox", zip_name)
+    sidecar_path = path[:-len(".zip")] + ".json"
+    data = open(path, "rb").read()
+    running = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in sorted(archive.infolist(), key=lambda info: info.header_offset):
+            start = info.header_offset
+            data_start = start + 30 + len(info.filename) + int.from_bytes(
+                data[start + 28:start + 30], "little")
+            running = zlib.crc32(data[start:data_start], running)
+            if info.compress_type != zipfile.ZIP_STORED:
+                running = zlib.crc32(data[data_start:data_start + info.compress_size], running)
+    assert archive.getinfo("a.zip/big-text").compress_size > 2 * rear._CHUNK
+    with open(sidecar_path) as handle:
+        sidecar = json.load(handle)
+    sidecar.update(medium_crc=running, medium_limit=2 ** 30)
+    with open(sidecar_path, "w") as handle:
+        json.dump(sidecar, handle)
+    stats = rear.scavenge(base)
+    assert stats.errors == [] and stats.files_moved == 2
+    assert archives_of(base)["a.zip"] == {"big-text": files["a.zip/big-text"],
+                                          "medium": files["a.zip/medium"]}
+
+
 @pytest.mark.parametrize("size", [100, 20000, rear._SMALL_ENTRY + 10])
 def test_a_stored_file_changed_but_not_resized_while_picked_up_is_refused(
         base, tmp_path, monkeypatch, size):
