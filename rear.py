@@ -6370,13 +6370,17 @@ class ArchiveReader:
             return _local_provenance(view.fd, view.path, entry)
         path = self._pending.entries[member][0]
         fd = _open_existing(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
-        if fd is None:     # scavenged since we looked: it is in an archive now
-            self._reopen()
-            return self.provenance(member)
-        try:
-            return _local_provenance(fd, path, entry)
-        finally:
-            _close_read_only(fd)
+        if fd is not None:
+            try:
+                return _local_provenance(fd, path, entry)
+            except OSError as err:
+                # gone after the open (rule 2), as in _PendingView.open_member
+                if not _is_gone_descriptor(err):
+                    raise
+            finally:
+                _close_read_only(fd)
+        self._reopen()      # scavenged since we looked: it is in an archive now
+        return self.provenance(member)
 
     def info(self, member, version=None):
         """MemberInfo of ``member`` (``version`` as for read); KeyError if

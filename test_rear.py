@@ -1711,6 +1711,31 @@ def test_a_pending_member_whose_temp_zip_goes_stale_mid_stream_is_read_on_from_t
     assert first + rest == data
 
 
+def test_provenance_of_a_pending_member_whose_temp_zip_goes_stale_comes_from_the_archive(
+        base, monkeypatch):
+    fill(base, {"a.zip/x.txt": b"the data"})
+    real_open, real_pread = rear._open_existing, os.pread
+    scavenged = []
+
+    def open_then_scavenged(path, flags):
+        fd = real_open(path, flags)
+        if path.endswith(".zip") and "/inbox/" in path and not scavenged:
+            scavenged.append(path)
+            assert rear.scavenge(base).files_moved == 1
+        return fd
+
+    def stale_when_deleted(fd, size, offset):
+        if os.readlink("/proc/self/fd/%d" % fd).endswith(" (deleted)"):
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_pread(fd, size, offset)
+
+    with rear.open_archive(base, "a.zip", pending=True) as reader:
+        monkeypatch.setattr(rear, "_open_existing", open_then_scavenged)
+        monkeypatch.setattr(rear.os, "pread", stale_when_deleted)
+        assert reader.provenance("x.txt")["pid"] == str(os.getpid())
+    assert scavenged and inbox_temp_zips(base) == []
+
+
 def test_a_streamed_pending_member_goes_on_from_its_own_archived_copy_not_another_writers(
         base, tmp_path, monkeypatch):
     # Another writer's copy of the name was committed first, so it holds the
