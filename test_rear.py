@@ -1753,15 +1753,16 @@ def test_a_streamed_pending_member_goes_on_from_its_own_archived_copy_not_anothe
     monkeypatch.setattr(rear.os, "pread", stale_when_deleted)
     inbox = os.path.join(base, "inbox")
     aside = str(tmp_path / "aside")
+    (ours_zip,) = inbox_temp_zips(base)     # its path in inbox/ (a sharded one, too)
     with rear.open_archive(base, "a.zip", pending=True) as reader:
         with reader.open("x.txt") as stream:
             first = stream.read(1000)
             shutil.move(inbox, aside)       # renamed, not deleted: still readable
             fill(base, {"a.zip/x.txt": b"another writer's x.txt"})
             assert rear.scavenge(base).files_moved == 1
-            for name in os.listdir(aside):
-                if name.endswith((".zip", ".json")):
-                    os.rename(os.path.join(aside, name), os.path.join(inbox, name))
+            for name in (ours_zip, ours_zip[:-len(".zip")] + ".json"):
+                os.makedirs(os.path.dirname(os.path.join(inbox, name)), exist_ok=True)
+                os.rename(os.path.join(aside, name), os.path.join(inbox, name))
             assert rear.scavenge(base).files_moved == 1
             rest = stream.read()
     assert first + rest == ours
