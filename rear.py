@@ -2007,14 +2007,14 @@ def _read_central_entries(fd, size, path, error, check_small=False, sidecar=None
         end = entry.data_offset + entry.compressed_size
         if end > directory.cd_offset:
             raise error("%s: entry %r runs into the central directory" % (path, entry.name), path)
-        size = entry.compressed_size
-        covered = size <= small_limit
+        compressed = entry.compressed_size
+        covered = compressed <= small_limit
         if covered:
             if small_ranges and small_ranges[-1][1] == offset:
                 small_ranges[-1][1] = end
             else:
                 small_ranges.append([offset, end])
-        elif size <= medium_limit:
+        elif compressed <= medium_limit:
             # The header, and the data unless stored: a stored entry's data
             # is checked by its own CRC-32 below.
             header_size = name_end + extra_len
@@ -2027,8 +2027,8 @@ def _read_central_entries(fd, size, path, error, check_small=False, sidecar=None
                     medium_running = zlib.crc32(
                         reader.view_exact(chunk_start, min(_CHUNK, end - chunk_start)),
                         medium_running)
-        if (not covered and check_small and size <= _SMALL_ENTRY and _is_copyable(entry)
-                and not _is_entry_data_intact(reader, entry)):
+        if (not covered and check_small and compressed <= _SMALL_ENTRY
+                and _is_copyable(entry) and not _is_entry_data_intact(reader, entry)):
             # (an entry rear would not copy anyway gets its precise error
             # from the claim)
             raise _damaged_entry_error(path, entry.name, error)
@@ -2926,10 +2926,11 @@ class _TempZip:
         self.size = 0
         self.broken = False
         self.provenance = _this_process_provenance()
-        # The sealed sidecar's runs (see _SMALL_CRC_LIMIT): a scavenger
-        # checks the entries up to _SMALL_ENTRY with one cheap CRC instead of
-        # decompressing each (a quarter of a pass of 1 KiB files).
-        self.small_crc = self.medium_crc = 0
+        # The sealed sidecar's runs, [small_crc, medium_crc] (see
+        # _SMALL_CRC_LIMIT): a scavenger checks the entries up to
+        # _SMALL_ENTRY with one cheap CRC instead of decompressing each (a
+        # quarter of a pass of 1 KiB files).
+        self.run_crcs = [0, 0]
         self.written_back = 0       # self.size when the last writeback started
         self.writeback = None       # the thread running it
         self.writeback_error = None
@@ -2982,14 +2983,9 @@ class _TempZip:
         size = prepared.compressed_size
         stored = prepared.method == zipfile.ZIP_STORED
         # The run this entry is in (None: neither) and whether its data is.
-        if size <= _SMALL_CRC_LIMIT:
-            run, data_in_run = self.small_crc, True
-        elif size <= _SMALL_ENTRY:
-            run, data_in_run = self.medium_crc, not stored
-        else:
-            run, data_in_run = None, False
-        if run is not None:
-            run = zlib.crc32(header, run)
+        which = 0 if size <= _SMALL_CRC_LIMIT else 1 if size <= _SMALL_ENTRY else None
+        data_in_run = which == 0 or (which == 1 and not stored)
+        run = None if which is None else zlib.crc32(header, self.run_crcs[which])
         try:
             if isinstance(prepared.payload, (bytes, bytearray, memoryview)):
                 _pwrite_all(self.fd, header + prepared.payload, start)
@@ -3023,10 +3019,8 @@ class _TempZip:
             self._cut_back(start)
             raise
         self.size = start + len(header) + size
-        if size <= _SMALL_CRC_LIMIT:
-            self.small_crc = run
-        elif size <= _SMALL_ENTRY:
-            self.medium_crc = run
+        if which is not None:
+            self.run_crcs[which] = run
         self.entries.append(entry)
         if not self.sync_each_file and self.size - self.written_back >= _WRITEBACK_BYTES:
             self._start_writeback()
@@ -3092,8 +3086,7 @@ class _TempZip:
             self._cut_back(self.size)
             self.abandon()
             raise
-        self.sidecar.mark_sealed(len(self.entries), self.size, self.small_crc,
-                                 self.medium_crc)
+        self.sidecar.mark_sealed(len(self.entries), self.size, *self.run_crcs)
         try:
             _write_sidecar(self.sidecar_path, self.sidecar)
         finally:
@@ -3409,7 +3402,7 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
         temp = self._temp
         if temp is None:
             return None
-        return temp, temp.size, len(temp.entries), temp.small_crc, temp.medium_crc
+        return temp, temp.size, len(temp.entries), tuple(temp.run_crcs)
 
     def _undo_to(self, mark):
         """Cut off what was appended since ``mark`` (with the lock held)."""
@@ -3421,11 +3414,11 @@ class rear_fs:  # noqa: N801 -- the public name rear 0.1 users know
                 _log.warning("part of a failed pickup was sealed already and will be "
                              "archived; the source is left in place")
                 return
-            mark = (temp, 0, 0, 0, 0)   # the temp zip was started by the pickup
-        _temp, size, count, small_crc, medium_crc = mark
+            mark = (temp, 0, 0, (0, 0))   # the temp zip was started by the pickup
+        _temp, size, count, run_crcs = mark
         temp._cut_back(size)
         del temp.entries[count:]
-        temp.size, temp.small_crc, temp.medium_crc = size, small_crc, medium_crc
+        temp.size, temp.run_crcs = size, list(run_crcs)
 
     def _archive_member(self, path, name, st):
         """Archive one file, symlink or directory of a pickup as ``zip -y``
@@ -5887,6 +5880,18 @@ class _MemberReader(io.RawIOBase):
                             "more)" % (self._path, self._entry.name, what), self._path)
 
 
+def _skip_forward(stream, count):
+    """Read and drop ``count`` bytes of ``stream``, a chunk at a time (a
+    compressed member has no random access); how many it had."""
+    skipped = 0
+    while skipped < count:
+        got = len(stream.read(min(_CHUNK, count - skipped)))
+        if not got:
+            break
+        skipped += got
+    return skipped
+
+
 class _OwningReader(io.RawIOBase):
     """A _MemberReader that closes the descriptor it was given (a member's
     stream never shares one with the reader that opened it)."""
@@ -5949,14 +5954,10 @@ class _PendingMemberReader(io.RawIOBase):
                                "a tool other than rear's scavenger; write the file again"
                                % (self._temp_zip, self._member), self._temp_zip) from err
         self._stream = archived
-        left = self._delivered
-        while left:
-            skipped = archived.read(min(_CHUNK, left))
-            if not skipped:
-                raise ArchiveError("the archived copy of a member read from a temp zip "
-                                   "is shorter than the bytes already read; the archive "
-                                   "is damaged ('rear verify' tells more)", None)
-            left -= len(skipped)
+        if _skip_forward(archived, self._delivered) < self._delivered:
+            raise ArchiveError("the archived copy of a member read from a temp zip "
+                               "is shorter than the bytes already read; the archive "
+                               "is damaged ('rear verify' tells more)", None)
 
     def close(self):
         if not self.closed:
@@ -6624,11 +6625,9 @@ class _SeekableMember(io.RawIOBase):
         if self._stream is None or self._wanted < self._at:
             self._close_stream()
             self._stream, self._at = self._open_stream(), 0
-        while self._at < self._wanted:    # skip forward, a chunk at a time
-            skipped = len(self._stream.read(min(_CHUNK, self._wanted - self._at)))
-            if not skipped:
-                return 0
-            self._at += skipped
+        self._at += _skip_forward(self._stream, self._wanted - self._at)
+        if self._at < self._wanted:
+            return 0
         count = self._stream.readinto(buffer)
         self._at += count
         self._wanted = self._at

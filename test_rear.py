@@ -1658,13 +1658,24 @@ def test_an_index_gone_after_its_open_is_rebuilt_and_the_commit_goes_on(base, mo
     unzip_test(os.path.join(base, "a.zip"))
 
 
-def test_a_pending_member_whose_temp_zip_goes_stale_after_its_open_is_read_from_the_archive(
-        base, monkeypatch):
-    # Another client's scavenger commits the entry and deletes its temp zip
-    # between this reader's open of the temp zip and its read of the local
-    # header; on GlusterFS that read fails with ESTALE (seen in CI).
-    fill(base, {"a.zip/x.txt": b"the data"})
-    real_open, real_pread = rear._open_existing, os.pread
+def stale_once_deleted(monkeypatch):
+    """Make os.pread fail ESTALE on a descriptor of a deleted file, as on a
+    GlusterFS client whose file a scavenger on the other client deleted."""
+    real_pread = os.pread
+
+    def stale_when_deleted(fd, size, offset):
+        if os.readlink("/proc/self/fd/%d" % fd).endswith(" (deleted)"):
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(rear.os, "pread", stale_when_deleted)
+
+
+def scavenge_after_first_temp_zip_open(base, monkeypatch):
+    """Scavenge ``base`` (one file) right after rear's first open of a temp
+    zip: another client's scavenger between a reader's open and its read.
+    Returns the list the opened temp zip's path is put in."""
+    real_open = rear._open_existing
     scavenged = []
 
     def open_then_scavenged(path, flags):
@@ -1674,14 +1685,19 @@ def test_a_pending_member_whose_temp_zip_goes_stale_after_its_open_is_read_from_
             assert rear.scavenge(base).files_moved == 1
         return fd
 
-    def stale_when_deleted(fd, size, offset):
-        if os.readlink("/proc/self/fd/%d" % fd).endswith(" (deleted)"):
-            raise OSError(errno.ESTALE, "Stale file handle")
-        return real_pread(fd, size, offset)
+    monkeypatch.setattr(rear, "_open_existing", open_then_scavenged)
+    return scavenged
 
+
+def test_a_pending_member_whose_temp_zip_goes_stale_after_its_open_is_read_from_the_archive(
+        base, monkeypatch):
+    # Another client's scavenger commits the entry and deletes its temp zip
+    # between this reader's open of the temp zip and its read of the local
+    # header; on GlusterFS that read fails with ESTALE (seen in CI).
+    fill(base, {"a.zip/x.txt": b"the data"})
     with rear.open_archive(base, "a.zip", pending=True) as reader:
-        monkeypatch.setattr(rear, "_open_existing", open_then_scavenged)
-        monkeypatch.setattr(rear.os, "pread", stale_when_deleted)
+        scavenged = scavenge_after_first_temp_zip_open(base, monkeypatch)
+        stale_once_deleted(monkeypatch)
         assert reader.read("x.txt") == b"the data"
     assert scavenged and inbox_temp_zips(base) == []
 
@@ -1693,14 +1709,7 @@ def test_a_pending_member_whose_temp_zip_goes_stale_mid_stream_is_read_on_from_t
     # copy, and the whole member is still CRC-checked.
     data = os.urandom(2 * rear._CHUNK).hex().encode()    # deflated, several chunks
     fill(base, {"a.zip/big.txt": data})
-    real_pread = os.pread
-
-    def stale_when_deleted(fd, size, offset):
-        if os.readlink("/proc/self/fd/%d" % fd).endswith(" (deleted)"):
-            raise OSError(errno.ESTALE, "Stale file handle")
-        return real_pread(fd, size, offset)
-
-    monkeypatch.setattr(rear.os, "pread", stale_when_deleted)
+    stale_once_deleted(monkeypatch)
     with rear.open_archive(base, "a.zip", pending=True) as reader:
         assert reader.info("big.txt").pending
         with reader.open("big.txt") as stream:
@@ -1714,24 +1723,9 @@ def test_a_pending_member_whose_temp_zip_goes_stale_mid_stream_is_read_on_from_t
 def test_provenance_of_a_pending_member_whose_temp_zip_goes_stale_comes_from_the_archive(
         base, monkeypatch):
     fill(base, {"a.zip/x.txt": b"the data"})
-    real_open, real_pread = rear._open_existing, os.pread
-    scavenged = []
-
-    def open_then_scavenged(path, flags):
-        fd = real_open(path, flags)
-        if path.endswith(".zip") and "/inbox/" in path and not scavenged:
-            scavenged.append(path)
-            assert rear.scavenge(base).files_moved == 1
-        return fd
-
-    def stale_when_deleted(fd, size, offset):
-        if os.readlink("/proc/self/fd/%d" % fd).endswith(" (deleted)"):
-            raise OSError(errno.ESTALE, "Stale file handle")
-        return real_pread(fd, size, offset)
-
     with rear.open_archive(base, "a.zip", pending=True) as reader:
-        monkeypatch.setattr(rear, "_open_existing", open_then_scavenged)
-        monkeypatch.setattr(rear.os, "pread", stale_when_deleted)
+        scavenged = scavenge_after_first_temp_zip_open(base, monkeypatch)
+        stale_once_deleted(monkeypatch)
         assert reader.provenance("x.txt")["pid"] == str(os.getpid())
     assert scavenged and inbox_temp_zips(base) == []
 
@@ -1743,14 +1737,7 @@ def test_a_streamed_pending_member_goes_on_from_its_own_archived_copy_not_anothe
     # the copy with its own CRC, or it would splice two files together.
     ours = os.urandom(2 * rear._CHUNK).hex().encode()
     fill(base, {"a.zip/x.txt": ours})
-    real_pread = os.pread
-
-    def stale_when_deleted(fd, size, offset):
-        if os.readlink("/proc/self/fd/%d" % fd).endswith(" (deleted)"):
-            raise OSError(errno.ESTALE, "Stale file handle")
-        return real_pread(fd, size, offset)
-
-    monkeypatch.setattr(rear.os, "pread", stale_when_deleted)
+    stale_once_deleted(monkeypatch)
     inbox = os.path.join(base, "inbox")
     aside = str(tmp_path / "aside")
     (ours_zip,) = inbox_temp_zips(base)     # its path in inbox/ (a sharded one, too)
@@ -1774,14 +1761,7 @@ def test_a_pending_member_whose_temp_zip_is_removed_uncommitted_while_streamed_r
     # Only a scavenger's commit deletes a temp zip; one removed by hand is
     # in no archive, and the read says what failed instead of inventing data.
     fill(base, {"a.zip/big.txt": os.urandom(2 * rear._CHUNK).hex().encode()})
-    real_pread = os.pread
-
-    def stale_when_deleted(fd, size, offset):
-        if os.readlink("/proc/self/fd/%d" % fd).endswith(" (deleted)"):
-            raise OSError(errno.ESTALE, "Stale file handle")
-        return real_pread(fd, size, offset)
-
-    monkeypatch.setattr(rear.os, "pread", stale_when_deleted)
+    stale_once_deleted(monkeypatch)
     with rear.open_archive(base, "a.zip", pending=True) as reader:
         with reader.open("big.txt") as stream:
             stream.read(1000)
