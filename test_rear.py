@@ -2013,6 +2013,164 @@ def test_a_sidecar_whose_medium_run_reaches_past_64_kib_is_checked_as_recorded(b
                                           "medium": files["a.zip/medium"]}
 
 
+def test_a_claim_reads_the_headers_of_large_entries_not_their_data(base, monkeypatch):
+    # Their data is copied in the kernel; reading ahead into it read such a
+    # temp zip whole just to find the headers.
+    files = {"a.zip/%d" % n: os.urandom(rear._CHUNK + n) for n in range(8)}
+    fill(base, files, compression="stored")
+    real_read_central_entries, real_pread = rear._read_central_entries, os.pread
+    claim_reads = []
+
+    def counted_pread(fd, size, offset):
+        data = real_pread(fd, size, offset)
+        claim_reads.append(len(data))
+        return data
+
+    def read_central_entries(*args, **kwargs):
+        monkeypatch.setattr(rear.os, "pread", counted_pread)
+        try:
+            return real_read_central_entries(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(rear.os, "pread", real_pread)
+
+    monkeypatch.setattr(rear, "_read_central_entries", read_central_entries)
+    stats = rear.scavenge(base)
+    assert stats.errors == [] and stats.files_moved == len(files)
+    assert 0 < sum(claim_reads) < rear._CHUNK
+    monkeypatch.undo()
+    assert archives_of(base)["a.zip"] == {name[len("a.zip/"):]: data
+                                          for name, data in files.items()}
+    unzip_test(os.path.join(base, "a.zip"))
+
+
+def whole_file_page_drops(monkeypatch):
+    """[path] of each file whose cached pages rear drops whole (rule 3's
+    view refresh), recorded from os.posix_fadvise."""
+    real_fadvise = os.posix_fadvise
+    dropped = []
+
+    def recorded(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_DONTNEED and (offset, length) == (0, 0):
+            dropped.append(os.readlink("/proc/self/fd/%d" % fd))
+        return real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(rear.os, "posix_fadvise", recorded)
+    return dropped
+
+
+@pytest.mark.parametrize("filesystem", ["ext4", "xfs", "tmpfs"])
+def test_a_scavenger_keeps_the_cached_pages_of_temp_zips_on_a_local_filesystem(
+        base, monkeypatch, filesystem):
+    # One kernel's page cache is the file there: dropping it sent the copy
+    # of a temp zip to the disk.
+    monkeypatch.setattr(rear, "_filesystem_type", lambda st_dev: filesystem)
+    fill(base, {"a.zip/x": b"x" * 100000})
+    rear.scavenge(base)
+    dropped = whole_file_page_drops(monkeypatch)
+    fill(base, {"a.zip/y": b"y" * 100000})
+    assert rear.scavenge(base).files_moved == 1
+    assert dropped == []
+
+
+@pytest.mark.parametrize("filesystem", ["nfs4", "fuse.glusterfs", "lustre", "overlay", None])
+def test_a_scavenger_drops_the_cached_pages_of_temp_zips_elsewhere(
+        base, monkeypatch, filesystem):
+    # A network client may hold another client's stale pages (rule 3); an
+    # unknown filesystem may be one.
+    monkeypatch.setattr(rear, "_filesystem_type", lambda st_dev: filesystem)
+    fill(base, {"a.zip/x": b"x" * 100000})
+    rear.scavenge(base)
+    dropped = whole_file_page_drops(monkeypatch)
+    fill(base, {"a.zip/y": b"y" * 100000})
+    (zip_name,) = inbox_temp_zips(base)
+    assert rear.scavenge(base).files_moved == 1
+    assert os.path.join(base, "inbox", zip_name) in dropped
+    assert os.path.join(base, "a.zip") in dropped
+
+
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+30 27 0:45 / /scratch rw,relatime shared:7 master:3 - nfs4 srv:/scratch rw,vers=4.2
+31 27 0:46 / /mnt/a\\040b rw,relatime - fuse.glusterfs localhost:/vol rw
+"""
+
+
+@pytest.mark.parametrize("device, expected", [
+    ((253, 1), "ext4"), ((0, 45), "nfs4"), ((0, 46), "fuse.glusterfs"), ((0, 99), None)])
+def test_the_filesystem_type_of_a_device_is_read_from_mountinfo(
+        tmp_path, monkeypatch, device, expected):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO)
+    monkeypatch.setattr(rear, "_MOUNTINFO", str(mountinfo))
+    monkeypatch.setattr(rear, "_filesystem_types", {})
+    assert rear._filesystem_type(os.makedev(*device)) == expected
+
+
+def test_an_unreadable_mountinfo_means_an_unknown_filesystem(tmp_path, monkeypatch):
+    monkeypatch.setattr(rear, "_MOUNTINFO", str(tmp_path / "missing"))
+    monkeypatch.setattr(rear, "_filesystem_types", {})
+    assert rear._filesystem_type(os.makedev(253, 1)) is None
+
+
+def test_an_anonymous_device_is_looked_up_again_each_time(tmp_path, monkeypatch):
+    # A number like 0:45 is reused: a tmpfs unmounted may come back as NFS.
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO)
+    monkeypatch.setattr(rear, "_MOUNTINFO", str(mountinfo))
+    monkeypatch.setattr(rear, "_filesystem_types", {})
+    assert rear._filesystem_type(os.makedev(253, 1)) == "ext4"
+    assert rear._filesystem_type(os.makedev(0, 45)) == "nfs4"
+    mountinfo.write_text(MOUNTINFO.replace("nfs4", "tmpfs").replace("ext4", "xfs"))
+    assert rear._filesystem_type(os.makedev(0, 45)) == "tmpfs"
+    assert rear._filesystem_type(os.makedev(253, 1)) == "ext4"    # a block device's is kept
+
+
+@pytest.mark.skipif(shutil.which("findmnt") is None, reason="needs findmnt (util-linux)")
+def test_the_filesystem_type_of_the_test_directory_agrees_with_findmnt(tmp_path):
+    expected = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(tmp_path)],
+                              capture_output=True, text=True, check=True).stdout.split()[0]
+    assert rear._filesystem_type(os.stat(tmp_path).st_dev) == expected
+
+
+def test_a_commit_starts_writing_back_what_it_appends_in_order(base, monkeypatch):
+    # So its fsync waits for the tail only.
+    files = {"a.zip/%d" % n: os.urandom(3 * rear._CHUNK) for n in range(4)}
+    files.update({"a.zip/small-%d" % n: os.urandom(30000) for n in range(400)})
+    fill(base, files, compression="stored")
+    real_start_writeback = rear._start_writeback
+    ranges = []
+
+    def recorded(fd, offset, length):
+        ranges.append((offset, length))
+        real_start_writeback(fd, offset, length)
+
+    monkeypatch.setattr(rear, "_start_writeback", recorded)
+    assert rear.scavenge(base).files_moved == len(files)
+    monkeypatch.undo()
+    assert len(ranges) >= 2 and ranges[0][0] == 0
+    assert all(offset + length == next_offset for (offset, length), (next_offset, _)
+               in zip(ranges, ranges[1:]))
+    assert all(length >= rear._WRITEBACK_BYTES for _offset, length in ranges)
+    size = os.path.getsize(os.path.join(base, "a.zip"))
+    assert ranges[-1][0] + ranges[-1][1] <= size
+    unzip_test(os.path.join(base, "a.zip"))
+
+
+def test_a_failing_writeback_hint_changes_nothing(base, monkeypatch):
+    def refused(fd, offset, length, advice):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(rear.os, "posix_fadvise", refused)
+    files = {"a.zip/%d" % n: os.urandom(3 * rear._CHUNK) for n in range(4)}
+    fill(base, files, compression="stored")
+    assert rear.scavenge(base).files_moved == len(files)
+    monkeypatch.undo()
+    assert archives_of(base)["a.zip"] == {name[len("a.zip/"):]: data
+                                          for name, data in files.items()}
+    unzip_test(os.path.join(base, "a.zip"))
+
+
 @pytest.mark.parametrize("size", [100, 20000, rear._SMALL_ENTRY + 10])
 def test_a_stored_file_changed_but_not_resized_while_picked_up_is_refused(
         base, tmp_path, monkeypatch, size):
