@@ -8033,10 +8033,13 @@ def _cmd_cat(args):
         try:
             handle = reader.open(member, args.version)
         except KeyError as err:
-            raise RearError("%s; list the members with 'rear ls %s%s'"
-                            % (err.args[0], "--versions " if args.version else "", " ".join(
-                                [args.target] + ([dest] if os.path.isdir(args.target)
-                                                 else []))), args.target) from None
+            # Given a base, cat reads pending files too: so does the listing
+            # it points to (without --pending it fails before a first commit).
+            options = (["--versions"] if args.version else []) + (
+                ["--pending", args.target, dest] if os.path.isdir(args.target)
+                else [args.target])
+            raise RearError("%s; list the members with 'rear ls %s'"
+                            % (err.args[0], " ".join(options)), args.target) from None
         with handle:
             shutil.copyfileobj(handle, sys.stdout.buffer, _CHUNK)
     sys.stdout.buffer.flush()

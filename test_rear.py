@@ -3524,6 +3524,17 @@ def test_cli_failures_exit_1_with_one_error_line(base):
     assert result.returncode == 1 and "rear ls" in result.stderr
 
 
+def test_cli_cat_of_a_missing_name_in_a_base_points_to_a_listing_that_works(base):
+    # Before a first commit only the listing with --pending answers, and cat
+    # of a base reads pending files too.
+    fill(base, {"a.zip/x.txt": b"x"})
+    result = run_cli("cat", base, "a.zip/nope.txt")
+    assert result.returncode == 1
+    hint = re.search(r"list the members with '(rear [^']*)'", result.stderr).group(1)
+    listing = run_cli(*hint.split()[1:])
+    assert listing.returncode == 0 and "x.txt" in listing.stdout
+
+
 def test_cli_scavenge_names_damaged_temp_zips_and_exits_1(base):
     os.makedirs(os.path.join(base, "inbox"))
     with open(os.path.join(base, "inbox", "bad.zip"), "wb") as handle:
