@@ -790,6 +790,16 @@ def _lock(fd, path, exclusive=True, blocking=True):
     return True
 
 
+def _advise_dont_need(fd, offset=0, length=0):
+    """posix_fadvise(POSIX_FADV_DONTNEED) on a range of a file (0, 0: all
+    of it), where the platform has it: Linux starts writing the range's
+    dirty pages back without waiting for them and drops its clean ones
+    (mm/fadvise.c).  A hint: its failure changes nothing."""
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
 def _warn_no_locks(path, err):
     """Warn once per directory that rear falls back to age-based safety."""
     directory = os.path.dirname(path)
@@ -1108,10 +1118,8 @@ def _refresh_view(fd):
         if err.errno not in (errno.EPERM, errno.EACCES, errno.EROFS, errno.ENOSYS):
             raise
     st = os.fstat(fd)
-    if (hasattr(os, "posix_fadvise")
-            and _filesystem_type(st.st_dev) not in _COHERENT_FILESYSTEMS):
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    if _filesystem_type(st.st_dev) not in _COHERENT_FILESYSTEMS:
+        _advise_dont_need(fd)
     return st, (st.st_size, st.st_mtime_ns) != (cached.st_size, cached.st_mtime_ns)
 
 
@@ -1242,14 +1250,10 @@ def _copy_range(src_fd, src_offset, dst_fd, dst_offset, length, src_path):
 
 def _start_writeback(fd, offset, length):
     """Have the kernel start writing a range of a file to disk without
-    waiting for it, so the fsync that follows waits only for the rest.
-    POSIX_FADV_DONTNEED writes dirty pages back asynchronously and drops
-    only clean ones (Linux mm/fadvise.c); a hint, so its failure changes
-    nothing, and a writeback error is still reported to that fsync (the
-    file's error sequence, unlike an fdatasync in a thread, is not taken)."""
-    if hasattr(os, "posix_fadvise"):
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    waiting for it, so the fsync that follows waits only for the rest.  A
+    writeback error is still reported to that fsync: unlike an fdatasync
+    in a thread (the writer's way), the hint does not consume it."""
+    _advise_dont_need(fd, offset, length)
 
 
 def _create_file(path, flags, mode=0o644):
