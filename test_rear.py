@@ -2103,27 +2103,64 @@ def test_the_filesystem_type_of_a_device_is_read_from_mountinfo(
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text(MOUNTINFO)
     monkeypatch.setattr(rear, "_MOUNTINFO", str(mountinfo))
-    monkeypatch.setattr(rear, "_filesystem_types", {})
-    assert rear._filesystem_type(os.makedev(*device)) == expected
+    assert rear._read_filesystem_type(os.makedev(*device)) == expected
 
 
 def test_an_unreadable_mountinfo_means_an_unknown_filesystem(tmp_path, monkeypatch):
     monkeypatch.setattr(rear, "_MOUNTINFO", str(tmp_path / "missing"))
-    monkeypatch.setattr(rear, "_filesystem_types", {})
-    assert rear._filesystem_type(os.makedev(253, 1)) is None
+    assert rear._read_filesystem_type(os.makedev(253, 1)) is None
 
 
-def test_an_anonymous_device_is_looked_up_again_each_time(tmp_path, monkeypatch):
-    # A number like 0:45 is reused: a tmpfs unmounted may come back as NFS.
-    mountinfo = tmp_path / "mountinfo"
-    mountinfo.write_text(MOUNTINFO)
-    monkeypatch.setattr(rear, "_MOUNTINFO", str(mountinfo))
-    monkeypatch.setattr(rear, "_filesystem_types", {})
-    assert rear._filesystem_type(os.makedev(253, 1)) == "ext4"
-    assert rear._filesystem_type(os.makedev(0, 45)) == "nfs4"
-    mountinfo.write_text(MOUNTINFO.replace("nfs4", "tmpfs").replace("ext4", "xfs"))
-    assert rear._filesystem_type(os.makedev(0, 45)) == "tmpfs"
-    assert rear._filesystem_type(os.makedev(253, 1)) == "ext4"    # a block device's is kept
+@pytest.fixture
+def mount_point(tmp_path):
+    """A directory to mount on (root only), unmounted again afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    point = tmp_path / "mnt"
+    point.mkdir()
+    yield str(point)
+    while os.path.ismount(str(point)):
+        subprocess.run(["umount", str(point)], check=True)
+
+
+def mount(kind, point):
+    result = subprocess.run(["mount", "-t", kind, "none", point], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        pytest.skip("cannot mount %s here: %s" % (kind, result.stderr.strip()))
+    return os.stat(point).st_dev
+
+
+def test_a_filesystem_type_is_looked_up_again_after_the_mounts_change(mount_point):
+    # Anonymous device numbers are reused: a network filesystem mounted
+    # after a tmpfs may get its number, and must not pass for the tmpfs.
+    first = mount("tmpfs", mount_point)
+    assert rear._filesystem_type(first) == "tmpfs"
+    subprocess.run(["umount", mount_point], check=True)
+    second = mount("ramfs", mount_point)
+    if second != first:
+        pytest.skip("the kernel gave the second mount another number")
+    assert rear._filesystem_type(second) == "ramfs"
+
+
+def test_a_forked_child_does_not_take_its_parents_notice_of_a_mount_change(mount_point):
+    # A poll reports a change once per open file: a child sharing the
+    # parent's would take the notice the parent needs.
+    first = mount("tmpfs", mount_point)
+    assert rear._filesystem_type(first) == "tmpfs"
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            subprocess.run(["umount", mount_point], check=True)
+            code = 0 if rear._filesystem_type(mount("ramfs", mount_point)) == "ramfs" else 2
+        finally:
+            os._exit(code)
+    _pid, status = os.waitpid(child, 0)
+    assert os.WEXITSTATUS(status) == 0
+    if os.stat(mount_point).st_dev != first:
+        pytest.skip("the kernel gave the second mount another number")
+    assert rear._filesystem_type(first) == "ramfs"
 
 
 @pytest.mark.skipif(shutil.which("findmnt") is None, reason="needs findmnt (util-linux)")
