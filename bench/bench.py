@@ -1173,6 +1173,8 @@ def summary(results):
         value = ratio(row["rear"], row["cat"])
         lines.append(("scavenger %s stored: rear / cat MB/s" % label, value, ">= 0.5x",
                       value >= 0.5))
+        lines.append(("scavenger %s stored: rear / cat+fsync MB/s" % label,
+                      ratio(row["rear"], row["cat_fsync"]), "(durable both)", None))
     for layout, target in (("one archive", 1.7), ("eight archives", 1.8)):
         if scaleout:
             value = ratio(scaleout[layout][2], scaleout[layout][1])
