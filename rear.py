@@ -1116,6 +1116,9 @@ def _mounts_changed():
 
 
 def _read_filesystem_type(st_dev):
+    """_filesystem_type, read from the table now."""
+    if not hasattr(os, "major"):    # not POSIX: no mountinfo either
+        return None
     device = "%d:%d" % (os.major(st_dev), os.minor(st_dev))
     try:
         with open(_MOUNTINFO, encoding="utf-8", errors="replace") as handle:
