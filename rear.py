@@ -8068,17 +8068,17 @@ def _cmd_cat(args):
     if os.path.isdir(args.target):
         dest, member = split_path(args.member)
         reader = _reader_for(args.target, dest, pending=True)
+        # Given a base, cat reads pending files too: so does the listing it
+        # points to (without --pending it fails before a first commit).
+        listing = ["--pending", args.target, dest]
     else:
         member, reader = args.member, _reader_for(args.target)
+        listing = [args.target]
     with reader:
         try:
             handle = reader.open(member, args.version)
         except KeyError as err:
-            # Given a base, cat reads pending files too: so does the listing
-            # it points to (without --pending it fails before a first commit).
-            options = (["--versions"] if args.version else []) + (
-                ["--pending", args.target, dest] if os.path.isdir(args.target)
-                else [args.target])
+            options = (["--versions"] if args.version else []) + listing
             raise RearError("%s; list the members with 'rear ls %s'"
                             % (err.args[0], " ".join(options)), args.target) from None
         with handle:

@@ -1868,6 +1868,11 @@ def test_a_damaged_temp_zip_is_reported_left_in_place_and_the_rest_goes_on(base)
     assert archives_of(base)["a.zip"] == {"ok": b"ok"}
 
 
+def as_members_of_a_zip(files):
+    """{member: data} that ``files`` ({"a.zip/member": data}) become in a.zip."""
+    return {name[len("a.zip/"):]: data for name, data in files.items()}
+
+
 def _entry_data(size_class, number):
     """Data of an entry that is small (in the sidecar's small_crc), or
     medium (medium_crc) compressed, stored and deflated alike."""
@@ -1978,8 +1983,7 @@ def test_a_temp_zip_sealed_by_rear_1_4_is_checked_by_its_one_run(base, damaged):
         assert stats.files_moved == 0 and inbox_temp_zips(base) == [zip_name]
     else:
         assert stats.errors == [] and stats.files_moved == len(files)
-        assert archives_of(base)["a.zip"] == {name[len("a.zip/"):]: data
-                                              for name, data in files.items()}
+        assert archives_of(base)["a.zip"] == as_members_of_a_zip(files)
 
 
 def test_a_sidecar_whose_medium_run_reaches_past_64_kib_is_checked_as_recorded(base):
@@ -2038,14 +2042,19 @@ def test_a_claim_reads_the_headers_of_large_entries_not_their_data(base, monkeyp
     assert stats.errors == [] and stats.files_moved == len(files)
     assert 0 < sum(claim_reads) < rear._CHUNK
     monkeypatch.undo()
-    assert archives_of(base)["a.zip"] == {name[len("a.zip/"):]: data
-                                          for name, data in files.items()}
+    assert archives_of(base)["a.zip"] == as_members_of_a_zip(files)
     unzip_test(os.path.join(base, "a.zip"))
 
 
-def whole_file_page_drops(monkeypatch):
-    """[path] of each file whose cached pages rear drops whole (rule 3's
-    view refresh), recorded from os.posix_fadvise."""
+def page_drops_of_a_commit(base, monkeypatch, filesystem):
+    """([path] of each file whose cached pages rear drops whole, from
+    os.posix_fadvise, the temp zip's path) of a scavenge into an existing
+    archive with every file's filesystem said to be ``filesystem``."""
+    monkeypatch.setattr(rear, "_filesystem_type", lambda st_dev: filesystem)
+    fill(base, {"a.zip/x": b"x" * 100000})
+    rear.scavenge(base)     # the archive exists: its view is refreshed too
+    fill(base, {"a.zip/y": b"y" * 100000})
+    (zip_name,) = inbox_temp_zips(base)
     real_fadvise = os.posix_fadvise
     dropped = []
 
@@ -2055,7 +2064,8 @@ def whole_file_page_drops(monkeypatch):
         return real_fadvise(fd, offset, length, advice)
 
     monkeypatch.setattr(rear.os, "posix_fadvise", recorded)
-    return dropped
+    assert rear.scavenge(base).files_moved == 1
+    return dropped, os.path.join(base, "inbox", zip_name)
 
 
 @pytest.mark.parametrize("filesystem", ["ext4", "xfs", "tmpfs"])
@@ -2063,12 +2073,7 @@ def test_a_scavenger_keeps_the_cached_pages_of_temp_zips_on_a_local_filesystem(
         base, monkeypatch, filesystem):
     # One kernel's page cache is the file there: dropping it sent the copy
     # of a temp zip to the disk.
-    monkeypatch.setattr(rear, "_filesystem_type", lambda st_dev: filesystem)
-    fill(base, {"a.zip/x": b"x" * 100000})
-    rear.scavenge(base)
-    dropped = whole_file_page_drops(monkeypatch)
-    fill(base, {"a.zip/y": b"y" * 100000})
-    assert rear.scavenge(base).files_moved == 1
+    dropped, _temp_zip = page_drops_of_a_commit(base, monkeypatch, filesystem)
     assert dropped == []
 
 
@@ -2077,14 +2082,8 @@ def test_a_scavenger_drops_the_cached_pages_of_temp_zips_elsewhere(
         base, monkeypatch, filesystem):
     # A network client may hold another client's stale pages (rule 3); an
     # unknown filesystem may be one.
-    monkeypatch.setattr(rear, "_filesystem_type", lambda st_dev: filesystem)
-    fill(base, {"a.zip/x": b"x" * 100000})
-    rear.scavenge(base)
-    dropped = whole_file_page_drops(monkeypatch)
-    fill(base, {"a.zip/y": b"y" * 100000})
-    (zip_name,) = inbox_temp_zips(base)
-    assert rear.scavenge(base).files_moved == 1
-    assert os.path.join(base, "inbox", zip_name) in dropped
+    dropped, temp_zip = page_drops_of_a_commit(base, monkeypatch, filesystem)
+    assert temp_zip in dropped
     assert os.path.join(base, "a.zip") in dropped
 
 
@@ -2208,8 +2207,7 @@ def test_a_failing_writeback_hint_changes_nothing(base, monkeypatch):
     fill(base, files, compression="stored")
     assert rear.scavenge(base).files_moved == len(files)
     monkeypatch.undo()
-    assert archives_of(base)["a.zip"] == {name[len("a.zip/"):]: data
-                                          for name, data in files.items()}
+    assert archives_of(base)["a.zip"] == as_members_of_a_zip(files)
     unzip_test(os.path.join(base, "a.zip"))
 
 
@@ -2306,8 +2304,7 @@ def test_small_entries_on_both_sides_of_a_big_one_pass_the_claim_check(base):
     fill(base, files, compression="stored")
     stats = rear.scavenge(base)
     assert stats.errors == [] and stats.files_moved == len(files)
-    assert archives_of(base)["a.zip"] == {name[len("a.zip/"):]: data
-                                          for name, data in files.items()}
+    assert archives_of(base)["a.zip"] == as_members_of_a_zip(files)
 
 
 def test_a_byte_changed_in_a_small_entry_after_a_big_one_is_caught_at_claim(base):
