@@ -1362,6 +1362,32 @@ def test_same_name_other_content_is_kept_under_numbered_names(base, caplog):
     assert "log.txt.~2~" in caplog.text
 
 
+def test_names_new_to_the_series_are_added_without_looking_each_one_up(base, monkeypatch):
+    # One pass over the index tells which hashes the series holds; name_for,
+    # a lookup in every index of the series, is left to names under those
+    # hashes and to a name the batch adds twice.
+    fill(base, {"a.zip/old-%d" % n: b"%d" % n for n in range(1000)})
+    rear.scavenge(base)
+    fill(base, {**{"a.zip/new-%d" % n: b"%d" % n for n in range(1000)},
+                "a.zip/old-5": b"5", "a.zip/old-6": b"other", "a.zip/twice": b"first"})
+    fill(base, {"a.zip/twice": b"second"})
+    looked_up = []
+    name_for = rear._ArchiveState.name_for
+
+    def counted_name_for(self, name, *args):
+        looked_up.append(name)
+        return name_for(self, name, *args)
+
+    monkeypatch.setattr(rear._ArchiveState, "name_for", counted_name_for)
+    stats = rear.scavenge(base)
+    assert sorted(looked_up) == ["old-5", "old-6", "twice"]
+    assert (stats.files_moved, stats.duplicates, stats.conflicts) == (1003, 1, 2)
+    archived = archives_of(base)["a.zip"]
+    assert len(archived) == 2003
+    assert (archived["old-5"], archived["old-6"], archived["old-6.~1~"]) == (b"5", b"6", b"other")
+    assert (archived["twice"], archived["twice.~1~"]) == (b"first", b"second")
+
+
 def answers(base, name):
     """What every reader says ``name`` ("a.zip/member") is: read_bytes, the
     pending reader, rear cat and the pending listing must agree."""
@@ -2244,6 +2270,15 @@ def _small_big_small(count=5):
     return files
 
 
+def central_record_at(entry, name, offset):
+    """The record _add_central_record appends after what a commit has already
+    added (a record before it, so that the offset is patched in place)."""
+    central = bytearray(b"earlier record")
+    rear._add_central_record(central, entry, name, offset)
+    assert central.startswith(b"earlier record")
+    return bytes(central[len(b"earlier record"):])
+
+
 @pytest.mark.parametrize("offset", [0, 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 40])
 @pytest.mark.parametrize("name", ["plain/name.txt", "ünïcödé/名前.txt"])
 def test_headers_staged_at_claim_are_the_ones_packed_at_commit(offset, name):
@@ -2252,11 +2287,11 @@ def test_headers_staged_at_claim_are_the_ones_packed_at_commit(offset, name):
     entry.provenance = rear._this_process_provenance()
     entry.staged = rear._Staged(name, entry)
     encoded = rear._encode_name(name)
-    assert rear._central_record_at(entry, name, offset) == rear._pack_central_record(
+    assert central_record_at(entry, name, offset) == rear._pack_central_record(
         entry, offset, encoded)
     assert rear._local_header_as(entry, name) == rear._pack_local_header(entry, encoded)
     renamed = name + ".~1~"     # a conflict's new name is packed afresh
-    assert rear._central_record_at(entry, renamed, offset) == rear._pack_central_record(
+    assert central_record_at(entry, renamed, offset) == rear._pack_central_record(
         entry, offset, rear._encode_name(renamed))
     assert rear._local_header_as(entry, renamed) == rear._pack_local_header(
         entry, rear._encode_name(renamed))
@@ -2295,7 +2330,7 @@ def test_staged_headers_of_an_entry_too_big_for_32_bit_sizes_carry_zip64_fields(
     encoded = rear._encode_name("huge.bin")
     assert entry.staged.central_record is None    # packed at commit, with its offset
     assert rear._local_header_as(entry, "huge.bin") == rear._pack_local_header(entry, encoded)
-    assert rear._central_record_at(entry, "huge.bin", 10) == rear._pack_central_record(
+    assert central_record_at(entry, "huge.bin", 10) == rear._pack_central_record(
         entry, 10, encoded)
 
 
