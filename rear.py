@@ -4983,21 +4983,15 @@ class _ArchiveState:
 
     def resolve(self, names):
         """Prepare the series-wide lookups of a commit's ``names``: one
-        sequential pass over each index that holds any (_NameIndex.resolve)."""
-        indexes = [index for index in [self.index] + [
-            rolled.index for rolled in self._rolled_archives()] if index.used]
-        if indexes:
-            hashes = [self.index.hash_of(name) for name in names]
-            for index in indexes:
-                index.resolve(hashes)
-
-    def absent_hashes(self, name_hashes):
-        """The set of ``name_hashes`` under which no index of the series
-        holds a name, as far as resolve() walked their probes (a hash it
-        did not resolve is left out: name_for looks it up)."""
-        absent = set(name_hashes)
+        sequential pass over each index that holds any (_NameIndex.resolve).
+        Returns the set of the names' hashes under which no index of the
+        series holds a name, as far as those passes walked their probes
+        (a hash not walked to its end is left out: name_for looks it up)."""
+        hashes = [self.index.hash_of(name) for name in names]
+        absent = set(hashes)
         for index in self._series_indexes():
             if index.used:
+                index.resolve(hashes)
                 absent.intersection_update([name_hash for name_hash, positions
                                             in index.resolved.items() if not positions])
         return absent
@@ -5140,11 +5134,10 @@ def _plan_additions(archive, items, limits, stats):
     one entry, however large: a cap is never a reason to refuse one."""
     archive.index.hashes.update((member, entry.staged.name_hash)
                                 for _temp, member, entry in items if entry.staged)
-    archive.resolve([member for _temp, member, _entry in items])
     # Names whose hash no index of the series holds are new unless this
     # commit adds them twice: decided without name_for's lookup of each
     # name, which was half of the planning's CPU time under the lock.
-    new_hashes = archive.absent_hashes(archive.index.hashes.values())
+    new_hashes = archive.resolve([member for _temp, member, _entry in items])
     adding = archive.index.pending
     additions = []
     entries_left = limits.max_entries - archive.cd.count
