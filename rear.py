@@ -586,6 +586,9 @@ _HEADERS_PER_ENTRY_MAX = (_LOCAL_STRUCT.size + _CENTRAL_STRUCT.size
 _END_RECORDS_MAX = _ZIP64_EOCD_STRUCT.size + _ZIP64_LOCATOR_STRUCT.size + _EOCD_STRUCT.size
 #: Longest ".~N~" suffix counted for a renamed conflict in those bounds.
 _CONFLICT_SUFFIX_MAX = 12
+#: Conflicts a commit names one by one in its warnings; the rest are summed
+#: up in one (a rerun campaign renamed thousands, a line each).
+_CONFLICT_WARNINGS = 10
 _MAX_COMMENT = 0xFFFF
 _MAX_NAME = 0xFFFF
 #: Longest name component, UTF-8 bytes: NAME_MAX of Linux filesystems, past
@@ -4826,6 +4829,7 @@ class _ArchiveState:
         self.roll_over = roll_over    # full for the next entry: start the next archive
         self.rolled = None        # [_RolledArchive], opened at the first lookup
         self.indexes = None       # _series_indexes()
+        self.conflicts = 0        # renamed by name_for in this commit
         archive = paths.archive
         if not _is_inside(paths.base, archive):
             raise ArchiveError("%s resolves outside the base directory (a symlinked "
@@ -4974,12 +4978,23 @@ class _ArchiveState:
             found = self._copies_in_series(candidate)
             if not found:
                 stats.conflicts += 1
-                _log.warning("%s already holds %r with other content; keeping the new "
-                             "one as %r", self.paths.archive, name, candidate)
+                self.conflicts += 1
+                if self.conflicts <= _CONFLICT_WARNINGS:
+                    _log.warning("%s already holds %r with other content; keeping the "
+                                 "new one as %r", self.paths.archive, name, candidate)
                 return candidate
             if (crc, file_size) in found:
                 return None
             number += 1
+
+    def warn_of_more_conflicts(self):
+        """One warning for the conflicts name_for did not name one by one."""
+        more = self.conflicts - _CONFLICT_WARNINGS
+        if more > 0:
+            _log.warning("%s: %s of names it already holds with other content, kept "
+                         "as 'name.~N~' too ('rear ls %s %s --versions' lists every copy)",
+                         self.paths.archive, _counted(more, "more new copy"),
+                         self.paths.base, self.paths.dest)
 
     def resolve(self, names):
         """Prepare the series-wide lookups of a commit's ``names``: one
@@ -5091,6 +5106,7 @@ def _commit_to_archive(base, dest, items, limits, stats, dead_hosts=frozenset(),
             archive = _ArchiveState(paths, limits, roll_over)      # step 2
             try:
                 additions, items = _plan_additions(archive, items, limits, stats)   # step 3
+                archive.warn_of_more_conflicts()
                 roll_over = bool(items)
                 _commit_additions(paths, archive, additions, [] if items else claims, stats)
             finally:

@@ -1388,6 +1388,26 @@ def test_names_new_to_the_series_are_added_without_looking_each_one_up(base, mon
     assert (archived["twice"], archived["twice.~1~"]) == (b"first", b"second")
 
 
+def test_a_commit_of_many_conflicts_names_ten_and_sums_up_the_rest(base, caplog):
+    fill(base, {"a.zip/%02d" % n: b"first" for n in range(25)})
+    rear.scavenge(base)
+    fill(base, {"a.zip/%02d" % n: b"second" for n in range(25)})
+    with caplog.at_level(logging.WARNING, logger="rear"):
+        stats = rear.scavenge(base)
+    assert stats.conflicts == 25
+    named = [record.getMessage() for record in caplog.records
+             if "keeping the new one as" in record.getMessage()]
+    assert named == ["%s already holds '%02d' with other content; keeping the new one as "
+                     "'%02d.~1~'" % (os.path.join(base, "a.zip"), n, n) for n in range(10)]
+    summary, = [record.getMessage() for record in caplog.records if "more new" in
+                record.getMessage()]
+    assert summary.startswith("%s: 15 more new copies of names it already holds with "
+                              "other content" % os.path.join(base, "a.zip"))
+    listing = summary.split("'rear ls ")[1].split("'")[0].split()
+    versions = run_cli("ls", *listing).stdout.splitlines()
+    assert sum(".~1~" in line for line in versions) == 25
+
+
 def answers(base, name):
     """What every reader says ``name`` ("a.zip/member") is: read_bytes, the
     pending reader, rear cat and the pending listing must agree."""
