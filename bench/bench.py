@@ -1217,6 +1217,9 @@ def main(argv=None):
                                                             "flush", "scaleout",
                                                             "inbox", "sizes"])
     args = parser.parse_args(argv)
+    if args.workdir is not None and not os.path.isdir(args.workdir):
+        parser.error("--workdir %s is not a directory: create it on the filesystem "
+                     "to measure, or leave the option out" % args.workdir)
     scale = SCALES[args.scale]
     pythons = {"rear": sys.executable, "writestr": sys.executable,
                "writestr_fsync": sys.executable, "open": sys.executable}
