@@ -1388,6 +1388,25 @@ def test_names_new_to_the_series_are_added_without_looking_each_one_up(base, mon
     assert (archived["twice"], archived["twice.~1~"]) == (b"first", b"second")
 
 
+def test_a_pass_pauses_the_cyclic_collector_while_it_commits_a_batch_and_restores_it(base):
+    fill(base, {"a.zip/%d" % n: b"%d" % n for n in range(10)})
+    seen = []
+    stats = rear.scavenge(base, progress=lambda *_args: seen.append(gc.isenabled()))
+    assert stats.files_moved == 10
+    assert seen == [False]
+    assert gc.isenabled()
+
+
+def test_a_pass_leaves_a_collector_its_caller_disabled_disabled(base):
+    fill(base, {"a.zip/%d" % n: b"%d" % n for n in range(10)})
+    gc.disable()
+    try:
+        assert rear.scavenge(base).files_moved == 10
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_a_commit_of_many_conflicts_names_ten_and_sums_up_the_rest(base, caplog):
     fill(base, {"a.zip/%02d" % n: b"first" for n in range(25)})
     rear.scavenge(base)
@@ -2307,7 +2326,7 @@ def test_headers_staged_at_claim_are_the_ones_packed_at_commit(offset, name):
     entry = rear._Entry("a.zip/" + name, rear._FLAG_UTF8, zipfile.ZIP_DEFLATED, 100, 200,
                         zlib.crc32(b"data"), 4, 4, header_offset=77, mtime=1_700_000_000)
     entry.provenance = rear._this_process_provenance()
-    entry.staged = rear._Staged(name, entry)
+    entry.staged = rear._Staged(name, entry, {})
     encoded = rear._encode_name(name)
     assert central_record_at(entry, name, offset) == rear._pack_central_record(
         entry, offset, encoded)
@@ -2348,7 +2367,7 @@ def test_central_records_read_in_bulk_are_the_entries_each_record_describes(tmp_
 def test_staged_headers_of_an_entry_too_big_for_32_bit_sizes_carry_zip64_fields():
     entry = rear._Entry("a.zip/huge.bin", 0, zipfile.ZIP_STORED, 100, 200, 7,
                         2 ** 32 + 5, 2 ** 32 + 5, mtime=1_700_000_000)
-    entry.staged = rear._Staged("huge.bin", entry)
+    entry.staged = rear._Staged("huge.bin", entry, {})
     encoded = rear._encode_name("huge.bin")
     assert entry.staged.central_record is None    # packed at commit, with its offset
     assert rear._local_header_as(entry, "huge.bin") == rear._pack_local_header(entry, encoded)
