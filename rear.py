@@ -6493,6 +6493,7 @@ class ArchiveReader:
         self._views = views          # oldest first
         self._pending = pending
         self.name = name
+        self._reopen_args = None     # (base, dest, ...) of a series; see open_archive
 
     def __enter__(self):
         return self
@@ -6673,10 +6674,39 @@ class ArchiveReader:
         self._views, self._pending = fresh._views, fresh._pending
 
     def _missing_error(self, member):
-        return KeyError("%s has no member %r%s" % (
-            self.name, member, "" if self._pending is not None else
-            " (files not scavenged yet are looked for with pending=True, 'rear ls "
-            "--pending')"))
+        hint = ""
+        if self._pending is None:
+            found = (self._reopen_args[:2] if self._reopen_args is not None
+                     else _base_and_dest_of(self.name))
+            hint = " (%s)" % _pending_hint(*found, member=member)
+        return KeyError("%s has no member %r%s" % (self.name, member, hint))
+
+
+def _base_and_dest_of(archive):
+    """(base, dest) of an archive file inside a base (the nearest directory
+    above it that holds an inbox/), else (None, None)."""
+    directory = os.path.dirname(archive)
+    while True:
+        if os.path.isdir(os.path.join(directory, _INBOX)):
+            return directory, _dest_of(directory, archive)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None, None
+        directory = parent
+
+
+def _pending_hint(base, dest, member=None):
+    """How to read the files of ``base``'s ``dest`` not scavenged yet (the
+    one named ``member``, or a listing of them), for an error that did not
+    look there: through the API and the CLI alike."""
+    if member is None:
+        return ("files not scavenged yet are read with open_archive(%r, %r, pending=True), "
+                "listed with 'rear ls %s %s --pending'" % (base, dest, base, dest))
+    if base is None:
+        return ("a file not scavenged yet is read through its base: open_archive(BASE, DEST, "
+                "pending=True), 'rear cat BASE DEST/%s'" % member)
+    return ("a file not scavenged yet is read through the base: open_archive(%r, %r, "
+            "pending=True), 'rear cat %s %s/%s'" % (base, dest, base, dest, member))
 
 
 #: How long a reader waits for a commit to finish before saying so.
@@ -6710,8 +6740,8 @@ def open_archive(path, dest=None, pending=False, lock_timeout=_READ_LOCK_TIMEOUT
                            os.path.join(base, dest))
     if not views and (reader._pending is None or not reader._pending.entries):
         raise ArchiveError("%s has no archive %s yet%s" % (
-            base, dest, "" if pending else "; files not scavenged yet are read with "
-            "pending=True ('rear ls --pending')"), os.path.join(base, dest))
+            base, dest, "" if pending else "; " + _pending_hint(base, dest)),
+            os.path.join(base, dest))
     reader._reopen_args = (base, dest, pending, lock_timeout)
     return reader
 

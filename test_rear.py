@@ -4557,6 +4557,36 @@ def test_cli_ls_streams_names_json_lines_and_prefixes(base):
     assert nothing.returncode == 1 and "has no archive b.zip yet" in nothing.stderr
 
 
+def test_cat_of_an_archive_names_the_command_that_reads_a_name_not_scavenged_yet(base):
+    fill(base, {"a.zip/old": b"archived"})
+    rear.scavenge(base)
+    fill(base, {"a.zip/new": b"pending"})
+    failed = run_cli("cat", os.path.join(base, "a.zip"), "new")
+    assert failed.returncode == 1
+    suggested = "'rear cat %s a.zip/new'" % base
+    assert suggested in failed.stderr and "pending=True" in failed.stderr
+    assert run_cli("cat", base, "a.zip/new").stdout == "pending"
+
+
+def test_a_missing_member_of_an_archive_outside_any_base_says_to_read_through_the_base(
+        tmp_path):
+    archive = str(tmp_path / "lone.zip")
+    with zipfile.ZipFile(archive, "w") as made:
+        made.writestr("there", b"x")
+    with rear.open_archive(archive) as reader:
+        with pytest.raises(KeyError, match=r"open_archive\(BASE, DEST, pending=True\), "
+                                           r"'rear cat BASE DEST/gone'"):
+            reader.read("gone")
+
+
+def test_ls_of_a_base_without_the_archive_yet_names_the_pending_listing(base):
+    fill(base, {"b.zip/new": b"pending"})
+    nothing = run_cli("ls", base, "b.zip")
+    assert nothing.returncode == 1
+    assert "'rear ls %s b.zip --pending'" % base in nothing.stderr
+    assert run_cli("ls", base, "b.zip", "--pending", "-1").stdout == "new\n"
+
+
 def test_ls_into_a_closed_pipe_ends_quietly(base):
     fill(base, {"a.zip/%d" % n: b"x" for n in range(20000)}, compression="stored")
     rear.scavenge(base)
