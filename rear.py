@@ -5789,8 +5789,9 @@ def _cyclic_gc_paused():
     instructions (callgrind, 20,000 1 KiB entries), for no garbage, as
     they form no cycles and are freed by their reference counts.  Paused
     per batch, like timeit pauses it while timing: cycles made meanwhile
-    (by any thread) are collected once the batch is done.  A caller that
-    disabled the collector finds it disabled still."""
+    (by any thread of the process) wait for the collector's first run
+    after the batch.  A caller that disabled the collector finds it
+    disabled still."""
     paused = gc.isenabled()
     if paused:
         gc.disable()
