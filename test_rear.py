@@ -2338,6 +2338,30 @@ def test_headers_staged_at_claim_are_the_ones_packed_at_commit(offset, name):
         entry, rear._encode_name(renamed))
 
 
+def test_entries_of_different_kinds_staged_together_each_get_their_own_headers():
+    # One temp zip's entries share a memo of header fields by kind (method,
+    # flags, time, provenance): each must still come out as packed alone.
+    provenance = rear._this_process_provenance()
+    kinds = [(zipfile.ZIP_STORED, 0, 1_700_000_000, None),
+             (zipfile.ZIP_DEFLATED, 0x0002, 1_700_000_000, None),
+             (zipfile.ZIP_STORED, 0, 1_700_000_002, None),
+             (zipfile.ZIP_STORED, 0, None, None),
+             (zipfile.ZIP_STORED, 0, 1_700_000_000, provenance),
+             (zipfile.ZIP_BZIP2, 0, 1_700_000_000, provenance)]
+    shapes = {}
+    for number, (method, flags, mtime, carried) in enumerate(kinds * 2):
+        name = ("n%d.txt" if number < len(kinds) else "ü%d.txt") % number
+        entry = rear._Entry("a.zip/" + name, flags, method, 100 + number, 200,
+                            number, 4 + number, 9, 0o100600 << 16, mtime=mtime)
+        entry.provenance = carried
+        entry.staged = rear._Staged(name, entry, shapes)
+        encoded = rear._encode_name(name)
+        assert entry.staged.local_header == rear._pack_local_header(entry, encoded)
+        assert central_record_at(entry, name, 1234) == rear._pack_central_record(
+            entry, 1234, encoded)
+    assert len(shapes) == 12    # the six kinds, with ASCII names and without
+
+
 def test_central_records_read_in_bulk_are_the_entries_each_record_describes(tmp_path):
     # The bulk reader has its own path for ASCII names without zip64
     # fields; others go through the general parser.  zipfile writes no UT
