@@ -5776,6 +5776,9 @@ def scavenge(base=None, flush=False, rotation_span=None, max_size=DEFAULT_MAX_SI
                 finally:
                     for claim in claims:
                         claim.release()
+                    # Freed before the collector resumes: its first run
+                    # would walk the whole batch once more.
+                    claims.clear()
     return stats
 
 
