@@ -5316,16 +5316,8 @@ def _write_entries(archive, additions, cd_position):
         _add_central_record(central, entry, name, offset)
         buffer += header
         if entry.compressed_size <= _SMALL_ENTRY:
-            # Straight from the claim's read-ahead, where the claim's check
-            # of the entry left them (view_exact's test, without its call:
-            # this runs once per entry).
-            reader = claim.reader
-            start = entry.data_offset - reader.start
-            end = start + entry.compressed_size
-            if start >= 0 and end <= len(reader.data):
-                buffer += memoryview(reader.data)[start:end]
-            else:
-                buffer += reader.view_exact(entry.data_offset, entry.compressed_size)
+            # A view: the bytes are copied once, into the buffer.
+            buffer += claim.reader.view_exact(entry.data_offset, entry.compressed_size)
         else:
             _pwrite_all(fd, buffer, buffer_offset)
             _copy_range(claim.fd, entry.data_offset, fd, offset + len(header),
@@ -6681,22 +6673,9 @@ class ArchiveReader:
         hint = ""
         if self._pending is None:
             found = (self._reopen_args[:2] if self._reopen_args is not None
-                     else _base_and_dest_of(self.name))
+                     else _locate_base(self.name))
             hint = " (%s)" % _pending_hint(*found, member=member)
         return KeyError("%s has no member %r%s" % (self.name, member, hint))
-
-
-def _base_and_dest_of(archive):
-    """(base, dest) of an archive file inside a base (the nearest directory
-    above it that holds an inbox/), else (None, None)."""
-    directory = os.path.dirname(archive)
-    while True:
-        if os.path.isdir(os.path.join(directory, _INBOX)):
-            return directory, _dest_of(directory, archive)
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return None, None
-        directory = parent
 
 
 def _pending_hint(base, dest, member=None):
