@@ -19,7 +19,6 @@ import hashlib
 import io
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import time
@@ -27,12 +26,12 @@ import zipfile
 import zlib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+import rear  # noqa: E402  (this checkout's, not an installed one)
 
-# APPNOTE 4.3.7 and 4.3.12, as rear.py and zipfile spell them.
-LOCAL = struct.Struct("<4s2B4HL2L2H")
-CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
-LOCAL_SIG, CENTRAL_SIG = b"PK\x03\x04", b"PK\x01\x02"
-END = struct.Struct("<4s4H2LH")
+# The zip records as rear.py names them (APPNOTE 4.3.7, 4.3.12, 4.3.16).
+LOCAL, CENTRAL, END = rear._LOCAL_STRUCT, rear._CENTRAL_STRUCT, rear._EOCD_STRUCT
+LOCAL_SIG, CENTRAL_SIG = rear._LOCAL_SIG, rear._CENTRAL_SIG
 
 
 def names(count):
@@ -100,8 +99,6 @@ def fused_pass(archive):
 
 def rear_pass(count, data, root):
     """(CPU seconds, wall seconds) of rear.scavenge() moving the same entries."""
-    sys.path.insert(0, REPO)
-    import rear
     base = os.path.join(root, "base")
     with rear.rear_fs(base, compression="stored") as writer:
         for name in names(count):
